@@ -1,0 +1,207 @@
+"""The release manifest: shipped manifests validate; broken ones fail with exit 2, a message
+naming the key or target, and nothing written anywhere."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from release.cli import main
+from release.errors import ManifestError
+from release.manifest import file_version, load_manifest
+from tests.conftest import MANIFESTS
+
+SHIPPED = sorted(MANIFESTS.rglob("*.toml"))
+
+BASE = {
+    "schema_version": 1,
+    "release": {
+        "project": "test-jwst", "title": "Test", "version": "1.1.0", "previous": "1.0.0",
+        "doi": "10.17909/abcd-1234", "lead": "A. Lead", "pi": "P. I.",
+        "contact": {"name": "C. Ontact", "email": "c@example.org"},
+    },
+    "pins": {"jwst": "3.0.0", "crds_context": "jwst_9001.pmap"},
+    "program": {"proposal_ids": [2107], "instruments": ["nircam", "miri"], "bands": ["F200W", "F300M", "F770W", "F2100W"]},
+    "targets": {
+        "ngc7496": {"ra": 347.447, "dec": -43.4278},
+        "ic5332": {"ra": 353.6145, "dec": -36.1011, "miri_background": {"source": "borrowed", "borrow_from": "ngc7496"}},
+        "ngc0628": {"ra": 24.1739, "dec": 15.7836, "bands": ["F200W", "F770W"]},
+    },
+    "parameters": {"instrument": {"miri": {"lv3": {"tweakreg": {"skip": True}}}}},
+}
+
+
+def write(tmp_path: Path, data: dict, name: str = "m.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(tomli_w.dumps(data))
+    return p
+
+
+def snapshot(*dirs: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for d in dirs for p in d.rglob("*")}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(MANIFESTS)))
+def test_shipped_manifests_pass_check(path, capsys):
+    assert main(["check", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_phangs_releases_match_the_paper():
+    dr101 = load_manifest(MANIFESTS / "phangs-jwst" / "dr1.0.1.toml").manifest
+    dr110 = load_manifest(MANIFESTS / "phangs-jwst" / "dr1.1.0.toml").manifest
+    dr111 = load_manifest(MANIFESTS / "phangs-jwst" / "dr1.1.1.toml").manifest
+    assert (dr101.pins.jwst, dr101.pins.crds_context) == ("1.12.4", "jwst_1147.pmap")
+    assert (dr110.pins.jwst, dr110.pins.crds_context) == ("1.13.4", "jwst_1201.pmap")
+    assert len(dr110.targets) == 19 and len(dr110.program.bands) == 8
+    assert dr110.targets["ic5332"].miri_background.borrow_from == "ngc7496"
+    # the patch inherits everything from DR1.1.0 but its identity
+    assert dr111.release.kind == "patch" and dr111.patch.targets == ["ngc3627"]
+    assert dr111.pins == dr110.pins and dr111.targets.keys() == dr110.targets.keys()
+    assert dr111.release.doi == dr110.release.doi and dr111.release.previous == "1.1.0"
+    assert dr111.targets["ngc3627"].notes and not dr110.targets["ngc3627"].notes
+
+
+@pytest.mark.parametrize(
+    "version, expected", [("1.1.0", "v1p1"), ("1.0.1", "v1p0p1"), ("1.1.1", "v1p1p1"), ("2.0.0", "v2p0"), ("10.12.3", "v10p12p3")]
+)
+def test_file_version(version, expected):
+    assert file_version(version) == expected
+
+
+def test_content_hash_ignores_formatting(tmp_path):
+    a = load_manifest(write(tmp_path, BASE, "a.toml")).manifest
+    text = "# a comment\n" + tomli_w.dumps(BASE, indent=2)
+    (tmp_path / "b.toml").write_text(text)
+    b = load_manifest(tmp_path / "b.toml").manifest
+    assert a.content_hash() == b.content_hash()
+    changed = copy.deepcopy(BASE)
+    changed["targets"]["ngc0628"]["ra"] = 24.2
+    assert load_manifest(write(tmp_path, changed, "c.toml")).manifest.content_hash() != a.content_hash()
+
+
+def test_base_is_valid(tmp_path):
+    assert main(["check", str(write(tmp_path, BASE))]) == 0
+
+
+def _set(data, dotted, value):
+    keys = dotted if isinstance(dotted, tuple) else dotted.split(".")
+    for k in keys[:-1]:
+        data = data.setdefault(k, {})
+    if value is DELETE:
+        del data[keys[-1]]
+    else:
+        data[keys[-1]] = value
+
+
+DELETE = object()
+
+# (id, mutation(s) as (dotted key or tuple of keys, value), text the error must contain)
+BROKEN = [
+    ("typo-key", [("targets.ic5332.miri_background.borow_from", "ngc7496")], "targets.ic5332.miri_background.borow_from: unknown key (did you mean 'borrow_from'?)"),
+    ("typo-top-level", [("product", {"tweakback": False})], "product: unknown key (did you mean 'products'?)"),
+    ("wrong-type", [("targets.ngc7496.ra", "twelve")], "targets.ngc7496.ra"),
+    ("ra-out-of-range", [("targets.ngc7496.ra", 400.0)], "targets.ngc7496.ra"),
+    ("unknown-band", [("program.bands", ["F200W", "F210X"])], "program.bands[1]: 'F210X' is not a NIRCam or MIRI imaging filter"),
+    ("band-not-in-program", [("targets.ngc0628.bands", ["F200W", "F335M"])], "targets.ngc0628.bands[1]: F335M is not in program.bands"),
+    ("band-wrong-instrument", [("program.instruments", ["nircam"])], "program.bands[2]: F770W is a miri filter"),
+    ("borrow-missing-target", [("targets.ic5332.miri_background.borrow_from", "ngc7497")], "targets.ic5332.miri_background.borrow_from: 'ngc7497' is not a target of this manifest (did you mean 'ngc7496'?)"),
+    ("borrow-cycle", [("targets.ngc7496.miri_background", {"source": "borrowed", "borrow_from": "ic5332"})], "borrowing forms a cycle: ic5332 -> ngc7496 -> ic5332"),
+    ("borrow-self", [("targets.ic5332.miri_background.borrow_from", "ic5332")], "a target cannot borrow from itself"),
+    ("borrow-without-source", [("targets.ic5332.miri_background.source", "own")], "targets.ic5332.miri_background.source"),
+    ("bad-version", [("release.version", "1.1")], "release.version: '1.1' is not a release version"),
+    ("previous-not-lower", [("release.previous", "1.2.0")], "release.previous: 1.2.0 is not lower"),
+    ("bad-crds-context", [("pins.crds_context", "jwst_1201")], "pins.crds_context: 'jwst_1201' is not a JWST CRDS context"),
+    ("bad-jwst-version", [("pins.jwst", "latest")], "pins.jwst: 'latest' is not a jwst release version"),
+    ("target-with-slash", [("targets.ngc/628", {"ra": 1.0, "dec": 1.0})], "targets.ngc/628"),
+    ("target-dotdot", [(("targets", "a..b"), {"ra": 1.0, "dec": 1.0})], "targets.a..b"),
+    ("target-uppercase", [("targets.NGC0628", {"ra": 1.0, "dec": 1.0})], "did you mean 'ngc0628'?"),
+    ("missing-required", [("pins.crds_context", DELETE)], "pins.crds_context: required key is missing"),
+    ("bad-project-id", [("release.project", "PHANGS_JWST")], "release.project"),
+    ("bad-email", [("release.contact.email", "nobody")], "release.contact.email"),
+    ("unknown-jwst-step", [("parameters.default", {"lv3": {"tweakrek": {"fitgeometry": "shift"}}})], "parameters.default.lv3.tweakrek: 'tweakrek' is not a step of the lv3 pipeline (did you mean 'tweakreg'?)"),
+    ("unknown-jwst-param", [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"snr_treshold": 5}}}})], "parameters.band.F200W.lv3.tweakreg.snr_treshold: unknown parameter"),
+    ("bad-jwst-param-value", [("parameters.default", {"lv1": {"ramp_fit": {"suppress_one_group": "maybe"}}})], "parameters.default.lv1.ramp_fit.suppress_one_group"),
+    ("engine-owned-param", [("parameters.default", {"lv3": {"resample": {"output_dir": "/tmp"}}})], "decided by the engine"),
+    ("unknown-stage", [("targets.ngc7496.parameters", {"default": {"lv4": {}}})], "targets.ngc7496.parameters.default.lv4: unknown stage"),
+    ("unavailable-stage", [("parameters.default", {"destripe": {"order": 2}})], "stage 'destripe' is not available in this version"),
+    ("param-band-not-observed", [("targets.ngc0628.parameters", {"band": {"F2100W": {}}})], "targets.ngc0628.parameters.band.F2100W"),
+    ("kind-patch-without-table", [("release.kind", "patch")], "patch: release.kind is 'patch'"),
+    ("bad-kind", [("release.kind", "hotfix")], "release.kind: 'hotfix' is not allowed"),
+    ("bad-observation-pattern", [("targets.ngc7496.observations", {"skip": ["../jw02107*"]})], "targets.ngc7496.observations.skip[0]"),
+    ("synthetic-without-path", [("program.data", {"source": "synthetic"})], "program.data.path: is required"),
+    ("duplicate-resolution", [("products", {"convolved_fwhm_arcsec": [0.9, 0.9]})], "products.convolved_fwhm_arcsec"),
+]
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=[c[0] for c in BROKEN])
+def test_broken_manifest_exits_2_and_names_the_key(tmp_path, case, capsys, monkeypatch):
+    _, mutations, expected = case
+    data = copy.deepcopy(BASE)
+    for key, value in mutations:
+        _set(data, key, value)
+    path = write(tmp_path, data)
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path, MANIFESTS)
+    assert main(["check", str(path)]) == 2
+    assert main(["plan", str(path)]) == 2
+    text = " ".join(capsys.readouterr().err.split())
+    assert expected in text, text
+    assert str(path) in text
+    assert "Traceback" not in text
+    assert snapshot(tmp_path, MANIFESTS) == before
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    data = copy.deepcopy(BASE)
+    data["pins"]["crds_context"] = "bad"
+    data["targets"]["ic5332"]["miri_background"]["borrow_from"] = "nowhere"
+    data["program"]["bands"].append("F999W")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write(tmp_path, data))
+    # shape errors come first (pydantic), then the cross checks once the shape is right
+    paths = [p for p, _ in info.value.problems]
+    assert "pins.crds_context" in paths and "program.bands[4]" in paths
+
+
+def test_not_toml_and_missing_file(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[release\nproject = 1")
+    assert main(["check", str(bad)]) == 2
+    assert main(["check", str(tmp_path / "absent.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid TOML" in err and "file not found" in err
+
+
+def test_patch_inherits_and_checks_targets(tmp_path):
+    write(tmp_path, BASE, "parent.toml")
+    patch = {
+        "release": {"version": "1.1.1", "kind": "patch", "changes": ["fix"]},
+        "patch": {"parent": "parent.toml", "targets": ["ngc0628"], "instruments": ["nircam"]},
+        "targets": {"ngc0628": {"notes": ["astrometry re-solved"]}},
+    }
+    m = load_manifest(write(tmp_path, patch, "patch.toml")).manifest
+    assert m.release.previous == "1.1.0" and m.release.project == "test-jwst"
+    assert m.targets["ngc0628"].ra == BASE["targets"]["ngc0628"]["ra"]
+    assert m.targets["ngc0628"].notes == ["astrometry re-solved"]
+
+    bad = copy.deepcopy(patch)
+    bad["patch"]["targets"] = ["ngc9999"]
+    with pytest.raises(ManifestError, match=r"patch.targets\[0\]: 'ngc9999' is not a target of the parent"):
+        load_manifest(write(tmp_path, bad, "bad1.toml"))
+    bad = copy.deepcopy(patch)
+    bad["targets"] = {"ngc9999": {"ra": 1.0, "dec": 1.0}}
+    with pytest.raises(ManifestError, match=r"targets.ngc9999: 'ngc9999' is not a target of the parent"):
+        load_manifest(write(tmp_path, bad, "bad2.toml"))
+    bad = copy.deepcopy(patch)
+    bad["patch"]["parent"] = "missing.toml"
+    with pytest.raises(ManifestError, match=r"patch.parent: parent manifest .*missing.toml does not exist"):
+        load_manifest(write(tmp_path, bad, "bad3.toml"))
+    selfref = copy.deepcopy(patch)
+    selfref["patch"]["parent"] = "self.toml"
+    with pytest.raises(ManifestError, match="patch cycle"):
+        load_manifest(write(tmp_path, selfref, "self.toml"))
