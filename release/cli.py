@@ -188,6 +188,47 @@ def schema(
 
 
 @app.command()
+def simulate(
+    outdir: Path = typer.Argument(..., help="Folder for the synthetic program (must be empty or absent)."),
+    size: str = typer.Option("demo", help="'demo' (small subarrays, 2 dithers) or 'full' (full detectors, 4 dithers)."),
+    seed: int = typer.Option(1, help="Seed of every random draw: the same seed writes the same program."),
+    bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: F200W,F300M,F770W,F1000W,F2100W)."),
+) -> None:
+    """Write the synthetic observing program: raw exposures, a local CRDS context and the truth."""
+    from rich.progress import Progress
+
+    from processing.simulate.detectors import FILTERS
+    from processing.simulate.generate import simulate_program
+    from processing.simulate.program import SIZES
+
+    if size not in SIZES:
+        raise BadInput(f"--size: '{size}' is not one of {', '.join(SIZES)}")
+    band_list = [b.upper() for b in _split(bands)] if bands else None
+    for b in band_list or []:
+        if b not in FILTERS:
+            raise BadInput(f"--bands: '{b}' is not a band the synthetic instruments have ({', '.join(FILTERS)})")
+    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
+        raise BadInput(f"{outdir} exists and is not an empty folder: the synthetic program is written to a new folder only")
+    staging = outdir.with_name(f".{outdir.name}.partial")
+    if staging.exists():
+        raise BadInput(f"{staging} is left from an interrupted run: remove it, then run again")
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("simulating", total=None)
+
+        def tick(done, total, name):
+            progress.update(task, total=total, completed=done, description=name)
+
+        truth = simulate_program(staging, size=size, seed=seed, bands=band_list, progress=tick)
+    if outdir.exists():
+        outdir.rmdir()  # empty, checked above
+    staging.rename(outdir)  # the program appears whole or not at all
+    out.print(
+        f"wrote {len(truth['exposures'])} exposures, CRDS context {truth['crds_context']} and the truth to "
+        f"{outdir} in {truth['elapsed_s']} s"
+    )
+
+
+@app.command()
 def demo(
     outdir: Path = typer.Option(Path("demo-output"), help="Where the synthetic program and the demo release go."),
 ) -> None:

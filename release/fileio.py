@@ -38,3 +38,22 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 
 def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def save_model_atomic(model, target: str | Path) -> None:
+    """Save a jwst datamodel to ``target`` atomically, keeping meta.filename = target's name.
+
+    The model is saved under its final name in a private temporary folder beside the target
+    (datamodels record the name they are saved under), then renamed into place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        staged = tmpdir / target.name
+        model.save(str(staged))
+        os.replace(staged, target)
+    finally:
+        for leftover in tmpdir.iterdir():
+            leftover.unlink()
+        tmpdir.rmdir()

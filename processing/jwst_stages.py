@@ -1,0 +1,177 @@
+"""Thin wrappers on the official pipelines: calwebb_detector1, calwebb_image2, calwebb_image3.
+
+Each wrapper takes declared inputs (file paths), an output folder and the resolved step
+parameters ``{step: {param: value}}``, runs the jwst Pipeline object (``Pipeline(...).run()``
+does not look up CRDS parameter references, which would need the server) and returns the
+paths it wrote. CRDS fatal errors call ``sys.exit`` inside jwst: every call is wrapped so
+that they, and any other exception, become :class:`StageFailed` naming the stage and input.
+
+The CRDS environment must be set before crds is imported in the process that runs these:
+:func:`crds_environment` returns the variables and :func:`apply_crds_environment` sets them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from release.errors import WorkFailed
+
+log = logging.getLogger(__name__)
+
+#: Defaults of this system where they differ from jwst's (the paper, section 3).
+STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "lv1": {"ramp_fit": {"suppress_one_group": False}},
+    "lv2": {"resample": {"skip": True}},
+    "lv3": {"source_catalog": {"skip": True}, "resample": {"propagate_dq": True}},
+}
+#: Instrument-specific defaults (MIRI: no tweakreg in image3, paper section 3.7).
+INSTRUMENT_DEFAULTS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "miri": {"lv3": {"tweakreg": {"skip": True}}},
+    "nircam": {},
+}
+
+
+class StageFailed(WorkFailed):
+    def __init__(self, stage: str, target: str, reason: str):
+        self.stage, self.target, self.reason = stage, target, reason
+        super().__init__(f"{stage} failed on {target}: {reason}")
+
+    def __reduce__(self):  # picklable across worker processes
+        return (type(self), (self.stage, self.target, self.reason))
+
+
+def crds_environment(crds_path: str | Path | None, context: str, mode: str = "local",
+                     server_url: str | None = None) -> dict[str, str]:
+    """Environment variables that make crds use ``context`` (and, for 'local', never the network)."""
+    env = {"CRDS_CONTEXT": context, "STPIPE_DISABLE_CRDS_STEPPARS": "True"}
+    if crds_path is not None:
+        env["CRDS_PATH"] = str(Path(crds_path).resolve())
+    if mode == "local":
+        env["CRDS_MODE"] = "local"
+        env["CRDS_SERVER_URL"] = "https://jwst-serverless-mode.stsci.edu"
+    elif server_url:
+        env["CRDS_SERVER_URL"] = server_url
+        env["CRDS_MODE"] = "remote" if mode == "remote" else "auto"
+    return env
+
+
+def apply_crds_environment(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def _configure(pipeline, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    applied: dict[str, dict[str, Any]] = {}
+    for step, values in params.items():
+        obj = getattr(pipeline, step)
+        for name, value in values.items():
+            setattr(obj, name, value)
+            applied.setdefault(step, {})[name] = value
+    return applied
+
+
+def _guarded(stage: str, target: str, fn):
+    try:
+        return fn()
+    except SystemExit as exc:  # CRDS fatal errors
+        raise StageFailed(stage, target, f"CRDS or jwst exited ({exc.code}); see the log for the CRDS message") from None
+    except StageFailed:
+        raise
+    except Exception as exc:
+        raise StageFailed(stage, target, f"{type(exc).__name__}: {exc}") from exc
+
+
+def run_detector1(uncal: Path, outdir: Path, params: dict | None = None) -> Path:
+    """calwebb_detector1 on one uncal file; returns the rate file."""
+    from jwst.pipeline import Detector1Pipeline
+
+    def go():
+        pipe = Detector1Pipeline()
+        _configure(pipe, params or {})
+        pipe.output_dir = str(outdir)
+        pipe.save_results = True
+        pipe.run(str(uncal))
+        out = outdir / Path(uncal).name.replace("_uncal.fits", "_rate.fits")
+        if not out.exists():
+            raise StageFailed("lv1", str(uncal), f"no rate file written at {out}")
+        return out
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    return _guarded("lv1", str(uncal), go)
+
+
+def run_image2(rate: Path, outdir: Path, params: dict | None = None) -> Path:
+    """calwebb_image2 on one rate file; returns the cal file."""
+    from jwst.pipeline import Image2Pipeline
+
+    def go():
+        pipe = Image2Pipeline()
+        _configure(pipe, params or {})
+        pipe.output_dir = str(outdir)
+        pipe.save_results = True
+        pipe.run(str(rate))
+        out = outdir / Path(rate).name.replace("_rate.fits", "_cal.fits")
+        if not out.exists():
+            raise StageFailed("lv2", str(rate), f"no cal file written at {out}")
+        return out
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    return _guarded("lv2", str(rate), go)
+
+
+def write_association(cal_files: list[Path], product_name: str, path: Path) -> Path:
+    """A level-3 image association listing ``cal_files`` as science members."""
+    asn = {
+        "asn_type": "image3", "asn_rule": "candidate_Asn_Lv3Image", "version_id": None,
+        "code_version": "hlsp", "degraded_status": "No known degraded exposures in association.",
+        "program": "", "constraints": "", "asn_id": "a3001", "target": "none", "asn_pool": "none",
+        "products": [{"name": product_name, "members": [{"expname": Path(f).name, "exptype": "science"} for f in cal_files]}],
+    }
+    from release.fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(asn, indent=1))
+    return path
+
+
+def run_image3(cal_files: list[Path], outdir: Path, product_name: str, params: dict | None = None) -> Path:
+    """calwebb_image3 on a list of cal files (copied or linked into ``outdir``); returns the i2d."""
+    from jwst.pipeline import Image3Pipeline
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    for f in cal_files:
+        local = outdir / Path(f).name
+        if not local.exists():
+            os.link(f, local) if _same_fs(f, outdir) else local.write_bytes(Path(f).read_bytes())
+    asn = write_association([outdir / Path(f).name for f in cal_files], product_name, outdir / f"{product_name}_asn.json")
+
+    def go():
+        pipe = Image3Pipeline()
+        _configure(pipe, params or {})
+        pipe.output_dir = str(outdir)
+        pipe.save_results = True
+        pipe.run(str(asn))
+        out = outdir / f"{product_name}_i2d.fits"
+        if not out.exists():
+            raise StageFailed("lv3", product_name, f"no i2d written at {out}")
+        return out
+
+    return _guarded("lv3", product_name, go)
+
+
+def _same_fs(a, b) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def default_parameters(stage: str, instrument: str) -> dict[str, dict[str, Any]]:
+    """This system's defaults for a stage and instrument (before the manifest's layers)."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer in (STAGE_DEFAULTS.get(stage, {}), INSTRUMENT_DEFAULTS.get(instrument, {}).get(stage, {})):
+        for step, values in layer.items():
+            out.setdefault(step, {}).update(values)
+    return out
