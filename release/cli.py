@@ -193,6 +193,7 @@ def simulate(
     size: str = typer.Option("demo", help="'demo' (small subarrays, 2 dithers) or 'full' (full detectors, 4 dithers)."),
     seed: int = typer.Option(1, help="Seed of every random draw: the same seed writes the same program."),
     bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: F200W,F300M,F770W,F1000W,F2100W)."),
+    mast_mosaics: bool = typer.Option(False, "--mast-mosaics", help="Also run the jwst defaults to make the 'MAST' level-3 mosaics (minutes)."),
 ) -> None:
     """Write the synthetic observing program: raw exposures, a local CRDS context and the truth."""
     from rich.progress import Progress
@@ -219,6 +220,12 @@ def simulate(
             progress.update(task, total=total, completed=done, description=name)
 
         truth = simulate_program(staging, size=size, seed=seed, bands=band_list, progress=tick)
+        if mast_mosaics:
+            from processing.simulate.default_pipeline import write_mast_mosaics
+
+            progress.update(task, description="MAST mosaics (jwst defaults)", total=None)
+            mast = write_mast_mosaics(staging)
+            out.print(f"MAST mosaics (jwst defaults): {sum(len(b) for b in mast['mosaics'].values())} written")
     if outdir.exists():
         outdir.rmdir()  # empty, checked above
     staging.rename(outdir)  # the program appears whole or not at all
@@ -236,10 +243,16 @@ def demo(
     manifest = Path(__file__).resolve().parent.parent / "manifests" / "demo" / "demo.toml"
     out.print(f"[bold]1. manifest[/] {manifest}")
     check(manifest)
-    missing = ["the synthetic program (`hlsp simulate`)", "the processing engine (`hlsp run`)", "packaging and validation (`hlsp validate`)"]
+    program = outdir / "program"
+    if (program / "truth" / "truth.json").exists():
+        out.print(f"[bold]2. synthetic program[/] {program} (already there, reused)")
+    else:
+        out.print(f"[bold]2. synthetic program[/] -> {program}")
+        simulate(program, size="demo", seed=1, bands=None, mast_mosaics=False)
+    missing = ["the processing engine (`hlsp run`)", "packaging and validation (`hlsp validate`)"]
     out.print(
-        "[bold red]The demo release was not made.[/] This version has only the manifest and the "
-        "command line; still missing: " + "; ".join(missing) + "."
+        "[bold red]The demo release was not made.[/] This version writes the manifest and the synthetic "
+        "program; still missing: " + "; ".join(missing) + "."
     )
     raise typer.Exit(1)
 

@@ -178,6 +178,7 @@ def write_crds_context(
     bands: list[str] | None = None,
     *,
     dark_nframes: int = DARK_NFRAMES,
+    subarrays: dict[str, list[str]] | None = None,
 ) -> Path:
     """Write a complete local CRDS cache for the synthetic NIRCam and MIRI detectors.
 
@@ -196,6 +197,9 @@ def write_crds_context(
     dark_nframes : int, optional
         Frames in each dark reference (>= 2). Science exposures with more frames still
         calibrate: jwst extrapolates the (linear) dark.
+    subarrays : dict of str to list of str, optional
+        Per detector name, the subarrays (names in ``Detector.frame_time``) that get darks;
+        default all. The demo program needs none of the 100 MB full-frame NIRCam darks.
 
     Returns
     -------
@@ -222,12 +226,18 @@ def write_crds_context(
     for directory in (cfg_dir, map_dir):
         directory.mkdir(parents=True, exist_ok=True)
 
+    # crds creates these lazily without exist_ok: two pipeline processes starting together
+    # race on them (FileExistsError), so they exist from the start
+    for inst in ("fgs", "miri", "nircam", "niriss", "nirspec", "system"):
+        (crds_path / "references" / "jwst" / inst).mkdir(parents=True, exist_ok=True)
+
     entries: list[_Entry] = []
     for det_name, det in detectors.DETECTORS.items():
         det_bands = [b for b in detectors.FILTERS if b in bands and detectors.FILTERS[b]["detector"] == det_name]
         ref_dir = crds_path / "references" / "jwst" / det.instrument.lower()
         ref_dir.mkdir(parents=True, exist_ok=True)
-        entries += _write_detector_references(ref_dir, serial, det, det_bands, dark_nframes)
+        det_subs = [n for n in det.frame_time if subarrays is None or n in subarrays.get(det_name, [])]
+        entries += _write_detector_references(ref_dir, serial, det, det_bands, dark_nframes, det_subs)
 
     mapping_names = _write_mappings(map_dir, serial, context, entries)
     _write_text(cfg_dir / "ref_cache_subdir_mode", "instrument")
@@ -248,7 +258,8 @@ def _ref_name(instrument: str, filekind: str, serial: str, *parts: str, ext: str
 
 
 def _write_detector_references(
-    ref_dir: Path, serial: str, det: detectors.Detector, bands: list[str], dark_nframes: int
+    ref_dir: Path, serial: str, det: detectors.Detector, bands: list[str], dark_nframes: int,
+    subarrays: list[str],
 ) -> list[_Entry]:
     """Write all reference files of one detector; return their mapping entries."""
     inst, name = det.instrument, det.name
@@ -266,7 +277,7 @@ def _write_detector_references(
     if inst == "NIRCAM":
         add("superbias", _superbias_model(det), (name,), name)
     add("linearity", _linearity_model(det), (name,), name)
-    for sub_name in det.frame_time:
+    for sub_name in subarrays:
         add("dark", _dark_model(det, sub_name, dark_nframes), (name, sub_name), name, sub_name)
     add("gain", _gain_model(det), (name,), name)
     add("readnoise", _readnoise_model(det), (name,), name)

@@ -41,15 +41,19 @@ def _lv12(uncal: str, workdir: str) -> tuple[str, float, float]:
     return str(cal), time.time() - t, _peak_rss_mb()
 
 
-def _lv3(cal_files: list[str], workdir: str, product: str) -> tuple[str, float, float]:
+def _lv3(cal_files: list[str], workdir: str, product: str, params: dict) -> tuple[str, float, float]:
     t = time.time()
-    i2d = run_image3([Path(c) for c in cal_files], Path(workdir) / "lv3" / product, product, LV3_DEFAULT_PARAMS)
+    i2d = run_image3([Path(c) for c in cal_files], Path(workdir) / "lv3" / product, product, params)
     return str(i2d), time.time() - t, _peak_rss_mb()
 
 
 def run_default_pipeline(program: str | Path, workdir: str | Path, targets: list[str] | None = None,
-                         bands: list[str] | None = None, workers: int = 2) -> dict:
-    """Run the three stages at jwst defaults; return {'mosaics': {target: {band: i2d}}, 'timing': ...}."""
+                         bands: list[str] | None = None, workers: int = 2, lv3_params: dict | None = None) -> dict:
+    """Run the three stages at jwst defaults; return {'mosaics': {target: {band: i2d}}, 'timing': ...}.
+
+    ``lv3_params`` replaces :data:`LV3_DEFAULT_PARAMS` (e.g. to switch skymatch off, which on
+    emission-filled fields subtracts real emission as "sky").
+    """
     program, workdir = Path(program).resolve(), Path(workdir).resolve()
     index = json.loads((program / "program.json").read_text())
     truth = json.loads((program / "truth" / "truth.json").read_text())
@@ -69,7 +73,7 @@ def run_default_pipeline(program: str | Path, workdir: str | Path, targets: list
             timing["lv12_s"][Path(e["file"]).name] = round(dt, 2)
             timing["peak_rss_mb"] = max(timing["peak_rss_mb"], rss)
         lv3 = {
-            key: pool.submit(_lv3, sorted(cals), str(workdir), f"{key[0]}_{key[1].lower()}")
+            key: pool.submit(_lv3, sorted(cals), str(workdir), f"{key[0]}_{key[1].lower()}", lv3_params or LV3_DEFAULT_PARAMS)
             for key, cals in sorted(groups.items())
         }
         mosaics: dict = {}
@@ -79,3 +83,24 @@ def run_default_pipeline(program: str | Path, workdir: str | Path, targets: list
             timing["lv3_s"][f"{target}_{band}"] = round(dt, 2)
             timing["peak_rss_mb"] = max(timing["peak_rss_mb"], rss)
     return {"mosaics": mosaics, "timing": timing}
+
+
+def write_mast_mosaics(program: str | Path, workers: int = 2) -> dict:
+    """The program's "MAST" level-3 mosaics: jwst defaults, kept as ``mast/<target>_<band>_i2d.fits``.
+
+    Intermediate rate/cal files live in a scratch folder beside the program and go away.
+    """
+    import os
+    import tempfile
+
+    program = Path(program)
+    (program / "mast").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".mast-work-", dir=program.parent) as work:
+        result = run_default_pipeline(program, work, workers=workers)
+        files = {}
+        for target, bands in result["mosaics"].items():
+            for band, i2d in bands.items():
+                dest = program / "mast" / f"{target}_{band.lower()}_i2d.fits"
+                os.replace(i2d, dest)
+                files.setdefault(target, {})[band] = str(dest.relative_to(program))
+    return {"mosaics": files, "timing": result["timing"]}

@@ -9,6 +9,9 @@ Output layout under OUTDIR::
     truth/sky_<target>_<band>.fits      true sky (MJy/sr) on a north-up grid at the mosaic scale
     truth/galaxy_<target>.json          the analytic sky model's parameters
     truth/exposures/<name>_truth.fits   per exposure: STRIPES (DN/s), CRAYS, BKG (MJy/sr)
+    external/<target>_<survey>.fits     wide-field IRAC1/IRAC4/WISE1/WISE3 stand-ins (MJy/sr)
+    external/<target>_refcat.ecsv       HST-like astrometric reference catalogue (RA, DEC)
+    psf/psf_<band>.fits                 PSF model per band (poppy, JWST-like pupil)
 
 Deterministic for a seed: every random draw comes from a generator seeded by
 (seed, exposure index) or (seed, target), never the global one.
@@ -87,8 +90,11 @@ def simulate_program(outdir: str | Path, size: str = "demo", seed: int = 1, band
     bands = list(bands or DEFAULT_BANDS)
     effects = effects or Effects()
     t_start = time.time()
-    write_crds_context(outdir / "crds", context=CONTEXT, bands=bands)
     exposures = plan_program(bands, size)
+    write_crds_context(
+        outdir / "crds", context=CONTEXT, bands=bands, dark_nframes=max(e.ngroups for e in exposures),
+        subarrays={d: [D.subarray(d, size)["name"]] for d in D.DETECTORS},
+    )
     targets = demo_targets()
     galaxies = {t.name: Galaxy.random(t.ra, t.dec, _rng(seed, "galaxy", t.name)) for t in targets}
     off_fields: dict[str, Field] = {}
@@ -109,13 +115,16 @@ def simulate_program(outdir: str | Path, size: str = "demo", seed: int = 1, band
         index.append(rec)
         if progress:
             progress(i + 1, len(exposures), exp.basename)
-    truth["elapsed_s"] = round(time.time() - t_start, 1)
     _write_json(outdir / "program.json", {"program": PROGRAM_ID, "size": size, "seed": seed, "bands": bands, "exposures": index})
     for name, g in galaxies.items():
         _write_json(outdir / "truth" / f"galaxy_{name}.json", galaxy_to_dict(g))
     for name, f in off_fields.items():
         _write_json(outdir / "truth" / f"offfield_{name}.json", {"ra": f.ra, "dec": f.dec, "bg_galaxies": f.bg_galaxies.tolist(), "stars": f.stars.tolist()})
     _write_truth_skies(outdir, exposures, galaxies, size)
+    from processing.simulate.external import write_external_inputs
+
+    truth.update(write_external_inputs(outdir, galaxies, bands, seed))
+    truth["elapsed_s"] = round(time.time() - t_start, 1)
     _write_json(outdir / "truth" / "truth.json", truth)
     return truth
 
@@ -144,12 +153,9 @@ def _render_exposure(outdir, exp: Exposure, index, size, seed, effects: Effects,
         mag = vr.uniform(*POINTING_ERROR) if effects.pointing else 0.0
         ang = vr.uniform(0, 2 * np.pi)
         truth["visits"][exp.visit_id] = {"target": exp.target, "pointing_error_arcsec": [mag * np.sin(ang), mag * np.cos(ang)]}
-    de, dn = truth["visits"][exp.visit_id]["pointing_error_arcsec"]
     att_nominal = attitude_for(sub, exp.ra_ref, exp.dec_ref, exp.pa_v3)
-    att_true = attitude_for(sub, *offset_radec(exp.ra_ref, exp.dec_ref, de, dn), exp.pa_v3)
-    ra, dec = pixel_sky(att_true, det, sub)
     source = galaxies[exp.target] if exp.kind == "science" else off_fields[exp.target]
-    sky = source.surface_brightness(exp.band, ra, dec)
+    sky = true_exposure_sky(exp, sub, truth["visits"][exp.visit_id]["pointing_error_arcsec"], source)
     ys = slice(sub["ystart"] - 1, sub["ystart"] - 1 + sub["shape"][0])
     xs = slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1])
     rec: dict = {"file": f"uncal/{exp.target}/{exp.basename}_uncal.fits", "target": exp.target, "band": exp.band,
@@ -198,6 +204,15 @@ def _render_exposure(outdir, exp: Exposure, index, size, seed, effects: Effects,
     _write_exposure_truth(outdir / "truth" / "exposures" / f"{exp.basename}_truth.fits", stripes, crs, bkg)
     truth["exposures"][exp.basename] = {k: v for k, v in rec.items() if k != "file"}
     return rec
+
+
+def true_exposure_sky(exp: Exposure, sub: dict, pointing_error, source) -> np.ndarray:
+    """True sky (MJy/sr) on the exposure's pixels at its true pointing (nominal + error)."""
+    det = D.FILTERS[exp.band]["detector"]
+    de, dn = pointing_error
+    att_true = attitude_for(sub, *offset_radec(exp.ra_ref, exp.dec_ref, de, dn), exp.pa_v3)
+    ra, dec = pixel_sky(att_true, det, sub)
+    return source.surface_brightness(exp.band, ra, dec)
 
 
 def _write_exposure_truth(path: Path, stripes, crs, bkg) -> None:

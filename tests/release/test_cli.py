@@ -64,3 +64,15 @@ def test_manifest_guide_example_validates(tmp_path):
     example = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
     (tmp_path / "example.toml").write_text(example)
     assert main(["check", str(tmp_path / "example.toml")]) == 0
+
+
+def test_simulate_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("finished work")
+    assert main(["simulate", str(tmp_path / "a"), "--size", "huge"]) == 2
+    assert main(["simulate", str(tmp_path / "b"), "--bands", "F200W,F999W"]) == 2
+    assert main(["simulate", str(tmp_path / "full")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--size: 'huge'" in err and "'F999W'" in err and "is not an empty folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
+    assert (tmp_path / "full" / "keep.txt").read_text() == "finished work"
