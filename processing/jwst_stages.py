@@ -22,16 +22,26 @@ from release.errors import WorkFailed
 
 log = logging.getLogger(__name__)
 
-#: Defaults of this system where they differ from jwst's (the paper, section 3).
+#: Defaults of this system where they differ from jwst's (the paper, sections 3.1, 3.2, 3.7).
 STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    # pixels saturated after the first group still get a flux
     "lv1": {"ramp_fit": {"suppress_one_group": False}},
+    # no per-exposure i2d
     "lv2": {"resample": {"skip": True}},
-    "lv3": {"source_catalog": {"skip": True}, "resample": {"propagate_dq": True}},
+    # skymatch: one constant for all images, the lowest sigma-clipped level (matching between
+    # tiles is the level-matching stage's job); DQ in the mosaic; the catalogue is not a product
+    "lv3": {
+        "skymatch": {"skymethod": "global", "subtract": True},
+        "source_catalog": {"skip": True},
+        "resample": {"propagate_dq": True},
+    },
 }
-#: Instrument-specific defaults (MIRI: no tweakreg in image3, paper section 3.7).
+#: Instrument-specific defaults.
 INSTRUMENT_DEFAULTS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
-    "miri": {"lv3": {"tweakreg": {"skip": True}}},
-    "nircam": {},
+    # MIRI: off-field master background with a strict 1.5-sigma clip; no tweakreg in image3
+    "miri": {"lv2": {"bkg_subtract": {"sigma": 1.5}}, "lv3": {"tweakreg": {"skip": True}}},
+    # NIRCam: tweakreg with a strict tolerance, shifts only (rotations made it worse, 3.3)
+    "nircam": {"lv3": {"tweakreg": {"fitgeometry": "shift", "tolerance": 0.3}}},
 }
 
 
@@ -103,23 +113,58 @@ def run_detector1(uncal: Path, outdir: Path, params: dict | None = None) -> Path
     return _guarded("lv1", str(uncal), go)
 
 
-def run_image2(rate: Path, outdir: Path, params: dict | None = None) -> Path:
-    """calwebb_image2 on one rate file; returns the cal file."""
+def run_image2(rate: Path, outdir: Path, params: dict | None = None, background: list[Path] | None = None) -> Path:
+    """calwebb_image2 on one rate file; returns the cal file.
+
+    ``background``: off-field rate files. They go into an image2 association as background
+    members; jwst's background step combines them per pixel (sigma-clipped mean, ``sigma``
+    of the bkg_subtract step) into a master background and subtracts it.
+    """
     from jwst.pipeline import Image2Pipeline
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    target = str(rate)
+    if background:
+        # absolute member paths: jwst resolves relative ones against the working directory
+        members = [Path(rate).resolve()] + [Path(b).resolve() for b in background]
+        asn = {
+            "asn_type": "image2", "asn_rule": "candidate_Asn_Lv2Image", "asn_id": "a2001", "asn_pool": "none",
+            "program": "", "target": "none", "version_id": None, "code_version": "hlsp", "constraints": "",
+            "degraded_status": "No known degraded exposures in association.",
+            "products": [{
+                "name": Path(rate).name.replace("_rate.fits", ""),
+                "members": [{"expname": str(members[0]), "exptype": "science"}]
+                + [{"expname": str(m), "exptype": "background"} for m in members[1:]],
+            }],
+        }
+        from release.fileio import atomic_write_text
+
+        target = str(outdir / (Path(rate).name.replace("_rate.fits", "") + "_image2_asn.json"))
+        atomic_write_text(Path(target), json.dumps(asn, indent=1))
 
     def go():
         pipe = Image2Pipeline()
         _configure(pipe, params or {})
         pipe.output_dir = str(outdir)
         pipe.save_results = True
-        pipe.run(str(rate))
+        pipe.run(target)
         out = outdir / Path(rate).name.replace("_rate.fits", "_cal.fits")
         if not out.exists():
             raise StageFailed("lv2", str(rate), f"no cal file written at {out}")
         return out
 
-    outdir.mkdir(parents=True, exist_ok=True)
     return _guarded("lv2", str(rate), go)
+
+
+def _local_copy(path: Path, outdir: Path) -> Path:
+    """``path`` made visible in ``outdir`` (hard link when possible: no data copied)."""
+    local = outdir / Path(path).name
+    if not local.exists():
+        if _same_fs(path, outdir):
+            os.link(path, local)
+        else:
+            local.write_bytes(Path(path).read_bytes())
+    return local
 
 
 def write_association(cal_files: list[Path], product_name: str, path: Path) -> Path:
@@ -141,11 +186,8 @@ def run_image3(cal_files: list[Path], outdir: Path, product_name: str, params: d
     from jwst.pipeline import Image3Pipeline
 
     outdir.mkdir(parents=True, exist_ok=True)
-    for f in cal_files:
-        local = outdir / Path(f).name
-        if not local.exists():
-            os.link(f, local) if _same_fs(f, outdir) else local.write_bytes(Path(f).read_bytes())
-    asn = write_association([outdir / Path(f).name for f in cal_files], product_name, outdir / f"{product_name}_asn.json")
+    local = [_local_copy(Path(f), outdir) for f in cal_files]
+    asn = write_association(local, product_name, outdir / f"{product_name}_asn.json")
 
     def go():
         pipe = Image3Pipeline()

@@ -108,8 +108,9 @@ def plan(
     manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
     targets: Optional[str] = typer.Option(None, help="Comma-separated targets (default: all)."),
     bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: all)."),
+    workdir: Optional[Path] = typer.Option(None, help="Work folder whose cache to look in (default: beside the data)."),
 ) -> None:
-    """Show what a run of this manifest would do, product by product."""
+    """Show what a run of this manifest would do, product by product, and what is cached."""
     from processing.parameters import resolve_parameters
     from processing.stages import BESPOKE_STAGES, PLANNED_STAGES
     from release.instruments import instrument_of
@@ -152,22 +153,102 @@ def plan(
             mosaic = make_name(m.release.project, inst, name, band, file_version(m.release.version), "img", "fits")
             table.add_row(name, band, action, bg, str(nset) if nset else "", mosaic)
     out.print(table)
-    available = ["lv1", "lv2", "lv3"] if _engine_available() else []
-    available += list(BESPOKE_STAGES)
-    if not _engine_available():
-        out.print(
-            "[yellow]The processing engine is not in this version:[/] `hlsp run` does not exist yet, "
-            "so nothing above would run and nothing is cached."
-        )
+    if m.program.data.source == "mast":
+        out.print("Data source 'mast': downloading from MAST is not available in this version, so no task graph.")
+    else:
+        from processing.executor import Engine
+        from processing.pipeline import build_graph
+
+        graph = build_graph(lm, want_t, want_b)
+        engine = Engine(lm, graph, workdir or _default_workdir(lm), allow_version_mismatch=True)
+        status = engine.plan()
+        tasks = Table("stage", "tasks", "cached", "will run")
+        for stage in ("lv1", "lv2", "lv3"):
+            ids = [t for t in status if t.startswith(stage + "/")]
+            tasks.add_row(stage, str(len(ids)), str(sum(status[t] == "cached" for t in ids)), str(sum(status[t] == "run" for t in ids)))
+        out.print(tasks)
+        if engine.jwst_version != m.pins.jwst:
+            out.print(f"[yellow]Installed jwst {engine.jwst_version} differs from pins.jwst {m.pins.jwst}: `hlsp run` will refuse.[/]")
     missing = [s for s in PLANNED_STAGES if s not in BESPOKE_STAGES]
     if missing:
         out.print(f"Stages not available in this version (left out of any run): {', '.join(missing)}")
 
 
-def _engine_available() -> bool:
-    import importlib.util
+def _default_workdir(lm) -> Path:
+    """Default work folder: ``hlsp-work/<project>`` beside the current directory."""
+    return Path("hlsp-work") / lm.manifest.release.project
 
-    return importlib.util.find_spec("processing.pipeline") is not None
+
+@app.command()
+def run(
+    manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
+    targets: Optional[str] = typer.Option(None, help="Comma-separated targets (default: all)."),
+    bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: all)."),
+    workdir: Optional[Path] = typer.Option(None, help="Work folder: cache, logs, products (default: hlsp-work/<project>)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Parallel tasks (default: by cores and free memory)."),
+    allow_version_mismatch: bool = typer.Option(False, "--allow-version-mismatch", help="Run with a jwst other than pins.jwst (recorded in every product)."),
+) -> None:
+    """Process a release: raw exposures to mosaics, through the task graph, reusing the cache."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from processing.executor import Engine
+    from processing.pipeline import STAGES, build_graph
+
+    lm = _load(manifest)
+    graph = build_graph(lm, _split(targets), _split(bands))
+    wd = (workdir or _default_workdir(lm)).resolve()
+    engine = Engine(lm, graph, wd, allow_version_mismatch=allow_version_mismatch, workers=workers)
+    log_file = _run_log(wd)
+    log.info("run of %s (%d tasks, %d workers); log %s", lm.path.name, len(graph.tasks), engine.workers, log_file)
+    counts = {s: sum(1 for t in graph.tasks.values() if t.stage == s) for s in STAGES}
+    with Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=err, transient=False, disable=not err.is_terminal) as progress:
+        bars = {s: progress.add_task(s, total=counts[s], info="") for s in STAGES if counts[s]}
+        tally: dict = {}
+
+        def tick(stage, status):
+            tally.setdefault(stage, {}).setdefault(status, 0)
+            tally[stage][status] += 1
+            progress.update(bars[stage], advance=1, info=" ".join(f"{k} {v}" for k, v in sorted(tally[stage].items())))
+
+        t0 = time.time()
+        summary = engine.run(progress=tick)
+    _print_summary(summary, time.time() - t0)
+    log.info("products: %s", ", ".join(str(p) for p in summary.products))
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _run_log(workdir: Path) -> Path:
+    """A log file per run in ``workdir/logs``."""
+    import datetime
+
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / f"run-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{__import__('os').getpid()}.log"
+    h = logging.FileHandler(path)
+    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(h)
+    return path
+
+
+def _print_summary(summary, elapsed: float) -> None:
+    table = Table("stage", "cached", "ran", "failed", "skipped", title=f"run summary ({elapsed:.1f} s)")
+    for stage in ("lv1", "lv2", "lv3"):
+        rs = [r for r in summary.results.values() if r.task.stage == stage]
+        if rs:
+            table.add_row(stage, *(str(sum(r.status == s for r in rs)) for s in ("cached", "ran", "failed", "skipped")))
+    out.print(table)
+    failures = [r for r in summary.results.values() if r.status in ("failed", "skipped")]
+    if failures:
+        ft = Table("task", "status", "reason", title="what did not complete")
+        for r in sorted(failures, key=lambda r: r.task.id):
+            ft.add_row(r.task.id, r.status, escape(r.error or ""))
+        out.print(ft)
+    for p in summary.products:
+        out.print(f"product: {p}")
 
 
 def _count_leaves(d: dict) -> int:
@@ -237,22 +318,36 @@ def simulate(
 
 @app.command()
 def demo(
-    outdir: Path = typer.Option(Path("demo-output"), help="Where the synthetic program and the demo release go."),
+    outdir: Path = typer.Option(Path("demo-output"), help="Where the synthetic program, the work folder and the demo release go."),
 ) -> None:
     """Cut the demo release from the synthetic program, end to end, as far as this version can."""
-    manifest = Path(__file__).resolve().parent.parent / "manifests" / "demo" / "demo.toml"
+    import tomllib
+
+    import tomli_w
+
+    from release.fileio import atomic_write_text
+
+    shipped = Path(__file__).resolve().parent.parent / "manifests" / "demo" / "demo.toml"
+    outdir = outdir.resolve()
+    program = outdir / "program"
+    # the shipped manifest, pointed at this program (its own paths assume demo-output/)
+    data = tomllib.loads(shipped.read_text())
+    data["program"]["data"]["path"] = str(program)
+    data["pins"]["crds_path"] = str(program / "crds")
+    manifest = outdir / "demo.toml"
+    atomic_write_text(manifest, f"# generated by `hlsp demo` from {shipped}\n" + tomli_w.dumps(data))
     out.print(f"[bold]1. manifest[/] {manifest}")
     check(manifest)
-    program = outdir / "program"
     if (program / "truth" / "truth.json").exists():
         out.print(f"[bold]2. synthetic program[/] {program} (already there, reused)")
     else:
         out.print(f"[bold]2. synthetic program[/] -> {program}")
         simulate(program, size="demo", seed=1, bands=None, mast_mosaics=False)
-    missing = ["the processing engine (`hlsp run`)", "packaging and validation (`hlsp validate`)"]
+    out.print(f"[bold]3. processing[/] -> {outdir / 'work'}")
+    run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, allow_version_mismatch=False)
     out.print(
-        "[bold red]The demo release was not made.[/] This version writes the manifest and the synthetic "
-        "program; still missing: " + "; ".join(missing) + "."
+        "[bold red]The demo release was not packaged.[/] This version processes the synthetic program to "
+        "level-3 mosaics (above); still missing: packaging to MAST conventions and `hlsp validate`."
     )
     raise typer.Exit(1)
 

@@ -187,7 +187,9 @@ def write_uncal(path, exp: Exposure, detector: str, sub: dict, data: np.ndarray,
     meta.observation.exposure_number = f"{exp.exposure:05d}"
     meta.observation.obs_id = f"V{PROGRAM_ID:05d}{exp.observation:03d}{exp.visit:03d}02{exp.sequence}{exp.activity:02d}_{exp.exposure:05d}"
     meta.observation.visit_id = f"{PROGRAM_ID:05d}{exp.observation:03d}{exp.visit:03d}"
-    meta.visit.type = "PRIME_TARGETED_FIXED" if exp.sequence == 1 else "PARALLEL_PURE"
+    meta.visit.type = "PRIME_TARGETED_FIXED"
+    # MIRI off-fields are coordinated parallels of the NIRCam prime exposures (as in program 2107)
+    meta.exposure.prime_parallel = "PRIME" if exp.sequence == 1 else "PARALLEL_COORDINATED"
     meta.target.proposer_name = exp.target
     meta.target.catalog_name = exp.target
     meta.target.type = "FIXED"

@@ -194,3 +194,28 @@ def test_same_seed_same_program(tmp_path, effects_program):
 
     g1 = Galaxy.random(150.1, 2.2, _rng(1, "galaxy", "synth1"))
     assert np.array_equal(g1.knots, Truth(effects_program).galaxy("synth1").knots)
+
+
+def test_full_size_plan():
+    """The benchmark size: full detectors, four amplifiers, 4-point dithers."""
+    from processing.simulate.program import plan_program
+
+    plan = plan_program(["F200W", "F300M", "F770W", "F1000W", "F2100W"], "full")
+    assert len(plan) == 96
+    for det, shape in (("NRCA1", (2048, 2048)), ("NRCALONG", (2048, 2048)), ("MIRIMAGE", (1024, 1032))):
+        assert D.subarray(det, "full")["shape"] == shape and D.subarray(det, "full")["name"] == "FULL"
+    demo = {det: D.subarray(det, "demo") for det in D.DETECTORS}
+    assert demo["NRCA1"]["shape"] == (640, 640) and demo["NRCALONG"]["shape"] == (320, 320)
+
+
+def test_one_over_f_spectrum_and_amplifiers():
+    from processing.simulate.exposures import amplifier_columns, one_over_f
+
+    rng = np.random.default_rng(5)
+    s = one_over_f(rng, 2048, 4, 0.1)
+    assert s.shape == (2048, 4) and np.allclose(s.std(axis=0), 0.1)
+    # 1/f: power at low frequencies dominates (ratio of mean power in two decades ~10)
+    p = np.abs(np.fft.rfft(s, axis=0)) ** 2
+    low, high = p[2:20].mean(), p[200:2000].mean()
+    assert 20 < low / high < 2000
+    assert [c.start for c in amplifier_columns(2048, 4)] == [0, 512, 1024, 1536]

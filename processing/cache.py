@@ -1,0 +1,106 @@
+"""Content-addressed store of task results.
+
+A task's key is the sha256 of everything that determines its outputs: the stage, the content
+hashes of its inputs (raw files, or upstream outputs by their recorded hashes), its resolved
+parameters, the code version of the stage, the jwst version and the CRDS context. Results
+live in ``<cache>/objects/<key[:2]>/<key>/`` with a ``task.json`` record (outputs with their
+sha256, parameters, inputs, timings) written last.
+
+A task runs in ``<cache>/tmp/<key>.<pid>/`` and is published by one ``rename`` of that folder:
+an entry either exists whole or not at all. A run killed in the middle leaves at most a
+stale temporary folder, which the next run ignores (and removes, being scratch of a dead
+process), never a half entry. Finished entries are never deleted by the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RECORD = "task.json"
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def task_key(payload: dict) -> str:
+    return hashlib.sha256(canonical(payload).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        (self.root / "objects").mkdir(parents=True, exist_ok=True)
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def entry(self, key: str) -> Path:
+        return self.root / "objects" / key[:2] / key
+
+    def lookup(self, key: str) -> dict | None:
+        """The task record if the entry is complete, else None."""
+        try:
+            return json.loads((self.entry(key) / RECORD).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def scratch(self, key: str) -> Path:
+        d = self.root / "tmp" / f"{key}.{os.getpid()}"
+        d.mkdir(parents=True, exist_ok=False)
+        return d
+
+    def publish(self, key: str, scratch: Path, record: dict) -> Path:
+        """Write the record into ``scratch`` and move it into place in one rename."""
+        from release.fileio import atomic_write_text
+
+        atomic_write_text(scratch / RECORD, json.dumps(record, indent=1, sort_keys=True, default=str))
+        dest = self.entry(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(scratch, dest)
+        except OSError:
+            if self.lookup(key) is None:  # not a concurrent identical result: a real error
+                raise
+            _remove_tree(scratch)  # the same result was published by another process
+        return dest
+
+    def clean_stale_scratch(self) -> int:
+        """Remove temporary folders of processes that no longer run. Returns how many."""
+        n = 0
+        for d in (self.root / "tmp").iterdir():
+            pid = d.name.rsplit(".", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                _remove_tree(d)
+                n += 1
+        return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a scratch folder of ours (never a published entry)."""
+    for p in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            p.rmdir()
+        else:
+            p.unlink()
+    path.rmdir()
