@@ -87,13 +87,18 @@ class Cache:
 
 
 def _alive(pid: int) -> bool:
+    """True if process ``pid`` runs (a zombie, killed but not reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _remove_tree(path: Path) -> None:

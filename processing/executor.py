@@ -141,8 +141,9 @@ def _stamp_provenance(path: Path, prov: dict) -> None:
         return
     with fits.open(path, mode="update") as hdul:
         h = hdul[0].header
-        h["HLSPMANI"] = (prov["manifest_sha256"], "sha256 of the validated release manifest")
-        h["HLSPTASK"] = (prov["task_key"], "cache key of the task that made this file")
+        # 64-character values: no room left on the card for a comment (see docs/provenance)
+        h["HLSPMANI"] = prov["manifest_sha256"]
+        h["HLSPTASK"] = prov["task_key"]
         h["HLSPCODE"] = (prov["code_version"], "hlsp engine code version")
         h["HLSPJWST"] = (prov["jwst_version"], "jwst version that ran")
         h["HLSPCRDS"] = (prov["crds_context"], "CRDS context of every reference lookup")
@@ -228,10 +229,15 @@ class Engine:
         if task.stage == "lv1":
             hashes = {Path(p).name: self.hashes.sha256(p) for p in task.raw_inputs}
         else:
-            hashes = {tid: done[tid].record["outputs"] for tid in task.deps}
+            # upstream results by their task keys: a key names a recipe (inputs, parameters,
+            # versions) recursively, so a rerun of identical work keeps every downstream key,
+            # even though jwst stamps each file with its creation time and step logs
+            hashes = {tid: done[tid].key for tid in task.deps}
         payload = {
             "stage": task.stage, "inputs": hashes, "params": task.params, "extra": task.extra,
             "code": code_version(task.stage), "jwst": self.jwst_version, "crds_context": self.lm.manifest.pins.crds_context,
+            # a product made against the pin's wishes says so in its header: a different result
+            "version_mismatch_allowed": self.allow_mismatch,
         }
         return task_key(payload), hashes
 
@@ -344,3 +350,37 @@ class Engine:
 def _tick(progress, task: Task, status: str) -> None:
     if progress is not None:
         progress(task.stage, status)
+
+
+#: What may differ between two runs of the same task: the file-creation time jwst writes
+#: (DATE card, and the DATE column of HDRTAB, which holds the input files' headers) and the
+#: ASDF extension, which embeds the step logs with their timestamps, the scratch folder's
+#: name and that date (its WCS is compared separately by evaluating it). Every other header
+#: card, every array and the provenance are identical.
+VOLATILE_CARDS = ("DATE",)
+VOLATILE_HDUS = ("ASDF",)
+
+
+def fits_fingerprint(path: str | Path) -> dict[str, str]:
+    """sha256 per HDU of the header (minus volatile cards) and the data bytes."""
+    import hashlib
+
+    import numpy as np
+    from astropy.io import fits
+
+    out = {}
+    with fits.open(path) as hdul:
+        for i, h in enumerate(hdul):
+            name = h.name or str(i)
+            if name in VOLATILE_HDUS:
+                continue
+            cards = [str(c) for c in h.header.cards if c.keyword not in VOLATILE_CARDS]
+            digest = hashlib.sha256("\n".join(cards).encode())
+            if isinstance(h, (fits.BinTableHDU, fits.TableHDU)):
+                for col in h.columns.names:
+                    if col not in VOLATILE_CARDS:
+                        digest.update(col.encode() + np.asarray(h.data[col]).tobytes())
+            elif h.data is not None:
+                digest.update(np.ascontiguousarray(h.data).tobytes())
+            out[f"{i}:{name}"] = digest.hexdigest()
+    return out

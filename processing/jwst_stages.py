@@ -94,9 +94,32 @@ def _guarded(stage: str, target: str, fn):
         raise StageFailed(stage, target, f"{type(exc).__name__}: {exc}") from exc
 
 
+def check_fits(path: Path, stage: str) -> None:
+    """Refuse a missing, truncated or unreadable FITS file with a message naming it."""
+    import warnings
+
+    from astropy.io import fits
+
+    path = Path(path)
+    if not path.exists():
+        raise StageFailed(stage, str(path), "the file does not exist")
+    size = path.stat().st_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+                needed = max(info["datLoc"] + info["datSpan"] for info in (hdul.fileinfo(i) for i in range(len(hdul))))
+    except Exception as exc:
+        raise StageFailed(stage, str(path), f"not a readable FITS file ({type(exc).__name__}: {exc})") from None
+    if size < needed:
+        raise StageFailed(stage, str(path), f"truncated FITS file: {size} of {needed} bytes")
+
+
 def run_detector1(uncal: Path, outdir: Path, params: dict | None = None) -> Path:
     """calwebb_detector1 on one uncal file; returns the rate file."""
     from jwst.pipeline import Detector1Pipeline
+
+    check_fits(uncal, "lv1")
 
     def go():
         pipe = Detector1Pipeline()

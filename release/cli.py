@@ -186,6 +186,7 @@ def run(
     bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: all)."),
     workdir: Optional[Path] = typer.Option(None, help="Work folder: cache, logs, products (default: hlsp-work/<project>)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Parallel tasks (default: by cores and free memory)."),
+    cache: Optional[Path] = typer.Option(None, help="Task cache folder, shareable between work folders (default: WORKDIR/cache)."),
     allow_version_mismatch: bool = typer.Option(False, "--allow-version-mismatch", help="Run with a jwst other than pins.jwst (recorded in every product)."),
 ) -> None:
     """Process a release: raw exposures to mosaics, through the task graph, reusing the cache."""
@@ -199,7 +200,7 @@ def run(
     lm = _load(manifest)
     graph = build_graph(lm, _split(targets), _split(bands))
     wd = (workdir or _default_workdir(lm)).resolve()
-    engine = Engine(lm, graph, wd, allow_version_mismatch=allow_version_mismatch, workers=workers)
+    engine = Engine(lm, graph, wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, workers=workers)
     log_file = _run_log(wd)
     log.info("run of %s (%d tasks, %d workers); log %s", lm.path.name, len(graph.tasks), engine.workers, log_file)
     counts = {s: sum(1 for t in graph.tasks.values() if t.stage == s) for s in STAGES}
@@ -243,7 +244,10 @@ def _print_summary(summary, elapsed: float) -> None:
     out.print(table)
     failures = [r for r in summary.results.values() if r.status in ("failed", "skipped")]
     if failures:
-        ft = Table("task", "status", "reason", title="what did not complete")
+        ft = Table(title="what did not complete")
+        ft.add_column("task", overflow="fold")
+        ft.add_column("status")
+        ft.add_column("reason", overflow="fold")
         for r in sorted(failures, key=lambda r: r.task.id):
             ft.add_row(r.task.id, r.status, escape(r.error or ""))
         out.print(ft)
@@ -344,7 +348,7 @@ def demo(
         out.print(f"[bold]2. synthetic program[/] -> {program}")
         simulate(program, size="demo", seed=1, bands=None, mast_mosaics=False)
     out.print(f"[bold]3. processing[/] -> {outdir / 'work'}")
-    run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, allow_version_mismatch=False)
+    run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, cache=None, allow_version_mismatch=False)
     out.print(
         "[bold red]The demo release was not packaged.[/] This version processes the synthetic program to "
         "level-3 mosaics (above); still missing: packaging to MAST conventions and `hlsp validate`."

@@ -63,3 +63,71 @@ def effects_default(effects_program, tmp_path_factory) -> dict:
     result = run_default_pipeline(effects_program, work, targets=["synth1"])
     result["workdir"] = work
     return result
+
+
+def write_manifest(path: Path, program: Path, extra: str = "", pins_jwst: str = "3.0.0", borrow: str = "borrowed") -> Path:
+    """A release manifest for a synthetic program (bands taken from the program)."""
+    import json
+
+    bands = json.loads((program / "program.json").read_text())["bands"]
+    path.write_text(f"""
+schema_version = 1
+[release]
+project = "synth-jwst"
+title = "test release"
+version = "1.0.0"
+doi = "10.17909/synthetic-test"
+lead = "T. Est"
+pi = "T. Est"
+[release.contact]
+name = "T. Est"
+email = "test@example.org"
+[pins]
+jwst = "{pins_jwst}"
+crds_context = "jwst_9001.pmap"
+crds_path = "{program / 'crds'}"
+crds_mode = "local"
+[program]
+proposal_ids = [9001]
+instruments = ["nircam", "miri"]
+bands = {json.dumps(bands)}
+[program.data]
+source = "synthetic"
+path = "{program}"
+[targets.synth1]
+ra = 150.10
+dec = 2.20
+[targets.synth2]
+ra = 150.60
+dec = 2.45
+[targets.synth2.miri_background]
+source = "{borrow}"
+{'borrow_from = "synth1"' if borrow != 'own' else ''}
+""" + extra)
+    return path
+
+
+def hlsp(*args: str, check_code: int | None = None) -> "subprocess.CompletedProcess":
+    """Run the hlsp command as a user would (a separate process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "400"}  # rich wraps tables to the terminal width
+    proc = subprocess.run([sys.executable, "-m", "release.cli", *args], capture_output=True, text=True, cwd=REPO, env=env)
+    if check_code is not None:
+        assert proc.returncode == check_code, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="session")
+def engine_run(effects_program, tmp_path_factory) -> dict:
+    """`hlsp run` on the effects program: the first, uncached run, shared by the engine tests."""
+    import time
+
+    root = tmp_path_factory.mktemp("engine")
+    manifest = write_manifest(root / "release.toml", effects_program)
+    t0 = time.time()
+    proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), check_code=0)
+    return {"root": root, "manifest": manifest, "workdir": root / "work", "cache": root / "work" / "cache",
+            "elapsed_s": time.time() - t0, "stdout": proc.stdout}

@@ -1,0 +1,171 @@
+"""The engine on the real jwst pipeline: cached, resumable, failure-isolating, pinned."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from processing.executor import Engine, fits_fingerprint
+from processing.pipeline import build_graph
+from release.errors import BadInput
+from release.manifest import load_manifest
+from tests.conftest import REPO, hlsp, write_manifest
+
+pytestmark = pytest.mark.slow
+
+PRODUCTS = [("synth1", "f200w"), ("synth1", "f770w"), ("synth2", "f200w"), ("synth2", "f770w")]
+
+
+def product(workdir: Path, target: str, band: str) -> Path:
+    return workdir / "products" / target / band / f"{target}_{band}_i2d.fits"
+
+
+def test_first_run_makes_every_mosaic_with_provenance(engine_run):
+    from astropy.io import fits
+
+    lm = load_manifest(engine_run["manifest"])
+    for target, band in PRODUCTS:
+        p = product(engine_run["workdir"], target, band)
+        h = fits.getheader(p)
+        assert h["HLSPMANI"] == lm.manifest.content_hash()
+        assert h["HLSPJWST"] == "3.0.0" and h["HLSPCRDS"] == "jwst_9001.pmap" and h["CRDS_CTX"] == "jwst_9001.pmap"
+        assert h["HLSPVMIS"] is False
+        prov = json.loads(p.with_suffix(".prov.json").read_text())
+        assert prov["key"] == h["HLSPTASK"] and prov["provenance"]["parameters"]
+        assert len(prov["inputs"]) >= 2  # the cal files it was made from, by content hash
+        with fits.open(p) as hdul:
+            assert "DQ" in hdul and "SCI" in hdul  # resample propagate_dq
+    # every run leaves a log
+    assert list((engine_run["workdir"] / "logs").glob("run-*.log"))
+    print(f"\nfirst run: {engine_run['elapsed_s']:.1f} s")
+
+
+def test_second_run_is_a_noop(engine_run):
+    t0 = time.time()
+    proc = hlsp("run", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), check_code=0)
+    elapsed = time.time() - t0
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("│ lv")]
+    for line in lines:
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        assert cells[2] == "0", line  # ran
+    print(f"\nsecond run (all cached): {elapsed:.1f} s (first run {engine_run['elapsed_s']:.1f} s)")
+    assert elapsed < 30
+
+
+def test_parameter_change_reruns_only_that_target(engine_run, tmp_path):
+    lm0 = load_manifest(engine_run["manifest"])
+    program = lm0.resolve_path(lm0.manifest.program.data.path)
+    changed = write_manifest(
+        tmp_path / "changed.toml", program,
+        extra='\n[targets.synth2.parameters.default.lv3.outlier_detection]\nsnr = "4.0 3.0"\n',
+    )
+    lm = load_manifest(changed)
+    engine = Engine(lm, build_graph(lm), tmp_path / "work", cache_dir=engine_run["cache"])
+    status = engine.plan()
+    rerun = sorted(t for t, s in status.items() if s == "run")
+    assert rerun == ["lv3/synth2/F200W", "lv3/synth2/F770W"]
+    summary = engine.run()
+    assert summary.ok and sorted(t for t, r in summary.results.items() if r.status == "ran") == rerun
+    # synth1's products are the very same files as before; synth2's were remade
+    for target, band in PRODUCTS:
+        same = fits_fingerprint(product(tmp_path / "work", target, band)) == fits_fingerprint(product(engine_run["workdir"], target, band))
+        assert same == (target == "synth1"), (target, band)
+
+
+def test_kill_9_then_resume_gives_identical_products(engine_run, tmp_path):
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "release.cli", "run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = list((cache / "objects").glob("*/*/task.json")) if (cache / "objects").exists() else []
+        if len(done) >= 6:
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and its workers, mid-stage
+    proc.wait()
+    killed_with = len(list((cache / "objects").glob("*/*/task.json")))
+    assert 6 <= killed_with < 32, killed_with
+    assert not (tmp_path / "work" / "products").exists() or not any((tmp_path / "work" / "products").rglob("*.fits"))
+    # every published entry is whole
+    for entry in (cache / "objects").glob("*/*"):
+        assert (entry / "task.json").exists(), entry
+    hlsp("run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache), check_code=0)
+    assert not any((cache / "tmp").iterdir())  # the dead run's scratch is gone
+    for target, band in PRODUCTS:
+        a, b = product(tmp_path / "work", target, band), product(engine_run["workdir"], target, band)
+        assert fits_fingerprint(a) == fits_fingerprint(b)
+        wa, wb = _open(a).meta.wcs, _open(b).meta.wcs  # the WCS in the ASDF extension
+        assert np.array_equal(np.array(wa(np.arange(0, 300, 37.0), np.arange(0, 300, 37.0))),
+                              np.array(wb(np.arange(0, 300, 37.0), np.arange(0, 300, 37.0))))
+
+
+def _open(path):
+    from stdatamodels.jwst import datamodels
+
+    return datamodels.open(str(path))
+
+
+def test_corrupt_input_fails_its_task_and_the_other_target_completes(engine_run, tmp_path):
+    lm0 = load_manifest(engine_run["manifest"])
+    program = lm0.resolve_path(lm0.manifest.program.data.path)
+    copy = tmp_path / "program"
+    for src in program.rglob("*_uncal.fits"):
+        dest = copy / src.relative_to(program)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(src, dest)
+    truth = json.loads((program / "truth" / "truth.json").read_text())["exposures"]
+    victim = next(p for p in sorted((copy / "uncal" / "synth2").glob("*mirimage_uncal.fits"))
+                  if truth[p.name[: -len("_uncal.fits")]]["kind"] == "science")
+    data = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(data[: len(data) // 2])  # a truncated download
+    shutil.copy(program / "program.json", copy / "program.json")
+    manifest = write_manifest(tmp_path / "m.toml", copy)
+    text = manifest.read_text().replace(f'crds_path = "{copy / "crds"}"', f'crds_path = "{program / "crds"}"')
+    manifest.write_text(text)
+    proc = hlsp("run", str(manifest), "--workdir", str(tmp_path / "work"), "--cache", str(engine_run["cache"]), check_code=1)
+    out = " ".join(proc.stdout.split())
+    assert f"lv1 failed on {victim}" in out, out
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for target, band in PRODUCTS:
+        exists = product(tmp_path / "work", target, band).exists()
+        assert exists == ((target, band) != ("synth2", "f770w")), (target, band)
+    # nothing of the failed task was published, and the finished work is all still there
+    assert not any((engine_run["cache"] / "tmp").iterdir())
+    assert all(product(engine_run["workdir"], t, b).exists() for t, b in PRODUCTS)
+
+
+def test_jwst_version_mismatch_is_refused(engine_run, tmp_path):
+    lm0 = load_manifest(engine_run["manifest"])
+    program = lm0.resolve_path(lm0.manifest.program.data.path)
+    old = write_manifest(tmp_path / "old.toml", program, pins_jwst="1.13.4")
+    proc = hlsp("run", str(old), "--workdir", str(tmp_path / "work"), check_code=2)
+    assert "pins.jwst is 1.13.4 but jwst 3.0.0 is installed" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "work" / "cache").exists() or not any((tmp_path / "work" / "cache" / "objects").iterdir())
+    lm = load_manifest(old)
+    engine = Engine(lm, build_graph(lm), tmp_path / "work", cache_dir=engine_run["cache"], allow_version_mismatch=True)
+    assert engine.allow_mismatch
+    # products made against the pin are different results: nothing is reused silently
+    assert set(engine.plan().values()) == {"run"}
+
+
+def test_borrowed_background_uses_the_lenders_off_fields(engine_run):
+    lm = load_manifest(engine_run["manifest"])
+    graph = build_graph(lm)
+    lv2 = [t for t in graph.tasks.values() if t.stage == "lv2" and t.target == "synth2" and t.instrument == "miri"]
+    assert lv2
+    for t in lv2:
+        assert t.extra["background_source"] == "borrowed"
+        lenders = {graph.tasks[b].target for b in t.extra["background"]}
+        assert lenders == {"synth1"} and len(t.extra["background"]) == 4
+        assert t.params["bkg_subtract"]["sigma"] == 1.5
