@@ -43,7 +43,7 @@ def scan_exposures(data_dir: Path) -> list[RawExposure]:
     from astropy.io import fits
 
     if not data_dir.is_dir():
-        raise BadInput(f"program.data.path: {data_dir} is not a directory")
+        raise BadInput(f"program.data.path: {data_dir} is not a directory (a synthetic program is written by `hlsp simulate DIR`)")
     out = []
     for path in sorted(data_dir.rglob("*_uncal.fits")):
         try:

@@ -33,7 +33,8 @@ STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lv3": {
         "skymatch": {"skymethod": "global", "subtract": True},
         "source_catalog": {"skip": True},
-        "resample": {"propagate_dq": True},
+        # north up (paper section 3.7), DQ in the mosaic
+        "resample": {"propagate_dq": True, "rotation": 0.0},
     },
 }
 #: Instrument-specific defaults.

@@ -320,6 +320,65 @@ def simulate(
     )
 
 
+def _mosaics(lm, workdir: Path) -> dict:
+    """The finished level-3 mosaics of a work folder, for every target and band of the manifest."""
+    out = {}
+    for target in lm.manifest.targets:
+        for band in lm.manifest.target_bands(target):
+            p = workdir / "products" / target / band.lower() / f"{target}_{band.lower()}_i2d.fits"
+            if p.exists():
+                out[(target, band)] = p
+    return out
+
+
+@app.command()
+def package(
+    manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
+    workdir: Optional[Path] = typer.Option(None, help="Work folder of `hlsp run` (default: hlsp-work/<project>)."),
+    releases: Path = typer.Option(Path("releases"), help="Where releases are published: RELEASES/<project>/<version>/."),
+) -> None:
+    """Package the mosaics of a run as a MAST HLSP release (never overwrites a published version)."""
+    from release.package import NOT_IN_THIS_VERSION, package_release
+
+    lm = _load(manifest)
+    wd = (workdir or _default_workdir(lm)).resolve()
+    dest = package_release(lm, _mosaics(lm, wd), releases.resolve(), simulated=lm.manifest.program.data.source == "synthetic")
+    out.print(f"[bold green]published[/] {dest}")
+    if lm.manifest.products.tweakback:
+        out.print(f"[yellow]not produced:[/] {NOT_IN_THIS_VERSION['tweakback']}")
+    if lm.manifest.products.convolved_fwhm_arcsec:
+        out.print(f"[yellow]not produced:[/] {NOT_IN_THIS_VERSION['convolved']}")
+
+
+@app.command()
+def validate(
+    release_dir: Path = typer.Argument(..., help="A release folder (RELEASES/<project>/<version>)."),
+    junit: Optional[Path] = typer.Option(None, help="Also write the findings as JUnit XML for CI systems."),
+    fitsverify: bool = typer.Option(True, "--fitsverify/--no-fitsverify", help="Run fitsverify on every FITS file (where installed)."),
+) -> None:
+    """Check a release against MAST's rules and our own; exit 1 on any failure."""
+    from release.fileio import atomic_write_text
+    from release.validate import validate_release
+
+    if not release_dir.is_dir():
+        raise BadInput(f"{release_dir} is not a folder")
+    report = validate_release(release_dir, use_fitsverify=fitsverify)
+    if junit:
+        atomic_write_text(junit, report.junit())
+    files = {f.file for f in report.findings}
+    if report.ok:
+        out.print(f"[bold green]valid[/] {release_dir}: {len(files)} files, {len(report.findings)} checks passed")
+        return
+    table = Table(title=f"{len(report.failures)} problem(s) in {release_dir}")
+    table.add_column("file", overflow="fold")
+    table.add_column("check")
+    table.add_column("problem", overflow="fold")
+    for f in report.failures:
+        table.add_row(f.file, f.check, escape(f.message))
+    out.print(table)
+    raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     outdir: Path = typer.Option(Path("demo-output"), help="Where the synthetic program, the work folder and the demo release go."),
@@ -349,11 +408,19 @@ def demo(
         simulate(program, size="demo", seed=1, bands=None, mast_mosaics=False)
     out.print(f"[bold]3. processing[/] -> {outdir / 'work'}")
     run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, cache=None, allow_version_mismatch=False)
-    out.print(
-        "[bold red]The demo release was not packaged.[/] This version processes the synthetic program to "
-        "level-3 mosaics (above); still missing: packaging to MAST conventions and `hlsp validate`."
-    )
-    raise typer.Exit(1)
+    releases = outdir / "releases"
+    lm = _load(manifest)
+    from release.package import release_dir
+
+    dest = release_dir(releases, lm)
+    if dest.exists():
+        out.print(f"[bold]4. packaging[/] {dest} is already published (kept as it is)")
+    else:
+        out.print(f"[bold]4. packaging[/] -> {releases}")
+        package(manifest, workdir=outdir / "work", releases=releases)
+    out.print(f"[bold]5. validation[/] {dest}")
+    validate(dest, junit=outdir / "validation.xml", fitsverify=True)
+    out.print(f"[bold green]The demo release is in {dest}[/] (validated; JUnit report {outdir / 'validation.xml'})")
 
 
 def main(argv: list[str] | None = None) -> int:

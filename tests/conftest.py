@@ -131,3 +131,11 @@ def engine_run(effects_program, tmp_path_factory) -> dict:
     proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), check_code=0)
     return {"root": root, "manifest": manifest, "workdir": root / "work", "cache": root / "work" / "cache",
             "elapsed_s": time.time() - t0, "stdout": proc.stdout}
+
+
+@pytest.fixture(scope="session")
+def demo_release(engine_run, tmp_path_factory) -> Path:
+    """The engine run's mosaics packaged as a release (validated clean in test_validate)."""
+    root = tmp_path_factory.mktemp("releases")
+    hlsp("package", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), "--releases", str(root), check_code=0)
+    return root / "synth-jwst" / "v1p0"

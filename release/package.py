@@ -1,0 +1,298 @@
+"""From mosaics to a release that MAST accepts (reference/hlsp.md).
+
+Per target and band: ``hlsp_<proj>_jwst_<inst>_<target>_<filter>_<ver>_img.fits`` with the
+extensions of the paper's Table 3 (SCI, ERR, DQ, VAR_POISSON, VAR_RNOISE, VAR_FLAT, CON, WHT)
+plus INPUTS (the exposures it was made from), the celestial WCS in every image extension,
+MAST's required and recommended keywords, our provenance, and CHECKSUM/DATASUM on every HDU;
+and a PNG preview. Per release: a README rendered from templates/ and a manifest CSV (file,
+size, sha256, product type, target, instrument, filter, version).
+
+The release is written to a staging folder beside its final place and moved there by one
+rename; a published version is never overwritten; an interrupted packaging leaves only the
+staging folder (named ``.staging-*``), never a partial release.
+
+Products whose stage is not in this version (tweakback tarballs, PSF-matched images) are not
+written; the README and the command say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from release.errors import BadInput
+from release.manifest import LoadedManifest, file_version
+from release.naming import make_name
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "CON", "WHT")
+UNITS = {"SCI": "MJy/sr", "ERR": "MJy/sr", "VAR_POISSON": "(MJy/sr)**2", "VAR_RNOISE": "(MJy/sr)**2", "VAR_FLAT": "(MJy/sr)**2"}
+EXT_COMMENT = {
+    "SCI": "surface brightness", "ERR": "1-sigma uncertainty (Poisson and read noise)",
+    "DQ": "data quality flags (jwst dqflags bits)", "VAR_POISSON": "variance from Poisson noise",
+    "VAR_RNOISE": "variance from read noise", "VAR_FLAT": "variance from flat-field uncertainty",
+    "CON": "context: bit mask of contributing inputs", "WHT": "relative weight",
+}
+#: Keywords carried over from the jwst mosaic's primary header.
+CARRY = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "PUPIL", "CAL_VER", "CRDS_VER", "CRDS_CTX",
+         "HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS", "HLSPVMIS")
+NOT_IN_THIS_VERSION = {
+    "tweakback": "tweakback tarballs need the absolute-astrometry stage, which is not in this version",
+    "convolved": "PSF-matched (convolved) products need the PSF-matching stage, which is not in this version",
+}
+
+
+@dataclass
+class PackagedFile:
+    path: Path
+    product: str
+    target: str
+    instrument: str
+    filter: str
+
+
+def release_dir(root: Path, lm: LoadedManifest) -> Path:
+    m = lm.manifest
+    return Path(root) / m.release.project / file_version(m.release.version)
+
+
+def package_release(lm: LoadedManifest, mosaics: dict[tuple[str, str], Path], releases_root: Path,
+                    simulated: bool) -> Path:
+    """Write the release of ``mosaics`` ({(target, band): i2d path}); return its folder."""
+    m = lm.manifest
+    if m.release.kind == "patch":
+        raise BadInput(f"{lm.path.name}: packaging a patch release (carrying the parent's files over) is not available in this version")
+    dest = release_dir(releases_root, lm)
+    if dest.exists():
+        raise BadInput(f"{dest} is already published: a released version is never overwritten (raise release.version)")
+    missing = [f"{t}/{b}" for t in m.targets for b in m.target_bands(t) if (t, b) not in mosaics]
+    if missing:
+        raise BadInput(f"no mosaic for {', '.join(missing)}: run `hlsp run` first (or it failed)")
+    staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
+    staging.mkdir(parents=True)
+    try:
+        files = _write_files(lm, mosaics, staging, simulated)
+    except BaseException:
+        from processing.cache import _remove_tree
+
+        _remove_tree(staging)  # our own staging: a failed packaging leaves nothing behind
+        raise
+    os.rename(staging, dest)  # the release appears whole or not at all
+    log.info("published %s (%d files)", dest, len(files))
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _write_files(lm: LoadedManifest, mosaics: dict, staging: Path, simulated: bool) -> list[PackagedFile]:
+    from release.instruments import instrument_of
+
+    m = lm.manifest
+    fv = file_version(m.release.version)
+    files: list[PackagedFile] = []
+    for (target, band), i2d in sorted(mosaics.items()):
+        inst = instrument_of(band)
+        name = make_name(m.release.project, inst, target, band, fv, "img", "fits")
+        out = staging / target / name
+        write_img(i2d, out, lm, target, band, simulated)
+        files.append(PackagedFile(out, "img", target, inst, band.lower()))
+        if m.products.previews:
+            png = staging / target / make_name(m.release.project, inst, target, band, fv, "img-preview", "png")
+            write_preview(out, png, f"{m.targets[target].designation or target} {band}")
+            files.append(PackagedFile(png, "img-preview", target, inst, band.lower()))
+    insts = "-".join(sorted({f.instrument for f in files}))
+    readme = staging / make_name(m.release.project, insts, "all", "multi", fv, "readme", "txt")
+    from release.fileio import atomic_write_text
+
+    atomic_write_text(readme, render_readme(lm, files, simulated))
+    files.append(PackagedFile(readme, "readme", "all", insts, "multi"))
+    manifest_csv = staging / make_name(m.release.project, insts, "all", "multi", fv, "manifest", "csv")
+    write_manifest_csv(manifest_csv, files, staging, fv)
+    return files + [PackagedFile(manifest_csv, "manifest", "all", insts, "multi")]
+
+
+def _mjd_to_iso(mjd: float) -> str:
+    from astropy.time import Time
+
+    return Time(mjd, format="mjd", scale="utc").isot
+
+
+def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simulated: bool):
+    from astropy.io import fits
+
+    m = lm.manifest
+    t = m.targets[target]
+    h = fits.Header()
+    for key in CARRY:
+        if key in src_primary:
+            h[key] = (src_primary[key], src_primary.comments[key])
+    h["OBSERVAT"] = ("JWST", "observatory")
+    h["TELESCOP"] = ("JWST", "telescope")
+    h["FILTER"] = band
+    h["RA_TARG"] = (float(t.ra), "[deg] target right ascension (ICRS)")
+    h["DEC_TARG"] = (float(t.dec), "[deg] target declination (ICRS)")
+    beg, end = float(src_primary["EXPSTART"]), float(src_primary["EXPEND"])
+    h["TIMESYS"] = ("UTC", "time scale of the time keywords")
+    h["DATE-BEG"] = (_mjd_to_iso(beg), "start of the first exposure")
+    h["DATE-END"] = (_mjd_to_iso(end), "end of the last exposure")
+    h["MJD-BEG"] = (beg, "[d] start of the first exposure")
+    h["MJD-END"] = (end, "[d] end of the last exposure")
+    h["MJD-MID"] = ((beg + end) / 2, "[d] mid-point")
+    h["XPOSURE"] = (float(src_primary.get("EFFEXPTM", src_primary.get("DURATION", 0.0))), "[s] effective exposure time")
+    h["TELAPSE"] = ((end - beg) * 86400.0, "[s] elapsed time")
+    program = str(src_primary.get("PROGRAM", m.program.proposal_ids[0]))
+    h["PROPOSID"] = (program, "JWST proposal id")
+    h["HLSPID"] = (m.release.project.upper(), "HLSP collection")
+    h["HLSPNAME"] = (m.release.title[:68], "HLSP collection title")
+    h["HLSPLEAD"] = (m.release.lead[:68], "HLSP project lead")
+    h["HLSPTARG"] = ((t.designation or target)[:68], "target designation")
+    h["HLSPVER"] = (file_version(m.release.version), "version of this product")
+    h["DOI"] = (m.release.doi, "DOI of the HLSP collection")
+    h["LICENSE"] = (m.release.license, "license of the data")
+    h["LICENURL"] = (m.release.license_url, "")
+    if m.release.references:
+        h["REFERENC"] = (m.release.references[0][:68], "bibliographic reference")
+    h["SIMULATD"] = (bool(simulated), "made from simulated observations")
+    return h
+
+
+def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str, simulated: bool) -> None:
+    """The released mosaic from a jwst i2d (written atomically, with checksums)."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from release.fileio import atomic_path
+
+    # memmap=False: astropy cannot memory-map the scaled (BZERO) DQ extension
+    with fits.open(i2d, memmap=False) as src:
+        prim = fits.PrimaryHDU(header=primary_header(src[0].header, lm, target, band, simulated))
+        wcs_header = WCS(src["SCI"].header).to_header()
+        wcs_header["RADESYS"] = "ICRS"
+        wcs_header.remove("EQUINOX", ignore_missing=True)
+        for k in ("MJDREF", "MJD-OBS", "DATE-OBS", "DATEREF", "MJD-AVG", "DATE-AVG", "MJD-BEG", "MJD-END", "DATE-BEG", "DATE-END"):
+            wcs_header.remove(k, ignore_missing=True, remove_all=True)
+        hdus = [prim]
+        for ext in IMAGE_EXTENSIONS:
+            data = src[ext].data
+            if ext == "DQ":
+                data = data.astype(np.uint32)
+            hdu = fits.ImageHDU(data, name=ext)
+            if ext != "CON":
+                hdu.header.extend(wcs_header, update=True)
+            else:
+                hdu.header.extend(_con_wcs(wcs_header), update=True)
+            if ext in UNITS:
+                hdu.header["BUNIT"] = (UNITS[ext], EXT_COMMENT[ext])
+            else:
+                hdu.header["COMMENT"] = EXT_COMMENT[ext]
+            hdus.append(hdu)
+        inputs = _input_exposures(src)
+        cols = [fits.Column(name="EXPOSURE", format=f"{max(len(x) for x in inputs) if inputs else 1}A", array=np.array(inputs))]
+        tab = fits.BinTableHDU.from_columns(cols, name="INPUTS")
+        tab.header["COMMENT"] = "archive exposures (uncal file stems) this mosaic was made from"
+        hdus.append(tab)
+        with atomic_path(dest) as tmp:
+            fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
+
+
+def _con_wcs(wcs_header):
+    """CON is (planes, y, x): its celestial axes are 1 and 2, the plane axis 3 is linear."""
+    h = wcs_header.copy()
+    h["WCSAXES"] = 3
+    h["CTYPE3"] = ""
+    h["CRPIX3"] = 1.0
+    h["CRVAL3"] = 0.0
+    h["CDELT3"] = 1.0
+    return h
+
+
+def _input_exposures(src) -> list[str]:
+    try:
+        names = src["HDRTAB"].data["FILENAME"]
+    except (KeyError, IndexError):
+        return []
+    out = []
+    for n in names:
+        n = str(n).strip()
+        for suffix in ("_cal.fits", "_crf.fits", "_rate.fits"):
+            if n.endswith(suffix):
+                n = n[: -len(suffix)]
+        out.append(n)
+    return sorted(set(out))
+
+
+def write_preview(img: Path, dest: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.io import fits
+    from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+
+    from release.fileio import atomic_path
+
+    data = fits.getdata(img, "SCI")
+    step = max(1, int(np.ceil(max(data.shape) / 1000)))  # at most ~1000 pixels a side
+    small = data[::step, ::step]
+    finite = small[np.isfinite(small)]
+    norm = ImageNormalize(finite if finite.size else np.zeros(1), interval=PercentileInterval(99.5), stretch=AsinhStretch(0.05))
+    fig, ax = plt.subplots(figsize=(7, 7 * small.shape[0] / small.shape[1]), dpi=110)
+    ax.imshow(small, origin="lower", cmap="inferno", norm=norm, interpolation="nearest")
+    ax.set_title(title + " (MJy/sr, asinh)", fontsize=9)
+    ax.set_axis_off()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool) -> str:
+    import jinja2
+    from stdatamodels.jwst.datamodels import dqflags
+
+    m = lm.manifest
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+    )
+    flags = sorted(((int(np.log2(v)), k, v) for k, v in dqflags.pixel.items() if v), key=lambda x: x[2])
+    return env.get_template("README.txt.j2").render(
+        m=m, file_version=file_version(m.release.version), date=datetime.date.today().isoformat(),
+        files=[{"name": f.path.name, "product": f.product, "target": f.target, "filter": f.filter} for f in files],
+        targets=m.targets, flags=flags, simulated=simulated, not_in_version=NOT_IN_THIS_VERSION,
+        want_tweakback=m.products.tweakback, want_convolved=bool(m.products.convolved_fwhm_arcsec),
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+MANIFEST_COLUMNS = ("filename", "size", "sha256", "product_type", "target", "instrument", "filter", "version")
+
+
+def write_manifest_csv(dest: Path, files: list[PackagedFile], root: Path, version: str) -> None:
+    from release.fileio import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(MANIFEST_COLUMNS)
+    for f in sorted(files, key=lambda f: str(f.path)):
+        rel = f.path.relative_to(root).as_posix()
+        w.writerow([rel, f.path.stat().st_size, _sha256(f.path), f.product, f.target, f.instrument, f.filter, version])
+    atomic_write_text(dest, buf.getvalue())

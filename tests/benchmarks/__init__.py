@@ -1,0 +1,1 @@
+"""Benchmarks: heavy measurements against the synthetic truth (`make bench`), not tests."""
