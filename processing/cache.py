@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from release.fileio import file_sha256, remove_scratch as _remove_tree  # noqa: F401 (re-exported)
+
 RECORD = "task.json"
 
 
@@ -29,14 +31,6 @@ def canonical(obj: Any) -> str:
 
 def task_key(payload: dict) -> str:
     return hashlib.sha256(canonical(payload).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Cache:
@@ -101,11 +95,3 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove a scratch folder of ours (never a published entry)."""
-    for p in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if p.is_dir() and not p.is_symlink():
-            p.rmdir()
-        else:
-            p.unlink()
-    path.rmdir()

@@ -14,6 +14,7 @@ on; nothing from a failed task is published; finished entries are never deleted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -39,7 +40,9 @@ PROVENANCE_KEYWORDS = ("HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS
 WORKER_MEMORY_GB = 2.0
 
 
+@functools.lru_cache(maxsize=None)
 def code_version(stage: str) -> str:
+    """Engine version + hash of the stage implementation, read once per process."""
     import hashlib
 
     src = Path(jwst_stages.__file__).read_bytes() + Path(__file__).read_bytes()
@@ -105,9 +108,9 @@ def execute_task(spec: dict) -> dict:
             logging.getLogger().removeHandler(handler)
             handler.close()
         if not published and scratch.exists():
-            from processing.cache import _remove_tree
+            from release.fileio import remove_scratch
 
-            _remove_tree(scratch)  # our own scratch: nothing of a failed task is kept
+            remove_scratch(scratch)  # our own scratch: nothing of a failed task is kept
 
 
 def _run_stage(spec: dict, scratch: Path) -> list[Path]:

@@ -9,7 +9,6 @@ NIRCam are the off-field background exposures), the visit id and EXPSTART. The m
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import os
@@ -142,11 +141,9 @@ class HashIndex:
         st = os.stat(file)
         key = f"{Path(file).resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in self.entries:
-            h = hashlib.sha256()
-            with open(file, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            self.entries[key] = h.hexdigest()
+            from release.fileio import file_sha256
+
+            self.entries[key] = file_sha256(file)
         return self.entries[key]
 
     def save(self) -> None:

@@ -365,7 +365,7 @@ def validate(
     report = validate_release(release_dir, use_fitsverify=fitsverify)
     if junit:
         atomic_write_text(junit, report.junit())
-    files = {f.file for f in report.findings}
+    files = {f.file for f in report.findings if f.file != "."}
     if report.ok:
         out.print(f"[bold green]valid[/] {release_dir}: {len(files)} files, {len(report.findings)} checks passed")
         return

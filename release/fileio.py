@@ -57,3 +57,24 @@ def save_model_atomic(model, target: str | Path) -> None:
         for leftover in tmpdir.iterdir():
             leftover.unlink()
         tmpdir.rmdir()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's content, read in 1 MiB chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def remove_scratch(path: Path) -> None:
+    """Remove a scratch folder this package made (a task's or a staging folder), never finished work."""
+    for p in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            p.rmdir()
+        else:
+            p.unlink()
+    path.rmdir()

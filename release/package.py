@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import io
 import logging
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from release.errors import BadInput
+from release.fileio import file_sha256, remove_scratch
 from release.manifest import LoadedManifest, file_version
 from release.naming import make_name
 
@@ -82,9 +82,7 @@ def package_release(lm: LoadedManifest, mosaics: dict[tuple[str, str], Path], re
     try:
         files = _write_files(lm, mosaics, staging, simulated)
     except BaseException:
-        from processing.cache import _remove_tree
-
-        _remove_tree(staging)  # our own staging: a failed packaging leaves nothing behind
+        remove_scratch(staging)  # our own staging: a failed packaging leaves nothing behind
         raise
     os.rename(staging, dest)  # the release appears whole or not at all
     log.info("published %s (%d files)", dest, len(files))
@@ -275,14 +273,6 @@ def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 MANIFEST_COLUMNS = ("filename", "size", "sha256", "product_type", "target", "instrument", "filter", "version")
 
 
@@ -294,5 +284,5 @@ def write_manifest_csv(dest: Path, files: list[PackagedFile], root: Path, versio
     w.writerow(MANIFEST_COLUMNS)
     for f in sorted(files, key=lambda f: str(f.path)):
         rel = f.path.relative_to(root).as_posix()
-        w.writerow([rel, f.path.stat().st_size, _sha256(f.path), f.product, f.target, f.instrument, f.filter, version])
+        w.writerow([rel, f.path.stat().st_size, file_sha256(f.path), f.product, f.target, f.instrument, f.filter, version])
     atomic_write_text(dest, buf.getvalue())

@@ -16,7 +16,6 @@ Checks, each reported per file with the problem named:
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from release.fileio import file_sha256
 from release.naming import check_name, parse_name
 
 REQUIRED_PRIMARY = {
@@ -83,14 +83,6 @@ class Report:
             out.append("  </testsuite>")
         out.append("</testsuites>")
         return "\n".join(out) + "\n"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def validate_release(root: str | Path, use_fitsverify: bool = True) -> Report:
@@ -155,7 +147,7 @@ def _check_manifest(report: Report, root: Path, manifest_rel: str, rels: dict[st
             report.add(name, "size matches manifest", f"size {p.stat().st_size} but the manifest says {row.get('size')}")
         else:
             report.add(name, "size matches manifest")
-        digest = _sha256(p)
+        digest = file_sha256(p)
         report.add(name, "sha256 matches manifest", None if digest == row.get("sha256") else f"sha256 {digest[:16]}... but the manifest says {str(row.get('sha256'))[:16]}...")
         parsed = parse_name(Path(name).name)
         if parsed and (parsed.target != row.get("target") or parsed.version != row.get("version") or parsed.product != row.get("product_type")):

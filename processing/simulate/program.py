@@ -170,42 +170,31 @@ def plan_program(bands: list[str], size: str = "demo", targets: list[TargetPlan]
     return exposures
 
 
+def _dither_sequence(tp, obs, bands, sz, t, add, duration, tile, east, north, kind="science", seq=1, pointing=None):
+    """Every band's dither pattern at one tile, back to back from time ``t``; returns the end time."""
+    for act, band in enumerate(bands, start=1):
+        for d in range(sz.dithers):
+            de, dn = DITHERS[d]
+            ra, dec = offset_radec(tp.ra, tp.dec, east + de, north + dn)
+            if pointing is not None:
+                ra, dec = pointing(ra, dec)
+            add(tp.name, band, kind, obs, tile + 1, seq, act, d + 1, tile, d, ra, dec, t)
+            t += duration(band) / 86400.0
+    return t
+
+
 def _miri_science(tp, obs, miri_bands, sz, t, add, duration):
     for tile, (east, north) in enumerate(tp.tiles):
-        visit = tile + 1
-        act = 1
-        for band in miri_bands:
-            for d in range(sz.dithers):
-                de, dn = DITHERS[d]
-                ra, dec = offset_radec(tp.ra, tp.dec, east + de, north + dn)
-                add(tp.name, band, "science", obs, visit, 1, act, d + 1, tile, d, ra, dec, t)
-                t += duration(band) / 86400.0
-            act += 1
+        t = _dither_sequence(tp, obs, miri_bands, sz, t, add, duration, tile, east, north)
     return t
 
 
 def _nircam_with_parallels(tp, obs, nircam_bands, miri_bands, sz, t, add, duration):
     """NIRCam science per tile; MIRI off-field exposures in parallel (same time, same attitude)."""
     for tile, (east, north) in enumerate(tp.tiles):
-        visit = tile + 1
-        act = 1
-        t_tile = t
-        for band in nircam_bands:
-            for d in range(sz.dithers):
-                de, dn = DITHERS[d]
-                ra, dec = offset_radec(tp.ra, tp.dec, east + de, north + dn)
-                add(tp.name, band, "science", obs, visit, 1, act, d + 1, tile, d, ra, dec, t)
-                t += duration(band) / 86400.0
-            act += 1
-        # parallel MIRI: same times as the NIRCam exposures, pointed by the NIRCam attitude
-        tp_par = t_tile
-        act = 1
-        for band in miri_bands:
-            for d in range(sz.dithers):
-                de, dn = DITHERS[d]
-                ra, dec = parallel_pointing(*offset_radec(tp.ra, tp.dec, east + de, north + dn), PA_V3)
-                add(tp.name, band, "off", obs, visit, 2, act, d + 1, tile, d, ra, dec, tp_par)
-                tp_par += duration(band) / 86400.0
-            act += 1
-        t = max(t, tp_par)
+        t_end = _dither_sequence(tp, obs, nircam_bands, sz, t, add, duration, tile, east, north)
+        # parallel MIRI: from the same start time, pointed by the NIRCam attitude
+        t_par = _dither_sequence(tp, obs, miri_bands, sz, t, add, duration, tile, east, north, kind="off", seq=2,
+                                 pointing=lambda r, d: parallel_pointing(r, d, PA_V3))
+        t = max(t_end, t_par)
     return t
