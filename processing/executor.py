@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 ENGINE_VERSION = "0.1.0"
 #: Header keywords this engine adds to every product (primary HDU).
 PROVENANCE_KEYWORDS = ("HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS", "HLSPVMIS")
-#: Memory one worker may need (GB): a full-frame MIRI or NIRCam detector1 peaks near 2 GB.
-WORKER_MEMORY_GB = 2.0
+#: Memory one worker may need (GB): full-frame NIRCam detector1+image2 peaked at 2.3 GB (measured).
+WORKER_MEMORY_GB = 2.5
 
 
 @functools.lru_cache(maxsize=None)
