@@ -47,17 +47,15 @@ Conventions of the synthetic references (the exposure simulator must follow them
 from __future__ import annotations
 
 import logging
-import os
 import pprint
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from processing.simulate import detectors
+from release.fileio import atomic_write_text, save_model_atomic
 
 log = logging.getLogger(__name__)
 
@@ -582,28 +580,13 @@ def _area_model(det: detectors.Detector):
 
 
 def _save_model(model, path: Path) -> None:
-    """Save a datamodel atomically: write into a temporary directory beside ``path``, then
-    move it into place (keeps ``meta.filename`` equal to the final basename)."""
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
-    try:
-        tmp = tmp_dir / path.name
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+    """Save a datamodel atomically, keeping ``meta.filename`` equal to the final name."""
+    save_model_atomic(model, path)
     log.debug("wrote %s", path)
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same directory)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 # ------------------------------------------------------------------------------------------
