@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from release.errors import BadInput
+from release.errors import BadInput, HlspError, WorkFailed
 from release.fileio import file_sha256, remove_scratch
 from release.manifest import LoadedManifest, file_version
 from release.naming import make_name
@@ -81,8 +81,10 @@ def package_release(lm: LoadedManifest, mosaics: dict[tuple[str, str], Path], re
     staging.mkdir(parents=True)
     try:
         files = _write_files(lm, mosaics, staging, simulated)
-    except BaseException:
+    except BaseException as exc:
         remove_scratch(staging)  # our own staging: a failed packaging leaves nothing behind
+        if isinstance(exc, Exception) and not isinstance(exc, HlspError):
+            raise WorkFailed(f"packaging {dest.name} failed: {type(exc).__name__}: {exc}; nothing was published") from exc
         raise
     os.rename(staging, dest)  # the release appears whole or not at all
     log.info("published %s (%d files)", dest, len(files))

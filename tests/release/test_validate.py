@@ -62,6 +62,18 @@ def test_published_release_is_never_overwritten(engine_run, demo_release):
     assert not [p for p in demo_release.parent.iterdir() if p.name.startswith(".staging")]
 
 
+def test_failed_packaging_publishes_nothing(engine_run, tmp_path):
+    """A mosaic that cannot be read stops the packaging: exit 1, no release, no staging left."""
+    work = tmp_path / "work"
+    shutil.copytree(engine_run["workdir"] / "products", work / "products")
+    victim = work / "products" / "synth2" / "f770w" / "synth2_f770w_i2d.fits"
+    victim.write_bytes(victim.read_bytes()[:5000])
+    proc = hlsp("package", str(engine_run["manifest"]), "--workdir", str(work), "--releases", str(tmp_path / "rel"), check_code=1)
+    assert "nothing was published" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "rel" / "synth-jwst" / "v1p0").exists()
+    assert not list((tmp_path / "rel" / "synth-jwst").glob(".staging*"))
+
+
 # -- breaking a good release ----------------------------------------------------------------
 
 
