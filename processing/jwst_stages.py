@@ -116,25 +116,30 @@ def check_fits(path: Path, stage: str) -> None:
         raise StageFailed(stage, str(path), f"truncated FITS file: {size} of {needed} bytes")
 
 
+def _run_pipeline(pipeline_cls, stage: str, label: str, source: str, outdir: Path, params: dict | None, expected: Path) -> Path:
+    """Configure and run one jwst pipeline on ``source``, saving into ``outdir``; return ``expected``."""
+
+    def go():
+        pipe = pipeline_cls()
+        _configure(pipe, params or {})
+        pipe.output_dir = str(outdir)
+        pipe.save_results = True
+        pipe.run(source)
+        if not expected.exists():
+            raise StageFailed(stage, label, f"no output written at {expected}")
+        return expected
+
+    return _guarded(stage, label, go)
+
+
 def run_detector1(uncal: Path, outdir: Path, params: dict | None = None) -> Path:
     """calwebb_detector1 on one uncal file; returns the rate file."""
     from jwst.pipeline import Detector1Pipeline
 
     check_fits(uncal, "lv1")
-
-    def go():
-        pipe = Detector1Pipeline()
-        _configure(pipe, params or {})
-        pipe.output_dir = str(outdir)
-        pipe.save_results = True
-        pipe.run(str(uncal))
-        out = outdir / Path(uncal).name.replace("_uncal.fits", "_rate.fits")
-        if not out.exists():
-            raise StageFailed("lv1", str(uncal), f"no rate file written at {out}")
-        return out
-
     outdir.mkdir(parents=True, exist_ok=True)
-    return _guarded("lv1", str(uncal), go)
+    expected = outdir / Path(uncal).name.replace("_uncal.fits", "_rate.fits")
+    return _run_pipeline(Detector1Pipeline, "lv1", str(uncal), str(uncal), outdir, params, expected)
 
 
 def run_image2(rate: Path, outdir: Path, params: dict | None = None, background: list[Path] | None = None) -> Path:
@@ -166,18 +171,8 @@ def run_image2(rate: Path, outdir: Path, params: dict | None = None, background:
         target = str(outdir / (Path(rate).name.replace("_rate.fits", "") + "_image2_asn.json"))
         atomic_write_text(Path(target), json.dumps(asn, indent=1))
 
-    def go():
-        pipe = Image2Pipeline()
-        _configure(pipe, params or {})
-        pipe.output_dir = str(outdir)
-        pipe.save_results = True
-        pipe.run(target)
-        out = outdir / Path(rate).name.replace("_rate.fits", "_cal.fits")
-        if not out.exists():
-            raise StageFailed("lv2", str(rate), f"no cal file written at {out}")
-        return out
-
-    return _guarded("lv2", str(rate), go)
+    expected = outdir / Path(rate).name.replace("_rate.fits", "_cal.fits")
+    return _run_pipeline(Image2Pipeline, "lv2", str(rate), target, outdir, params, expected)
 
 
 def _local_copy(path: Path, outdir: Path) -> Path:
@@ -213,18 +208,8 @@ def run_image3(cal_files: list[Path], outdir: Path, product_name: str, params: d
     local = [_local_copy(Path(f), outdir) for f in cal_files]
     asn = write_association(local, product_name, outdir / f"{product_name}_asn.json")
 
-    def go():
-        pipe = Image3Pipeline()
-        _configure(pipe, params or {})
-        pipe.output_dir = str(outdir)
-        pipe.save_results = True
-        pipe.run(str(asn))
-        out = outdir / f"{product_name}_i2d.fits"
-        if not out.exists():
-            raise StageFailed("lv3", product_name, f"no i2d written at {out}")
-        return out
-
-    return _guarded("lv3", product_name, go)
+    expected = outdir / f"{product_name}_i2d.fits"
+    return _run_pipeline(Image3Pipeline, "lv3", product_name, str(asn), outdir, params, expected)
 
 
 def _same_fs(a, b) -> bool:

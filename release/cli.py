@@ -108,7 +108,7 @@ def plan(
     manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
     targets: Optional[str] = typer.Option(None, help="Comma-separated targets (default: all)."),
     bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: all)."),
-    workdir: Optional[Path] = typer.Option(None, help="Work folder whose cache to look in (default: beside the data)."),
+    workdir: Optional[Path] = typer.Option(None, help="Work folder whose cache to look in (default: hlsp-work/<project>)."),
 ) -> None:
     """Show what a run of this manifest would do, product by product, and what is cached."""
     from processing.parameters import resolve_parameters
