@@ -34,10 +34,16 @@ def task_key(payload: dict) -> str:
 
 
 class Cache:
-    def __init__(self, root: str | Path):
+    """The store under ``root``. ``writable=False`` opens it for lookups only: nothing is
+    created (``hlsp plan`` writes nothing); a missing store simply has no entries."""
+
+    def __init__(self, root: str | Path, writable: bool = True):
         self.root = Path(root)
-        (self.root / "objects").mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        if writable:
+            from release.fileio import writable_dir
+
+            writable_dir(self.root / "objects", "the task cache")
+            writable_dir(self.root / "tmp", "the task cache")
 
     def entry(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
@@ -73,6 +79,7 @@ class Cache:
         """Remove temporary folders of processes that no longer run. Returns how many."""
         n = 0
         for d in (self.root / "tmp").iterdir():
+            # a link here is not ours: remove_scratch removes the link, never its target
             pid = d.name.rsplit(".", 1)[-1]
             if pid.isdigit() and not _alive(int(pid)):
                 _remove_tree(d)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 from processing import jwst_stages
 from processing.cache import Cache, file_sha256, task_key
 from processing.pipeline import Graph, Task, product_path
-from release.errors import BadInput, HlspError
+from release.errors import BadInput, HlspError, WorkFailed
 
 log = logging.getLogger(__name__)
 
@@ -68,17 +68,9 @@ def default_workers() -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _worker_init(env: dict[str, str]) -> None:
-    jwst_stages.apply_crds_environment(env)
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    root.setLevel(logging.INFO)
-
-
 def execute_task(spec: dict) -> dict:
     """Run one task described by ``spec`` and publish it to the cache; return its record."""
-    cache = Cache(spec["cache"])
+    cache = Cache(spec["cache"], writable=False)  # made and checked by the engine
     key = spec["key"]
     if (rec := cache.lookup(key)) is not None:
         return rec
@@ -189,11 +181,18 @@ class RunSummary:
 
 
 class Engine:
+    """Runs (or, with ``read_only``, only plans) a graph in a work folder with a task cache.
+
+    ``read_only``: nothing is created or written (``hlsp plan``, and the key computation of
+    ``hlsp package``); :meth:`run` needs a writable engine.
+    """
+
     def __init__(self, lm, graph: Graph, workdir: Path, cache_dir: Path | None = None,
-                 allow_version_mismatch: bool = False, workers: int | None = None):
+                 allow_version_mismatch: bool = False, workers: int | None = None, read_only: bool = False):
         self.lm, self.graph = lm, graph
+        self.read_only = read_only
         self.workdir = Path(workdir).resolve()
-        self.cache = Cache(cache_dir or self.workdir / "cache")
+        self.cache = Cache(cache_dir or self.workdir / "cache", writable=not read_only)
         m = lm.manifest
         self.jwst_version = installed_jwst()
         if self.jwst_version != m.pins.jwst and not allow_version_mismatch:
@@ -228,14 +227,15 @@ class Engine:
                     "background": [p for tid in task.extra["background"] for p in outputs_of(tid, "_rate.fits")]}
         return {"cal": [p for tid in task.deps for p in outputs_of(tid, "_cal.fits")]}
 
-    def _key(self, task: Task, done: dict[str, TaskResult]) -> tuple[str, dict]:
+    def _key(self, task: Task, keys: dict[str, str]) -> tuple[str, dict]:
+        """The task's cache key, from the keys of the tasks it needs (``keys``: task id -> key)."""
         if task.stage == "lv1":
             hashes = {Path(p).name: self.hashes.sha256(p) for p in task.raw_inputs}
         else:
             # upstream results by their task keys: a key names a recipe (inputs, parameters,
             # versions) recursively, so a rerun of identical work keeps every downstream key,
             # even though jwst stamps each file with its creation time and step logs
-            hashes = {tid: done[tid].key for tid in task.deps}
+            hashes = {tid: keys[tid] for tid in task.deps}
         payload = {
             "stage": task.stage, "inputs": hashes, "params": task.params, "extra": task.extra,
             "code": code_version(task.stage), "jwst": self.jwst_version, "crds_context": self.lm.manifest.pins.crds_context,
@@ -259,26 +259,59 @@ class Engine:
         }
 
     # -- planning --------------------------------------------------------------------------
-    def plan(self) -> dict[str, str]:
-        """``{task id: 'cached' | 'run'}`` without running anything."""
-        done: dict[str, TaskResult] = {}
-        status = {}
+    def task_keys(self) -> dict[str, str]:
+        """Every task's cache key, computed from the inputs and the manifest alone (nothing runs)."""
+        keys: dict[str, str] = {}
         for task in self.graph.order():
-            if all(d in done for d in task.deps):
-                key, _ = self._key(task, done)
-                rec = self.cache.lookup(key)
-                if rec is not None:
-                    done[task.id] = TaskResult(task, "cached", key, rec)
-                    status[task.id] = "cached"
-                    continue
-            status[task.id] = "run"
-        self.hashes.save()
-        return status
+            keys[task.id] = self._key(task, keys)[0]
+        return keys
+
+    def plan(self) -> dict[str, str]:
+        """``{task id: 'cached' | 'run'}`` without running or writing anything."""
+        return {tid: "cached" if self.cache.lookup(key) is not None else "run" for tid, key in self.task_keys().items()}
+
+    def products(self, stage: str = "lv3") -> tuple[dict[tuple[str, str], Path], list[str]]:
+        """The finished outputs of this manifest's ``stage`` tasks, found by their task keys.
+
+        Returns ``({(target, band): file in the cache}, [task ids not in the cache])``. Each
+        file is checked against its record (sha256) and its HLSPTASK header names its key: a
+        product made from another manifest (other parameters, inputs or versions) has another
+        key and is never returned, whatever a shared work folder holds.
+        """
+        from astropy.io import fits
+
+        found: dict[tuple[str, str], Path] = {}
+        missing: list[str] = []
+        for tid, key in self.task_keys().items():
+            task = self.graph.tasks[tid]
+            if task.stage != stage:
+                continue
+            rec = self.cache.lookup(key)
+            path = self.cache.entry(key) / product_path(self.workdir, task).name
+            if rec is None or path.name not in rec.get("outputs", {}):
+                missing.append(tid)
+                continue
+            if file_sha256(path) != rec["outputs"][path.name]:
+                raise WorkFailed(f"{path}: content differs from its cache record (sha256): the cache entry was altered")
+            if fits.getval(path, "HLSPTASK", 0) != key:
+                raise WorkFailed(f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered")
+            found[(task.target, task.band)] = path
+        return found, missing
 
     # -- running ---------------------------------------------------------------------------
     def run(self, progress: Callable[[str, str], None] | None = None) -> RunSummary:
+        """Run every task not in the cache; one run at a time per work folder (a lock)."""
+        from release.fileio import folder_lock
+
+        if self.read_only:
+            raise HlspError("a read-only engine cannot run")
+        with folder_lock(self.workdir, "the work folder", "run"):
+            return self._run(progress)
+
+    def _run(self, progress: Callable[[str, str], None] | None) -> RunSummary:
         t0 = time.time()
         summary = RunSummary()
+        keys: dict[str, str] = {}
         stale = self.cache.clean_stale_scratch()
         if stale:
             log.info("removed %d scratch folder(s) left by interrupted runs", stale)
@@ -286,7 +319,7 @@ class Engine:
         pending = {t.id: t for t in self.graph.order()}
         running: dict[Any, tuple[Task, str, float]] = {}
         ctx = get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(self.env,)) as pool:
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=jwst_stages.worker_init, initargs=(self.env,)) as pool:
             while pending or running:
                 for tid in list(pending):
                     task = pending[tid]
@@ -298,7 +331,8 @@ class Engine:
                         continue
                     if not all(d in done for d in task.deps):
                         continue
-                    key, hashes = self._key(task, done)
+                    key, hashes = self._key(task, keys)
+                    keys[tid] = key
                     rec = self.cache.lookup(key)
                     del pending[tid]
                     if rec is not None:
@@ -333,13 +367,14 @@ class Engine:
         """Link finished mosaics into ``workdir/products`` with their provenance sidecar."""
         import json
 
-        from release.fileio import atomic_path, atomic_write_text
+        from release.fileio import atomic_path, atomic_write_text, inside
 
         out = []
         for r in done.values():
             if r.task.stage != "lv3":
                 continue
             dest = product_path(self.workdir, r.task)
+            inside(dest.parent, self.workdir, "a product folder")  # never write through a planted link
             src = self.cache.entry(r.key) / dest.name
             if not (dest.exists() and os.path.samefile(src, dest)):
                 with atomic_path(dest) as tmp:

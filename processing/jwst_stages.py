@@ -74,6 +74,15 @@ def apply_crds_environment(env: dict[str, str]) -> None:
     os.environ.update(env)
 
 
+def worker_init(env: dict[str, str]) -> None:
+    """Initializer of a worker process that runs jwst: the CRDS environment, and no console
+    output (records and warnings go to the log file the task attaches)."""
+    from release.logs import setup_worker
+
+    apply_crds_environment(env)
+    setup_worker()
+
+
 def _configure(pipeline, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     applied: dict[str, dict[str, Any]] = {}
     for step, values in params.items():

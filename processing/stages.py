@@ -2,7 +2,10 @@
 
 The manifest may set a parameter of any stage listed here. The three official pipeline stages
 take ``{jwst step name: {parameter: value}}`` and are checked against the specification of the
-*installed* jwst (names, types, allowed options). The PHANGS algorithms are listed in
+*installed* jwst (names, allowed options) strictly: the TOML type must be the spec's type (a
+quoted ``"false"`` is refused, never converted), numbers are finite and within jwst's bounds
+and :data:`SCIENCE_BOUNDS`, and :func:`normalise_stage_parameters` gives the values the stage
+receives (an integer given for a float becomes that float). The PHANGS algorithms are listed in
 :data:`PLANNED_STAGES` until their module exists; a manifest that sets one of their parameters
 is refused with a message saying the stage is not available, rather than silently ignored.
 
@@ -52,14 +55,130 @@ def _jwst_step_specs(stage: str) -> dict[str, Any]:
     return {name: step.load_spec_file() for name, step in pipeline.step_defs.items()}
 
 
-def _check_jwst_stage(stage: str, steps: Any, path: str) -> list[tuple[str, str]]:
-    from configobj.validate import ValidateError, Validator
+#: Bounds the science needs where jwst's own specification declares none (or a looser one):
+#: ``{(step, parameter): (low, low_inclusive, high, high_inclusive)}``, None for open. A
+#: negative tolerance or search radius, a zero pixel scale or a pixfrac of 0 is never meant.
+SCIENCE_BOUNDS: dict[tuple[str, str], tuple[float | None, bool, float | None, bool]] = {
+    **{("tweakreg", p): (0.0, False, None, False) for p in (
+        "tolerance", "abs_tolerance", "searchrad", "abs_searchrad", "separation", "abs_separation",
+        "snr_threshold", "kernel_fwhm", "sigma_radius", "sigma", "abs_sigma")},
+    **{("tweakreg", p): (1, True, None, False) for p in (
+        "brightest", "minobj", "abs_minobj", "npixels", "bkg_boxsize", "nlevels")},
+    ("tweakreg", "minsep_fwhm"): (0.0, True, None, False),
+    ("tweakreg", "contrast"): (0.0, True, 1.0, True),
+    **{("resample", p): (0.0, False, None, False) for p in ("pixel_scale", "pixel_scale_ratio", "pixmap_stepsize")},
+    ("resample", "pixfrac"): (0.0, False, 1.0, True),
+    ("resample", "rotation"): (-360.0, True, 360.0, True),
+    ("resample", "pixmap_order"): (1, True, None, False),
+    ("outlier_detection", "pixfrac"): (0.0, False, 1.0, True),
+    ("outlier_detection", "maskpt"): (0.0, True, 1.0, True),
+    ("outlier_detection", "threshold_percent"): (0.0, False, 100.0, True),
+    ("outlier_detection", "rolling_window_width"): (1, True, None, False),
+    ("outlier_detection", "pixmap_stepsize"): (0.0, False, None, False),
+    **{("skymatch", p): (0.0, False, None, False) for p in ("lsigma", "usigma", "binwidth")},
+    ("skymatch", "stepsize"): (1, True, None, False),
+    ("bkg_subtract", "sigma"): (0.0, False, None, False),
+    ("bkg_subtract", "maxiters"): (1, True, None, False),
+    **{("jump", p): (0.0, False, None, False) for p in (
+        "rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold",
+        "expand_factor", "min_jump_area", "min_sat_area")},
+    **{("refpix", p): (0.0, False, None, False) for p in ("sigreject", "gaussmooth", "siglimit")},
+    **{("source_catalog", p): (0.0, False, None, False) for p in ("snr_threshold", "kernel_fwhm", "sigma_radius")},
+    **{("source_catalog", p): (0.0, False, 100.0, False) for p in ("aperture_ee1", "aperture_ee2", "aperture_ee3")},
+}
 
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+def _bounds_problem(value: float, bounds: tuple) -> str | None:
+    lo, lo_inc, hi, hi_inc = bounds
+    if lo is not None and (value < lo or (value == lo and not lo_inc)):
+        return f"must be {'>=' if lo_inc else '>'} {lo}"
+    if hi is not None and (value > hi or (value == hi and not hi_inc)):
+        return f"must be {'<=' if hi_inc else '<'} {hi}"
+    return None
+
+
+def _kind_of(value: Any) -> str:
+    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}.get(
+        type(value), type(value).__name__)
+
+
+def check_jwst_value(step: str, name: str, spec: str, value: Any) -> tuple[str | None, Any]:
+    """Check one manifest value against a jwst step's spec, strictly; return (problem, value).
+
+    Strict means the TOML type must be the spec's type: ``skip = "false"`` is a string, not a
+    boolean, and is refused (configobj would turn it into False, and jwst, given the string,
+    would treat it as true). Integers are accepted for floats and returned as floats, so the
+    value that reaches jwst is exactly the validated one. Numbers must be finite and within
+    the spec's bounds and :data:`SCIENCE_BOUNDS`.
+    """
+    import math
+
+    from configobj.validate import Validator
+
+    fun, args, kwargs, _default = Validator()._parse_with_caching(spec)
+
+    def num_bounds(v: float) -> str | None:
+        lo = kwargs.get("min")
+        hi = kwargs.get("max")
+        bounds = (float(lo) if lo is not None else None, True, float(hi) if hi is not None else None, True)
+        return _bounds_problem(v, bounds) or (
+            _bounds_problem(v, SCIENCE_BOUNDS[(step, name)]) if (step, name) in SCIENCE_BOUNDS else None)
+
+    if fun == "boolean":
+        if not isinstance(value, bool):
+            return f"{value!r} is {_kind_of(value)}; a boolean is needed (write true or false, without quotes)", value
+        return None, value
+    if fun in ("integer", "float"):
+        ok = _is_int(value) if fun == "integer" else _is_number(value)
+        if not ok:
+            need = "an integer" if fun == "integer" else "a number"
+            hint = " (without quotes)" if isinstance(value, str) else ""
+            return f"{value!r} is {_kind_of(value)}; {need} is needed{hint}", value
+        if not math.isfinite(value):
+            return f"{value!r} is not a finite number", value
+        problem = num_bounds(value)
+        if problem:
+            return f"{value!r} {problem}", value
+        return None, float(value) if fun == "float" else value
+    if fun in ("int_list", "float_list", "force_list"):
+        if not isinstance(value, list):
+            return f"{value!r} is {_kind_of(value)}; a list is needed", value
+        n_lo, n_hi = kwargs.get("min"), kwargs.get("max")
+        if (n_lo is not None and len(value) < int(n_lo)) or (n_hi is not None and len(value) > int(n_hi)):
+            return f"{value!r} must have {n_lo if n_lo == n_hi else f'{n_lo} to {n_hi}'} elements", value
+        if fun == "force_list":
+            if not all(isinstance(v, str) for v in value):
+                return f"{value!r} must be a list of strings", value
+            return None, value
+        check = _is_int if fun == "int_list" else _is_number
+        if not all(check(v) for v in value):
+            return f"{value!r} must be a list of {'integers' if fun == 'int_list' else 'numbers'}", value
+        if not all(math.isfinite(v) for v in value):
+            return f"{value!r} has a value that is not a finite number", value
+        return None, [float(v) for v in value] if fun == "float_list" else value
+    if fun in ("string", "option", "is_string_or_datamodel"):
+        if not isinstance(value, str):
+            return f"{value!r} is {_kind_of(value)}; a string is needed", value
+        if fun == "option" and value not in args:
+            return f"{value!r} is not one of {', '.join(repr(a) for a in args)}", value
+        return None, value
+    return f"parameters of type '{fun}' cannot be set from a manifest", value
+
+
+def _check_jwst_stage(stage: str, steps: Any, path: str) -> tuple[list[tuple[str, str]], dict]:
     problems: list[tuple[str, str]] = []
     if not isinstance(steps, dict):
-        return [(path, "must be a table of jwst steps, e.g. [...lv3.tweakreg]")]
+        return [(path, "must be a table of jwst steps, e.g. [...lv3.tweakreg]")], steps
     specs = _jwst_step_specs(stage)
-    validator = Validator()
+    normalised: dict[str, Any] = {}
     for step, params in steps.items():
         step_path = f"{path}.{step}"
         if step not in specs:
@@ -71,31 +190,41 @@ def _check_jwst_stage(stage: str, steps: Any, path: str) -> list[tuple[str, str]
             problems.append((step_path, "must be a table of step parameters"))
             continue
         spec = specs[step]
+        out = normalised.setdefault(step, {})
         for name, value in params.items():
             p = f"{step_path}.{name}"
             if name in ENGINE_OWNED:
                 problems.append((p, "is decided by the engine (file locations), not the manifest"))
-            elif name not in spec:
+            elif name not in spec or not isinstance(spec[name], str):
                 problems.append((p, f"unknown parameter of jwst step '{step}'{did_you_mean(name, spec)}"))
             else:
-                try:
-                    validator.check(spec[name], value)
-                except ValidateError as exc:
-                    problems.append((p, f"{value!r} is not valid for '{spec[name]}': {exc}"))
-    return problems
+                problem, out[name] = check_jwst_value(step, name, spec[name], value)
+                if problem:
+                    problems.append((p, problem))
+    return problems, normalised
 
 
 def check_stage_parameters(stages: dict[str, Any], path: str) -> list[tuple[str, str]]:
     """Problems with one ``{stage: parameters}`` table found at dotted ``path``."""
+    return normalise_stage_parameters(stages, path)[0]
+
+
+def normalise_stage_parameters(stages: dict[str, Any], path: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """``(problems, values)``: the problems of one ``{stage: parameters}`` table at dotted
+    ``path``, and the table with every value as the stage will receive it (integers given for
+    float parameters become floats)."""
     problems: list[tuple[str, str]] = []
+    values: dict[str, Any] = {}
     for stage, params in stages.items():
         p = f"{path}.{stage}"
+        values[stage] = params
         if stage in JWST_STAGES:
-            problems.extend(_check_jwst_stage(stage, params, p))
+            found, values[stage] = _check_jwst_stage(stage, params, p)
+            problems.extend(found)
         elif stage in BESPOKE_STAGES:
             problems.extend(BESPOKE_STAGES[stage](params, p))
         elif stage in PLANNED_STAGES:
             problems.append((p, f"stage '{stage}' is not available in this version"))
         else:
             problems.append((p, f"unknown stage '{stage}'{did_you_mean(stage, known_stages() + list(PLANNED_STAGES))}"))
-    return problems
+    return problems, values

@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from release.errors import BadInput, HlspError
+from release.logs import attach_log_file
 
 app = typer.Typer(
     name="hlsp",
@@ -25,23 +26,28 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+
+def _console(stderr: bool) -> Console:
+    """A console that wraps to the terminal, or, writing to a pipe or file (CI, a log), to a
+    width that keeps a path or a table row on one line."""
+    import os
+
+    stream = sys.stderr if stderr else sys.stdout
+    wide = None if (stream.isatty() or "COLUMNS" in os.environ) else 240
+    return Console(stderr=stderr, highlight=False, width=wide)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 log = logging.getLogger(__name__)
 
 
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    root = logging.getLogger()
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        root.addHandler(RichHandler(console=err, show_path=False, rich_tracebacks=False))
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-
-
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages.")) -> None:
-    _setup_logging(verbose)
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every library's log messages on the console too.")) -> None:
+    from release.logs import setup_console
+
+    setup_console(err, verbose)
 
 
 def _load(manifest: Path):
@@ -160,7 +166,7 @@ def plan(
         from processing.pipeline import build_graph
 
         graph = build_graph(lm, want_t, want_b)
-        engine = Engine(lm, graph, workdir or _default_workdir(lm), allow_version_mismatch=True)
+        engine = Engine(lm, graph, workdir or _default_workdir(lm), allow_version_mismatch=True, read_only=True)
         status = engine.plan()
         tasks = Table("stage", "tasks", "cached", "will run")
         for stage in ("lv1", "lv2", "lv3"):
@@ -201,7 +207,7 @@ def run(
     graph = build_graph(lm, _split(targets), _split(bands))
     wd = (workdir or _default_workdir(lm)).resolve()
     engine = Engine(lm, graph, wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, workers=workers)
-    log_file = _run_log(wd)
+    log_file = attach_log_file(wd / "logs", "run")
     log.info("run of %s (%d tasks, %d workers); log %s", lm.path.name, len(graph.tasks), engine.workers, log_file)
     counts = {s: sum(1 for t in graph.tasks.values() if t.stage == s) for s in STAGES}
     with Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -217,22 +223,9 @@ def run(
         t0 = time.time()
         summary = engine.run(progress=tick)
     _print_summary(summary, time.time() - t0)
-    log.info("products: %s", ", ".join(str(p) for p in summary.products))
+    log.debug("products: %s", ", ".join(str(p) for p in summary.products))
     if not summary.ok:
         raise typer.Exit(1)
-
-
-def _run_log(workdir: Path) -> Path:
-    """A log file per run in ``workdir/logs``."""
-    import datetime
-
-    logs = workdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    path = logs / f"run-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{__import__('os').getpid()}.log"
-    h = logging.FileHandler(path)
-    h.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(h)
-    return path
 
 
 def _print_summary(summary, elapsed: float) -> None:
@@ -320,29 +313,39 @@ def simulate(
     )
 
 
-def _mosaics(lm, workdir: Path) -> dict:
-    """The finished level-3 mosaics of a work folder, for every target and band of the manifest."""
-    out = {}
-    for target in lm.manifest.targets:
-        for band in lm.manifest.target_bands(target):
-            p = workdir / "products" / target / band.lower() / f"{target}_{band.lower()}_i2d.fits"
-            if p.exists():
-                out[(target, band)] = p
-    return out
-
-
 @app.command()
 def package(
     manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
     workdir: Optional[Path] = typer.Option(None, help="Work folder of `hlsp run` (default: hlsp-work/<project>)."),
     releases: Path = typer.Option(Path("releases"), help="Where releases are published: RELEASES/<project>/<version>/."),
+    cache: Optional[Path] = typer.Option(None, help="Task cache folder, if `hlsp run` was given one (default: WORKDIR/cache)."),
+    allow_version_mismatch: bool = typer.Option(False, "--allow-version-mismatch", help="Package products made with a jwst other than pins.jwst (as `hlsp run` was told)."),
 ) -> None:
-    """Package the mosaics of a run as a MAST HLSP release (never overwrites a published version)."""
-    from release.package import NOT_IN_THIS_VERSION, package_release
+    """Package the mosaics of a run as a MAST HLSP release (never overwrites a published version).
+
+    Only products made from this manifest are packaged: they are found by the task keys this
+    manifest gives (inputs, parameters, versions), never by what a work folder happens to hold.
+    """
+    from processing.executor import Engine
+    from processing.pipeline import build_graph
+    from release.package import NOT_IN_THIS_VERSION, check_packageable, package_release
 
     lm = _load(manifest)
+    check_packageable(lm)
     wd = (workdir or _default_workdir(lm)).resolve()
-    dest = package_release(lm, _mosaics(lm, wd), releases.resolve(), simulated=lm.manifest.program.data.source == "synthetic")
+    engine = Engine(lm, build_graph(lm), wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, read_only=True)
+    mosaics, missing = engine.products("lv3")
+    if missing:
+        raise BadInput(
+            f"{len(missing)} mosaic(s) made from {lm.path.name} are not in the cache of {wd}: "
+            f"{', '.join(t.removeprefix('lv3/') for t in missing)}; run `hlsp run {manifest}` first (or it failed). "
+            "Products of another manifest (other parameters, inputs or versions) are never packaged under this one."
+        )
+    try:
+        attach_log_file(wd / "logs", "package")
+    except OSError:  # a read-only work folder can still be packaged from: no log file then
+        log.debug("no log file: %s/logs is not writable", wd)
+    dest = package_release(lm, mosaics, releases.resolve(), simulated=lm.manifest.program.data.source == "synthetic")
     out.print(f"[bold green]published[/] {dest}")
     if lm.manifest.products.tweakback:
         out.print(f"[yellow]not produced:[/] {NOT_IN_THIS_VERSION['tweakback']}")
@@ -355,19 +358,30 @@ def validate(
     release_dir: Path = typer.Argument(..., help="A release folder (RELEASES/<project>/<version>)."),
     junit: Optional[Path] = typer.Option(None, help="Also write the findings as JUnit XML for CI systems."),
     fitsverify: bool = typer.Option(True, "--fitsverify/--no-fitsverify", help="Run fitsverify on every FITS file (where installed)."),
+    strict: Optional[bool] = typer.Option(
+        None, "--strict/--no-strict",
+        help="Fail when a check cannot run (fitsverify missing). Default: on where CI=true, else off.",
+    ),
 ) -> None:
     """Check a release against MAST's rules and our own; exit 1 on any failure."""
     from release.fileio import atomic_write_text
-    from release.validate import validate_release
+    from release.validate import strict_by_default, validate_release
 
     if not release_dir.is_dir():
         raise BadInput(f"{release_dir} is not a folder")
-    report = validate_release(release_dir, use_fitsverify=fitsverify)
+    report = validate_release(release_dir, use_fitsverify=fitsverify, strict=strict_by_default() if strict is None else strict)
     if junit:
         atomic_write_text(junit, report.junit())
     files = {f.file for f in report.findings if f.file != "."}
+    skipped: dict[tuple[str, str], int] = {}
+    for f in report.skipped:
+        skipped[(f.check, f.message)] = skipped.get((f.check, f.message), 0) + 1
+    for (check, why), n in sorted(skipped.items()):
+        out.print(f"[yellow]not run:[/] {check} on {n} file(s): {escape(why)}")
     if report.ok:
-        out.print(f"[bold green]valid[/] {release_dir}: {len(files)} files, {len(report.findings)} checks passed")
+        ran = len(report.findings) - len(report.skipped)
+        out.print(f"[bold green]valid[/] {release_dir}: {len(files)} files, {ran} checks passed"
+                  + (f", {len(report.skipped)} not run (see above; --strict fails them)" if report.skipped else ""))
         return
     table = Table(title=f"{len(report.failures)} problem(s) in {release_dir}")
     table.add_column("file", overflow="fold")
@@ -393,6 +407,10 @@ def demo(
     shipped = Path(__file__).resolve().parent.parent / "manifests" / "demo" / "demo.toml"
     outdir = outdir.resolve()
     program = outdir / "program"
+    from release.fileio import writable_dir
+
+    demo_log = attach_log_file(writable_dir(outdir, "the demo folder") / "logs", "demo")
+    out.print(f"log of every library's messages: {demo_log}")
     # the shipped manifest, pointed at this program (its own paths assume demo-output/)
     data = tomllib.loads(shipped.read_text())
     data["program"]["data"]["path"] = str(program)
@@ -417,9 +435,9 @@ def demo(
         out.print(f"[bold]4. packaging[/] {dest} is already published (kept as it is)")
     else:
         out.print(f"[bold]4. packaging[/] -> {releases}")
-        package(manifest, workdir=outdir / "work", releases=releases)
+        package(manifest, workdir=outdir / "work", releases=releases, cache=None, allow_version_mismatch=False)
     out.print(f"[bold]5. validation[/] {dest}")
-    validate(dest, junit=outdir / "validation.xml", fitsverify=True)
+    validate(dest, junit=outdir / "validation.xml", fitsverify=True, strict=None)
     out.print(f"[bold green]The demo release is in {dest}[/] (validated; JUnit report {outdir / 'validation.xml'})")
 
 
@@ -431,6 +449,18 @@ def main(argv: list[str] | None = None) -> int:
     except HlspError as exc:
         err.print("[bold red]error:[/] " + escape(str(exc)), soft_wrap=True)
         return exc.exit_code
+    except OSError as exc:
+        # a folder the user pointed us at that cannot be written (read-only, not ours):
+        # the user's to fix, so exit 2 with the path, never a traceback
+        import errno
+
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        from release.fileio import not_writable
+
+        where = Path(exc.filename) if exc.filename else Path(".")
+        err.print("[bold red]error:[/] " + escape(str(not_writable(where, exc, "the path"))), soft_wrap=True)
+        return 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0

@@ -1,16 +1,38 @@
-"""Atomic file writes: write to a temporary name in the same directory, then rename.
+"""Safe file work: atomic writes, readable modes, symlink-proof cleanup, folder locks.
 
-A reader never sees a half-written file, and a failure leaves the previous file (if any) in
-place. Used for every file this package writes.
+- Atomic: write to a temporary name in the same directory, then rename. A reader never sees a
+  half-written file, and a failure leaves the previous file (if any) in place. Used for every
+  file this package writes.
+- Readable: files get the mode a normal ``open`` would give (0644 under the usual umask), not
+  the 0600 of a temporary file; a release is made world-readable whatever the umask
+  (:func:`make_world_readable`).
+- Symlinks: scratch removal deletes a link, never what it points to, and never descends
+  through one.
+- Locks: :func:`folder_lock` serialises commands on one work folder or release root; a
+  second one is refused with a message naming the folder and the holder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from release.errors import BadInput
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0644 under umask 022)."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -25,6 +47,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        # mkstemp makes 0600 files: give the file the mode a plain open() would
+        os.chmod(tmp_path, default_file_mode())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -52,6 +76,7 @@ def save_model_atomic(model, target: str | Path) -> None:
     try:
         staged = tmpdir / target.name
         model.save(str(staged))
+        os.chmod(staged, default_file_mode())
         os.replace(staged, target)
     finally:
         for leftover in tmpdir.iterdir():
@@ -71,10 +96,108 @@ def file_sha256(path: str | Path) -> str:
 
 
 def remove_scratch(path: Path) -> None:
-    """Remove a scratch folder this package made (a task's or a staging folder), never finished work."""
-    for p in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if p.is_dir() and not p.is_symlink():
-            p.rmdir()
-        else:
-            p.unlink()
-    path.rmdir()
+    """Remove a scratch folder this package made (a task's or a staging folder), never finished work.
+
+    Symbolic links are removed as links: a link (to a file or a folder) inside the scratch, or
+    the scratch path itself being a link, never leads the removal to what it points to.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    for root, dirs, files in os.walk(path, topdown=False, followlinks=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            p = os.path.join(root, name)
+            if os.path.islink(p):
+                os.unlink(p)  # a link to a folder: the link goes, the folder stays
+            else:
+                os.rmdir(p)
+    os.rmdir(path)
+
+
+def make_world_readable(root: Path) -> None:
+    """Files 0644 and folders 0755 under ``root`` (links are left alone, never followed)."""
+    for dirpath, dirs, files in os.walk(root, followlinks=False):
+        os.chmod(dirpath, 0o755)
+        for name in files:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):
+                os.chmod(p, 0o644)
+
+
+def not_writable(path: Path, exc: OSError, what: str) -> BadInput:
+    """The user's error of pointing a command at a folder it cannot write."""
+    reason = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
+              errno.EPERM: "is not writable (operation not permitted)"}.get(exc.errno, f"cannot be written ({exc.strerror})")
+    return BadInput(f"{what} {path} {reason}")
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """Create ``path`` if needed and prove it writable by writing in it; BadInput naming it if not."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".hlsp-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise not_writable(path, exc, what) from None
+    return path
+
+
+def inside(path: Path, root: Path, what: str) -> Path:
+    """Create folder ``path`` under ``root`` and make sure it really is there: a symbolic link
+    on the way that leads out of ``root`` is refused (BadInput), never written through."""
+    path, root = Path(path), Path(root)
+    real_root = root.resolve()
+    for p in [path, *path.parents]:
+        if p == root or p == real_root:
+            break
+        if p.is_symlink():
+            target = os.path.realpath(p)
+            if not (target == str(real_root) or target.startswith(str(real_root) + os.sep)):
+                raise BadInput(f"{what} {p} is a symbolic link out of {root} (to {target}): refusing to write through it")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _lock_holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str, command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (``.hlsp.lock`` in it) while the block runs.
+
+    A second command on the same folder is refused at once (BadInput naming the folder and the
+    process holding it), instead of two commands writing the same files. The lock is the
+    kernel's (flock): a killed holder releases it, so a crash never leaves a stale lock.
+    """
+    import fcntl
+
+    folder = writable_dir(folder, what)
+    path = folder / ".hlsp.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadInput(f"{path} is a symbolic link: refusing to follow it") from None
+        raise not_writable(folder, exc, what) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BadInput(
+                f"{what} {folder} is in use by another hlsp command ({_lock_holder(path)}); "
+                f"wait for it to finish, then run `hlsp {command}` again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"hlsp {command}, pid {os.getpid()}\n".encode())
+        yield folder
+    finally:
+        os.close(fd)  # closing releases the flock

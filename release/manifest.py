@@ -136,6 +136,45 @@ def _check_email(value: str) -> str:
     return value
 
 
+def _check_header_text(value: str) -> str:
+    """Text that goes into a FITS header card: printable ASCII, fits on one card (68 characters)."""
+    bad = sorted({ch for ch in value if not (" " <= ch <= "~")})
+    if bad:
+        raise PydanticCustomError(
+            "header_text",
+            "'{value}' has characters a FITS header cannot hold ({chars}): use printable ASCII",
+            {"value": value, "chars": ", ".join(repr(c) for c in bad)},
+        )
+    if len(value) > 68:
+        raise PydanticCustomError(
+            "header_text", "is {n} characters; a FITS header value holds at most 68 (one card)", {"n": len(value)}
+        )
+    if not value.strip():
+        raise PydanticCustomError("header_text", "must not be empty")
+    return value
+
+
+def _check_text(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("text", "must not be empty")
+    return value
+
+
+def _unique_band_keys(value: Any) -> Any:
+    """Refuse two keys naming the same band in different case ([...band.F200W] and [...band.f200w])."""
+    if isinstance(value, dict):
+        seen: dict[Any, str] = {}
+        for key in value:
+            norm = _normalise_band(key)
+            if norm in seen:
+                raise PydanticCustomError(
+                    "duplicate_band", "'{a}' and '{b}' are the same band: give its table once",
+                    {"a": seen[norm], "b": key},
+                )
+            seen[norm] = key
+    return value
+
+
 def _check_pattern(value: str) -> str:
     if not value or "/" in value or "\\" in value:
         raise PydanticCustomError(
@@ -152,9 +191,15 @@ ProjectId = Annotated[str, AfterValidator(_check_project)]
 TargetName = Annotated[str, AfterValidator(_check_target_name)]
 Band = Annotated[str, BeforeValidator(_normalise_band), AfterValidator(_check_band)]
 Instrument = Literal["nircam", "miri"]
-Doi = Annotated[str, AfterValidator(_check_doi)]
+Doi = Annotated[str, AfterValidator(_check_doi), AfterValidator(_check_header_text)]
 Email = Annotated[str, AfterValidator(_check_email)]
 FilePattern = Annotated[str, AfterValidator(_check_pattern)]
+#: Text written into FITS headers of every product (printable ASCII, one card).
+HeaderText = Annotated[str, AfterValidator(_check_header_text)]
+#: Text for the README (any Unicode), not empty.
+Text = Annotated[str, AfterValidator(_check_text)]
+#: A band list: at least one band, each once.
+BandList = Annotated[list[Band], Field(min_length=1)]
 #: A stage's parameters: {stage: {jwst step: {param: value}}} or {stage: {param: value}}.
 StageParameters = dict[str, dict[str, Any]]
 
@@ -184,7 +229,7 @@ class StrictModel(BaseModel):
 
 
 class Contact(StrictModel):
-    name: str = Field(description="Person to contact about the release.")
+    name: Text = Field(description="Person to contact about the release.")
     email: Email = Field(description="Their e-mail address.")
 
 
@@ -192,7 +237,7 @@ class Release(StrictModel):
     """What is being released, by whom, under which licence."""
 
     project: ProjectId = Field(description="MAST HLSP id, the first field of every file name, e.g. 'phangs-jwst'.")
-    title: str = Field(description="Long project title (HLSPNAME keyword).")
+    title: HeaderText = Field(description="Long project title (HLSPNAME keyword; printable ASCII, at most 68 characters).")
     version: ReleaseVersion = Field(
         description="Release version MAJOR.MINOR.PATCH. File names carry vMAJORpMINOR[pPATCH], "
         "the patch part only when it is not 0: 1.1.0 -> v1p1, 1.0.1 -> v1p0p1."
@@ -204,14 +249,14 @@ class Release(StrictModel):
         default="full", description="'full' cuts every target; 'patch' regenerates the targets named in [patch] and carries the rest over from the parent."
     )
     doi: Doi = Field(description="DOI of the HLSP collection (DOI keyword).")
-    lead: str = Field(description="Name of the project lead (HLSPLEAD keyword).")
-    pi: str = Field(description="Principal investigator of the observing program(s).")
+    lead: HeaderText = Field(description="Name of the project lead (HLSPLEAD keyword; printable ASCII, at most 68 characters).")
+    pi: Text = Field(description="Principal investigator of the observing program(s).")
     contact: Contact = Field(description="Who answers questions about this release.")
-    license: str = Field(default="CC BY 4.0", description="Licence of the products (LICENSE keyword).")
-    license_url: str = Field(
+    license: HeaderText = Field(default="CC BY 4.0", description="Licence of the products (LICENSE keyword).")
+    license_url: HeaderText = Field(
         default="https://creativecommons.org/licenses/by/4.0/", description="URL of the licence text (LICENURL keyword)."
     )
-    references: list[str] = Field(default_factory=list, description="Bibliographic references (ADS bibcodes or DOIs); the first goes into REFERENC.")
+    references: list[HeaderText] = Field(default_factory=list, description="Bibliographic references (ADS bibcodes or DOIs); the first goes into REFERENC.")
     summary: str = Field(default="", description="Short project summary for the README (aims, coverage).")
     changes: list[str] = Field(default_factory=list, description="What changed since the previous version, for the README and CHANGES.")
     known_issues: list[str] = Field(default_factory=list, description="Known issues listed in the README.")
@@ -249,7 +294,7 @@ class Program(StrictModel):
 
     proposal_ids: list[Annotated[int, Field(ge=1, le=99999)]] = Field(min_length=1, description="JWST proposal (program) ids, e.g. [2107].")
     instruments: list[Instrument] = Field(min_length=1, description="Instruments in the release: 'nircam', 'miri'.")
-    bands: list[Band] = Field(min_length=1, description="Filters in the release, e.g. ['F200W', 'F300M', 'F770W'].")
+    bands: BandList = Field(description="Filters in the release, e.g. ['F200W', 'F300M', 'F770W'].")
     data: DataSource = Field(default_factory=DataSource, description="Where the raw exposures come from.")
 
 
@@ -292,16 +337,16 @@ class ParameterLayers(StrictModel):
 
     default: StageParameters = Field(default_factory=dict, description="For every band.")
     instrument: dict[Instrument, StageParameters] = Field(default_factory=dict, description="Per instrument.")
-    band: dict[Band, StageParameters] = Field(default_factory=dict, description="Per band.")
+    band: Annotated[dict[Band, StageParameters], BeforeValidator(_unique_band_keys)] = Field(default_factory=dict, description="Per band.")
 
 
 class Target(StrictModel):
     """One galaxy (or field) of the release."""
 
-    designation: str | None = Field(default=None, description="Human-readable name (HLSPTARG keyword), e.g. 'NGC 628'. Default: the key.")
+    designation: HeaderText | None = Field(default=None, description="Human-readable name (HLSPTARG keyword), e.g. 'NGC 628'. Default: the key.")
     ra: float = Field(ge=0, lt=360, description="Right ascension of the target centre, degrees (ICRS).")
     dec: float = Field(ge=-90, le=90, description="Declination of the target centre, degrees (ICRS).")
-    bands: list[Band] | None = Field(default=None, description="Bands observed for this target. Default: all of program.bands.")
+    bands: BandList | None = Field(default=None, description="Bands observed for this target (at least one). Default: all of program.bands.")
     observations: Observations = Field(default_factory=Observations, description="Exposures to skip or to restrict to.")
     miri_background: MiriBackground = Field(default_factory=MiriBackground, description="Where the MIRI off-field exposures come from.")
     parameters: ParameterLayers = Field(default_factory=ParameterLayers, description="Step parameters for this target only (highest precedence).")
@@ -332,7 +377,7 @@ class Patch(StrictModel):
     parent: str = Field(description="The parent release's manifest file (relative to this manifest).")
     targets: list[TargetName] = Field(min_length=1, description="Targets this patch regenerates; each must be in the parent.")
     instruments: list[Instrument] | None = Field(default=None, description="Limit the regeneration to these instruments.")
-    bands: list[Band] | None = Field(default=None, description="Limit the regeneration to these bands.")
+    bands: BandList | None = Field(default=None, description="Limit the regeneration to these bands.")
 
 
 class Manifest(StrictModel):
@@ -399,6 +444,18 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
             problems.append((f"program.bands[{i}]", f"{band} is a {inst} filter but program.instruments is {sorted(insts)}"))
     if len(set(m.program.bands)) != len(m.program.bands):
         problems.append(("program.bands", "lists a band twice"))
+    fv = file_version(rel.version)
+    if len(fv) > 9:
+        problems.append(("release.version", f"{rel.version} gives the file-name version '{fv}', longer than the 9 characters MAST allows"))
+    else:
+        from release.naming import check_name, release_names
+
+        reported = set()
+        for key, name in release_names(m, fv):
+            bad = check_name(name)
+            if bad and key not in reported:  # one example per target: the rest break the same way
+                reported.add(key)
+                problems.append((key, f"its release files would break MAST's naming rules, e.g. {name}: {'; '.join(bad)}"))
     data = m.program.data
     if data.source in ("local", "synthetic") and not data.path:
         problems.append(("program.data.path", f"is required when program.data.source is '{data.source}'"))
@@ -408,6 +465,8 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
     for name, t in m.targets.items():
         base = f"targets.{name}"
         if t.bands is not None:
+            if len(set(t.bands)) != len(t.bands):
+                problems.append((f"{base}.bands", "lists a band twice"))
             for i, band in enumerate(t.bands):
                 if band not in m.program.bands:
                     problems.append((f"{base}.bands[{i}]", f"{band} is not in program.bands{did_you_mean(band, m.program.bands)}"))
@@ -439,6 +498,8 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
         for i, inst in enumerate(m.patch.instruments or []):
             if inst not in insts:
                 problems.append((f"patch.instruments[{i}]", f"{inst} is not in program.instruments"))
+        if m.patch.bands and len(set(m.patch.bands)) != len(m.patch.bands):
+            problems.append(("patch.bands", "lists a band twice"))
         for i, band in enumerate(m.patch.bands or []):
             if band not in m.program.bands:
                 problems.append((f"patch.bands[{i}]", f"{band} is not in program.bands"))
@@ -543,6 +604,63 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+#: Manifest settings that name files or folders, relative to the manifest's own folder.
+def _path_settings(data: dict) -> list[tuple[dict, str]]:
+    """``(table, key)`` of every path setting present in a raw manifest dict."""
+    out: list[tuple[dict, str]] = []
+
+    def add(table: Any, key: str) -> None:
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            out.append((table, key))
+
+    add(data.get("pins"), "crds_path")
+    add((data.get("program") or {}).get("data") if isinstance(data.get("program"), dict) else None, "path")
+    comparisons = data.get("comparisons")
+    add(comparisons, "mast_mosaics")
+    add(comparisons, "previous_release")
+    targets = data.get("targets")
+    for t in targets.values() if isinstance(targets, dict) else []:
+        if not isinstance(t, dict):
+            continue
+        add(t, "astrometry_catalog")
+        anchoring = t.get("anchoring")
+        for images in anchoring.values() if isinstance(anchoring, dict) else []:
+            for image in images if isinstance(images, list) else []:
+                add(image, "file")
+    return out
+
+
+def _rebase_paths(data: dict, src_dir: Path, dest_dir: Path) -> dict:
+    """A copy of ``data`` whose relative path settings, meant from ``src_dir``, work from ``dest_dir``."""
+    import os
+
+    out = copy.deepcopy(data)
+    for table, key in _path_settings(out):
+        value = Path(table[key]).expanduser()
+        if not value.is_absolute():
+            table[key] = Path(os.path.relpath((src_dir / value).resolve(), dest_dir.resolve())).as_posix()
+    return out
+
+
+def _normalise_parameters(m: "Manifest") -> "Manifest":
+    """The manifest with every step parameter as the stage will receive it (ints for floats
+    become floats): the value that reaches a stage, the content hash and the cache keys are
+    those of the validated value."""
+    from processing.stages import normalise_stage_parameters
+
+    data = m.model_dump(mode="python")
+
+    def fix(layers: dict) -> None:
+        layers["default"] = normalise_stage_parameters(layers["default"], "")[1]
+        for scope in ("instrument", "band"):
+            layers[scope] = {k: normalise_stage_parameters(v, "")[1] for k, v in layers[scope].items()}
+
+    fix(data["parameters"])
+    for t in data["targets"].values():
+        fix(t["parameters"])
+    return Manifest.model_validate(data)
+
+
 class LoadedManifest:
     """A validated manifest and where it came from."""
 
@@ -576,7 +694,8 @@ def _raw_with_parent(path: Path, seen: tuple[Path, ...]) -> tuple[dict, "LoadedM
     if not parent_path.exists():
         raise ManifestError(str(path), [("patch.parent", f"parent manifest {parent_path} does not exist")])
     parent = _load(parent_path, seen + (path.resolve(),))
-    merged = parent.manifest.model_dump(mode="json", exclude={"patch"})
+    # the parent's relative paths are meant from the parent's folder, not the patch's
+    merged = _rebase_paths(parent.manifest.model_dump(mode="json", exclude={"patch"}), parent_path.parent, path.parent)
     # A patch inherits everything but its own release identity and the [patch] table.
     merged["release"].pop("previous", None)
     merged["release"]["changes"] = []
@@ -604,7 +723,7 @@ def _load(path: Path, seen: tuple[Path, ...] = ()) -> LoadedManifest:
         problems.append(("release.project", f"a patch must keep the parent's project id '{parent.manifest.release.project}'"))
     if problems:
         raise ManifestError(str(path), problems)
-    return LoadedManifest(manifest, path, parent)
+    return LoadedManifest(_normalise_parameters(manifest), path, parent)
 
 
 def load_manifest(path: str | Path) -> LoadedManifest:

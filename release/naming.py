@@ -9,7 +9,9 @@ Our product types (MAST names none for these; kept inside its field rules):
 ``img-gauss0p85as``         the mosaic convolved to a 0.85" Gaussian (SCI, ERR), ``.fits``
 ``tweakback``               per-exposure files with the absolute astrometry, ``.tar.gz``
 ``img-preview``             preview of the mosaic, ``.png``
-``readme``, ``manifest``    collection files (target ``all``, filter ``multi``)
+``readme``, ``manifest``    collection files (target ``all``, filter ``multi``): the README
+                            (``.txt``), the file list (``.csv``) and the release manifest
+                            the products were made from (``.toml``)
 ==========================  =============================================================
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 OBSERVATORY = "jwst"
 MAX_NAME = 90
-EXTENSIONS = ("fits", "fits.gz", "tar.gz", "png", "txt", "csv", "ecsv", "md")
+EXTENSIONS = ("fits", "fits.gz", "tar.gz", "png", "txt", "csv", "ecsv", "md", "toml")
 _FIELD_LIMITS = {"project": 20, "observatory": 20, "instrument": 20, "target": 30, "filter": 20, "version": 9, "product": 16}
 _FIELD_RE = {
     "project": re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$"),
@@ -99,3 +101,41 @@ def check_name(name: str) -> list[str]:
         if not _FIELD_RE[field].match(value):
             problems.append(f"{field} field '{value}' has characters MAST does not allow there")
     return problems
+
+
+def collection_instrument(instruments) -> str:
+    """Instrument field of the collection files: the release's instruments joined, ``miri-nircam``."""
+    return "-".join(sorted({i.lower() for i in instruments}))
+
+
+def release_names(manifest, version: str) -> list[tuple[str, str]]:
+    """``(manifest key, file name)`` of every file a release of ``manifest`` would hold.
+
+    Per target and band: the mosaic, its preview, its PSF-matched products and its tweakback
+    tarball as the manifest's ``products`` asks; per release: the README and the manifest CSV.
+    The names are not checked here (:func:`check_name` does), so a manifest can be refused
+    before any processing when one of them would break MAST's rules.
+    """
+    from release.instruments import instrument_of
+
+    m = manifest
+    out: list[tuple[str, str]] = []
+    products = ["img"]
+    if m.products.previews:
+        products.append("img-preview")
+    products += [convolved_product(f) for f in m.products.convolved_fwhm_arcsec]
+    ext = {"img-preview": "png", "tweakback": "tar.gz"}
+    if m.products.tweakback:
+        products.append("tweakback")
+    insts = set()
+    for target in m.targets:
+        for band in m.target_bands(target):
+            inst = instrument_of(band)
+            insts.add(inst)
+            for product in products:
+                name = HlspName(m.release.project, inst, target, band.lower(), version, product, ext.get(product, "fits"))
+                out.append((f"targets.{target}", str(name)))
+    coll = collection_instrument(insts or m.program.instruments)
+    for product, e in (("readme", "txt"), ("manifest", "csv"), ("manifest", "toml")):
+        out.append(("release", str(HlspName(m.release.project, coll, "all", "multi", version, product, e))))
+    return out

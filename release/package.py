@@ -30,7 +30,7 @@ import numpy as np
 from release.errors import BadInput, HlspError, WorkFailed
 from release.fileio import file_sha256, remove_scratch
 from release.manifest import LoadedManifest, file_version
-from release.naming import make_name
+from release.naming import collection_instrument, make_name
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +65,50 @@ def release_dir(root: Path, lm: LoadedManifest) -> Path:
     return Path(root) / m.release.project / file_version(m.release.version)
 
 
+def check_packageable(lm: LoadedManifest) -> None:
+    """Refuse, before any work, a manifest this version cannot package."""
+    if lm.manifest.release.kind == "patch":
+        raise BadInput(f"{lm.path.name}: packaging a patch release (carrying the parent's files over) is not available in this version")
+
+
 def package_release(lm: LoadedManifest, mosaics: dict[tuple[str, str], Path], releases_root: Path,
                     simulated: bool) -> Path:
-    """Write the release of ``mosaics`` ({(target, band): i2d path}); return its folder."""
+    """Write the release of ``mosaics`` ({(target, band): i2d path}); return its folder.
+
+    ``mosaics`` must be exactly the manifest's targets and bands (the engine finds them by
+    their task keys). One packaging at a time per project folder (a lock); staging folders
+    left by a killed packaging are removed first; the release is world-readable.
+    """
+    from release.fileio import folder_lock, make_world_readable
+
     m = lm.manifest
-    if m.release.kind == "patch":
-        raise BadInput(f"{lm.path.name}: packaging a patch release (carrying the parent's files over) is not available in this version")
+    check_packageable(lm)
     dest = release_dir(releases_root, lm)
-    if dest.exists():
-        raise BadInput(f"{dest} is already published: a released version is never overwritten (raise release.version)")
-    missing = [f"{t}/{b}" for t in m.targets for b in m.target_bands(t) if (t, b) not in mosaics]
+    expected = {(t, b) for t in m.targets for b in m.target_bands(t)}
+    missing = sorted(f"{t}/{b}" for t, b in expected - set(mosaics))
     if missing:
         raise BadInput(f"no mosaic for {', '.join(missing)}: run `hlsp run` first (or it failed)")
-    staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
-    staging.mkdir(parents=True)
-    try:
-        files = _write_files(lm, mosaics, staging, simulated)
-    except BaseException as exc:
-        remove_scratch(staging)  # our own staging: a failed packaging leaves nothing behind
-        if isinstance(exc, Exception) and not isinstance(exc, HlspError):
-            raise WorkFailed(f"packaging {dest.name} failed: {type(exc).__name__}: {exc}; nothing was published") from exc
-        raise
-    os.rename(staging, dest)  # the release appears whole or not at all
+    extra = sorted(f"{t}/{b}" for t, b in set(mosaics) - expected)
+    if extra:
+        raise BadInput(f"mosaics for {', '.join(extra)} are not products of {lm.path.name}")
+    with folder_lock(dest.parent, "the release folder", "package"):
+        if dest.exists() or dest.is_symlink():
+            raise BadInput(f"{dest} is already published: a released version is never overwritten (raise release.version)")
+        for stale in sorted(dest.parent.glob(".staging-*")):
+            # under the lock no other packaging runs: any staging folder is a killed one's
+            log.info("removing %s, left by an interrupted packaging", stale)
+            remove_scratch(stale)
+        staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
+        staging.mkdir(parents=True)
+        try:
+            files = _write_files(lm, mosaics, staging, simulated)
+            make_world_readable(staging)  # a release is for others to read
+        except BaseException as exc:
+            remove_scratch(staging)  # our own staging: a failed packaging leaves nothing behind
+            if isinstance(exc, Exception) and not isinstance(exc, HlspError):
+                raise WorkFailed(f"packaging {dest.name} failed: {type(exc).__name__}: {exc}; nothing was published") from exc
+            raise
+        os.rename(staging, dest)  # the release appears whole or not at all
     log.info("published %s (%d files)", dest, len(files))
     return dest
 
@@ -110,21 +132,57 @@ def _write_files(lm: LoadedManifest, mosaics: dict, staging: Path, simulated: bo
             png = staging / target / make_name(m.release.project, inst, target, band, fv, "img-preview", "png")
             write_preview(out, png, f"{m.targets[target].designation or target} {band}")
             files.append(PackagedFile(png, "img-preview", target, inst, band.lower()))
-    insts = "-".join(sorted({f.instrument for f in files}))
+    insts = collection_instrument(f.instrument for f in files)
     readme = staging / make_name(m.release.project, insts, "all", "multi", fv, "readme", "txt")
     from release.fileio import atomic_write_text
 
     atomic_write_text(readme, render_readme(lm, files, simulated))
     files.append(PackagedFile(readme, "readme", "all", insts, "multi"))
+    release_toml = staging / make_name(m.release.project, insts, "all", "multi", fv, "manifest", "toml")
+    atomic_write_text(release_toml, release_manifest_text(lm))
+    files.append(PackagedFile(release_toml, "manifest", "all", insts, "multi"))
     manifest_csv = staging / make_name(m.release.project, insts, "all", "multi", fv, "manifest", "csv")
     write_manifest_csv(manifest_csv, files, staging, fv)
     return files + [PackagedFile(manifest_csv, "manifest", "all", insts, "multi")]
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def release_manifest_text(lm: LoadedManifest) -> str:
+    """The validated manifest of the release, as TOML: what every product was made from.
+
+    Its content hash is the HLSPMANI keyword of every FITS file of the release, which
+    validation checks; ``Manifest.model_validate`` of the parsed file gives the same hash.
+    """
+    import tomli_w
+
+    m = lm.manifest
+    body = tomli_w.dumps(_drop_none(m.model_dump(mode="json")))
+    return (f"# The release manifest of {m.release.project} {m.release.version}, validated and merged: every\n"
+            f"# product of this release was made from it. Content sha256 (HLSPMANI): {m.content_hash()}\n{body}")
 
 
 def _mjd_to_iso(mjd: float) -> str:
     from astropy.time import Time
 
     return Time(mjd, format="mjd", scale="utc").isot
+
+
+def set_card(header, key: str, value, comment: str = "") -> None:
+    """``header[key] = value`` with ``comment`` only where both fit on one 80-character card
+    (astropy would otherwise truncate the comment, with a warning)."""
+    from astropy.io import fits
+
+    header[key] = value
+    image = fits.Card(key, value).image.rstrip()
+    if comment and len(image) + 3 + len(comment) <= 80:
+        header.comments[key] = comment
 
 
 def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simulated: bool):
@@ -136,6 +194,9 @@ def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simu
     for key in CARRY:
         if key in src_primary:
             h[key] = (src_primary[key], src_primary.comments[key])
+    # the manifest of this release (the product was made by the recipe HLSPTASK names, which
+    # the packaging matched against this manifest's task keys)
+    h["HLSPMANI"] = m.content_hash()
     h["OBSERVAT"] = ("JWST", "observatory")
     h["TELESCOP"] = ("JWST", "telescope")
     h["FILTER"] = band
@@ -152,16 +213,17 @@ def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simu
     h["TELAPSE"] = ((end - beg) * 86400.0, "[s] elapsed time")
     program = str(src_primary.get("PROGRAM", m.program.proposal_ids[0]))
     h["PROPOSID"] = (program, "JWST proposal id")
-    h["HLSPID"] = (m.release.project.upper(), "HLSP collection")
-    h["HLSPNAME"] = (m.release.title[:68], "HLSP collection title")
-    h["HLSPLEAD"] = (m.release.lead[:68], "HLSP project lead")
-    h["HLSPTARG"] = ((t.designation or target)[:68], "target designation")
-    h["HLSPVER"] = (file_version(m.release.version), "version of this product")
-    h["DOI"] = (m.release.doi, "DOI of the HLSP collection")
-    h["LICENSE"] = (m.release.license, "license of the data")
-    h["LICENURL"] = (m.release.license_url, "")
+    # the manifest guarantees these fit on one card as printable ASCII (HeaderText)
+    set_card(h, "HLSPID", m.release.project.upper(), "HLSP collection")
+    set_card(h, "HLSPNAME", m.release.title, "HLSP collection title")
+    set_card(h, "HLSPLEAD", m.release.lead, "HLSP project lead")
+    set_card(h, "HLSPTARG", t.designation or target, "target designation")
+    set_card(h, "HLSPVER", file_version(m.release.version), "version of this product")
+    set_card(h, "DOI", m.release.doi, "DOI of the HLSP collection")
+    set_card(h, "LICENSE", m.release.license, "license of the data")
+    set_card(h, "LICENURL", m.release.license_url, "URL of the license")
     if m.release.references:
-        h["REFERENC"] = (m.release.references[0][:68], "bibliographic reference")
+        set_card(h, "REFERENC", m.release.references[0], "bibliographic reference")
     h["SIMULATD"] = (bool(simulated), "made from simulated observations")
     return h
 

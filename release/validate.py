@@ -2,22 +2,35 @@
 
 Checks, each reported per file with the problem named:
 
-- every file name follows MAST's rules, and files sit where the manifest says;
-- the manifest CSV lists every file of the folder (and only those), with matching size and sha256;
-- a README is there;
-- every FITS file opens, its CHECKSUM/DATASUM match on every HDU, and ``fitsverify`` (where
-  installed) reports no error and no warning;
+- the folder holds regular files and folders only: a symbolic link anywhere is a failure
+  (and is never followed); every file is world-readable and every folder world-listable;
+- every file name follows MAST's rules, and per-target files sit in their target's folder;
+- the manifest CSV lists every file of the folder (and only those), once each, with matching
+  size and sha256;
+- the release manifest (``*_manifest.toml``) is there and parses; every target and band it
+  names has its mosaic (and preview), no other target or band is there, and every FITS file
+  says it was made from it (HLSPMANI = its content hash; HLSPID, HLSPTARG, RA_TARG/DEC_TARG
+  as the manifest says);
+- a README is there, not empty, naming the version; every preview is a readable image;
+- every FITS file opens, its CHECKSUM/DATASUM match on every HDU, and ``fitsverify``
+  reports no error and no warning (where it is not installed the check is reported as not
+  run, and ``--strict``, the default under CI, fails it);
 - img.fits: the extensions of Table 3 in order, their dtypes, BUNIT of SCI/ERR (MJy/sr), a
   celestial WCS that parses in every image extension (RADESYS ICRS, no EQUINOX), SCI not all
-  NaN, every MAST-required primary keyword present and well formed, SIMULATD = T in a
-  simulated release.
+  NaN, ERR not all NaN and never negative, every MAST-required primary keyword present and
+  well formed and consistent with the file name and folder (FILTER, INSTRUME, HLSPTARG,
+  HLSPVER), RA_TARG/DEC_TARG on the image, dates consistent (DATE-* with MJD-*, order,
+  TELAPSE, not in the future), SIMULATD = T in a simulated release.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
+import os
 import re
 import shutil
+import stat
 import subprocess
 import warnings
 from dataclasses import dataclass, field
@@ -38,6 +51,24 @@ IMG_LAYOUT = ("PRIMARY", "SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_F
 IMG_DTYPES = {"SCI": "float32", "ERR": "float32", "DQ": "uint32", "VAR_POISSON": "float32", "VAR_RNOISE": "float32",
               "VAR_FLAT": "float32", "CON": "int32", "WHT": "float32"}
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$")
+#: Tolerance of the date consistency checks (DATE-* against MJD-*, TELAPSE), seconds.
+DATE_TOLERANCE_S = 1.0
+#: How far outside the mosaic the target centre may lie, as a fraction of the mosaic's size
+#: (a galaxy centre is on its mosaic; a file of another target is degrees away).
+FOOTPRINT_MARGIN = 0.5
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def strict_by_default() -> bool:
+    """``--strict`` is the default where the environment says CI (``CI=true``, as CI systems set)."""
+    return _truthy(os.environ.get("CI"))
+
+
+def fitsverify_executable() -> str | None:
+    return shutil.which("fitsverify")
 
 
 @dataclass
@@ -46,19 +77,32 @@ class Finding:
     check: str
     ok: bool
     message: str = ""
+    skipped: bool = False
 
 
 @dataclass
 class Report:
     root: Path
+    strict: bool = False
     findings: list[Finding] = field(default_factory=list)
 
     def add(self, file: str, check: str, problem: str | None = None) -> None:
         self.findings.append(Finding(file, check, problem is None, problem or ""))
 
+    def skip(self, file: str, check: str, why: str) -> None:
+        """A check that could not run. Under ``strict`` that is a failure."""
+        if self.strict:
+            self.add(file, check, f"not run: {why}; --strict (the default under CI) requires every check")
+        else:
+            self.findings.append(Finding(file, check, True, why, skipped=True))
+
     @property
     def failures(self) -> list[Finding]:
         return [f for f in self.findings if not f.ok]
+
+    @property
+    def skipped(self) -> list[Finding]:
+        return [f for f in self.findings if f.skipped]
 
     @property
     def ok(self) -> bool:
@@ -71,47 +115,114 @@ class Report:
         for f in self.findings:
             by_file.setdefault(f.file, []).append(f)
         out = ['<?xml version="1.0" encoding="UTF-8"?>',
-               f'<testsuites name={quoteattr("hlsp validate " + str(self.root))} tests="{len(self.findings)}" failures="{len(self.failures)}">']
+               f'<testsuites name={quoteattr("hlsp validate " + str(self.root))} tests="{len(self.findings)}" '
+               f'failures="{len(self.failures)}" skipped="{len(self.skipped)}">']
         for file, fs in sorted(by_file.items()):
             fails = sum(not f.ok for f in fs)
-            out.append(f'  <testsuite name={quoteattr(file)} tests="{len(fs)}" failures="{fails}">')
+            skips = sum(f.skipped for f in fs)
+            out.append(f'  <testsuite name={quoteattr(file)} tests="{len(fs)}" failures="{fails}" skipped="{skips}">')
             for f in fs:
                 out.append(f'    <testcase classname={quoteattr(file)} name={quoteattr(f.check)}>')
                 if not f.ok:
                     out.append(f'      <failure message={quoteattr(f.message)}>{escape(f.message)}</failure>')
+                elif f.skipped:
+                    out.append(f'      <skipped message={quoteattr(f.message)}/>')
                 out.append("    </testcase>")
             out.append("  </testsuite>")
         out.append("</testsuites>")
         return "\n".join(out) + "\n"
 
 
-def validate_release(root: str | Path, use_fitsverify: bool = True) -> Report:
+def _walk(report: Report, root: Path) -> dict[str, Path]:
+    """Regular files of the release by relative path; links and special files are reported,
+    never followed; modes are checked (a release is for others to read)."""
+    files: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        rel_dir = here.relative_to(root).as_posix()
+        mode = os.lstat(here).st_mode
+        if mode & 0o005 != 0o005:
+            report.add(rel_dir, "world-readable", f"folder mode {stat.filemode(mode)}: others cannot list it")
+        for name in sorted(dirnames + filenames):
+            p = here / name
+            rel = p.relative_to(root).as_posix()
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                report.add(rel, "no symbolic links", f"is a symbolic link (to {os.readlink(p)}): a release holds files, "
+                           "never links, and validation does not follow it")
+            elif stat.S_ISDIR(st.st_mode):
+                continue
+            elif not stat.S_ISREG(st.st_mode):
+                report.add(rel, "regular file", f"is not a regular file ({stat.filemode(st.st_mode)})")
+            else:
+                files[rel] = p
+                report.add(rel, "world-readable", None if st.st_mode & 0o004 else
+                           f"mode {stat.filemode(st.st_mode)}: others cannot read it (a release is for others)")
+        dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
+    return dict(sorted(files.items()))
+
+
+def _load_release_manifest(report: Report, rels: dict[str, Path]):
+    """The release manifest shipped in the release, or None (reported)."""
+    import tomllib
+
+    from pydantic import ValidationError
+
+    from release.manifest import Manifest
+
+    tomls = [r for r in rels if r.endswith("_manifest.toml") and "/" not in r]
+    if len(tomls) != 1:
+        report.add(".", "release manifest present", f"expected one *_manifest.toml (the release manifest) at the top, found {len(tomls)}")
+        return None, None
+    try:
+        data = tomllib.loads(rels[tomls[0]].read_text())
+        m = Manifest.model_validate(data)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
+        report.add(tomls[0], "release manifest readable", f"is not a valid release manifest: {' '.join(str(exc).split())[:300]}")
+        return None, None
+    report.add(tomls[0], "release manifest readable")
+    return m, tomls[0]
+
+
+def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool = False) -> Report:
     root = Path(root)
-    report = Report(root)
+    report = Report(root, strict=strict)
     if not root.is_dir():
         report.add(str(root), "release folder", "is not a folder")
         return report
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    rels = {p.relative_to(root).as_posix(): p for p in files}
+    root = root.resolve()  # the path given may be a link; nothing inside it may
+    rels = _walk(report, root)
     for rel, p in rels.items():
         problems = check_name(p.name)
         report.add(rel, "MAST file name", "; ".join(problems) if problems else None)
+        parsed = parse_name(p.name)
+        if parsed and parsed.target != "all":
+            folder = Path(rel).parent.as_posix()
+            report.add(rel, "target folder", None if folder == parsed.target else
+                       f"is a product of target '{parsed.target}' but sits in folder '{folder}'")
 
     manifests = [r for r in rels if r.endswith("_manifest.csv") and "/" not in r]
     readmes = [r for r in rels if r.endswith("_readme.txt") and "/" not in r]
     report.add(".", "README present", None if readmes else "no *_readme.txt at the top of the release")
     if len(manifests) != 1:
         report.add(".", "manifest present", f"expected one *_manifest.csv at the top, found {len(manifests)}")
-        listed = {}
     else:
         report.add(manifests[0], "manifest present")
-        listed = _check_manifest(report, root, manifests[0], rels)
+        _check_manifest(report, root, manifests[0], rels)
+    release_manifest, toml_rel = _load_release_manifest(report, rels)
+    if release_manifest is not None:
+        _check_coverage(report, release_manifest, toml_rel, rels)
+    for rel in readmes:
+        _check_readme(report, rel, rels[rel], release_manifest)
+    for rel, p in rels.items():
+        if p.name.endswith(".png"):
+            _check_png(report, rel, p)
 
     flags: dict[str, bool | None] = {}
     for rel, p in rels.items():
         if not p.name.endswith((".fits", ".fits.gz")):
             continue
-        flags[rel] = _check_fits(report, rel, p, use_fitsverify)
+        flags[rel] = _check_fits(report, rel, p, use_fitsverify, release_manifest)
     readme_sim = bool(readmes) and "SIMULATED DATA" in rels[readmes[0]].read_text(errors="replace")
     any_sim = any(v is True for v in flags.values())
     if any_sim and readmes:
@@ -121,6 +232,62 @@ def validate_release(root: str | Path, use_fitsverify: bool = True) -> Report:
             if rel.endswith("_img.fits") and v != "unreadable":
                 report.add(rel, "SIMULATD", None if v is True else "SIMULATD missing or F in a release made from simulated data")
     return report
+
+
+def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> None:
+    """Every target and band of the release manifest has its products; nothing else is there."""
+    from release.instruments import instrument_of
+    from release.manifest import file_version
+    from release.naming import HlspName
+
+    fv = file_version(m.release.version)
+    wanted = {(t, b.lower()) for t in m.targets for b in m.target_bands(t)}
+    products = ["img"] + (["img-preview"] if m.products.previews else [])
+    for target, band in sorted(wanted):
+        for product in products:
+            name = HlspName(m.release.project, instrument_of(band.upper()), target, band, fv, product,
+                            "png" if product == "img-preview" else "fits")
+            rel = f"{target}/{name}"
+            report.add(rel, "release manifest coverage", None if rel in rels else
+                       f"{target} {band.upper()} is in the release manifest {toml_rel} but its {product} file is missing")
+    for rel in rels:
+        parsed = parse_name(Path(rel).name)
+        if parsed is None or parsed.target == "all":
+            continue
+        if (parsed.target, parsed.filter) not in wanted:
+            report.add(rel, "release manifest coverage",
+                       f"target '{parsed.target}' band '{parsed.filter.upper()}' is not in the release manifest {toml_rel}")
+        elif parsed.project != m.release.project or parsed.version != fv:
+            report.add(rel, "release manifest coverage",
+                       f"project/version '{parsed.project}' {parsed.version} differ from the release manifest's {m.release.project} {fv}")
+
+
+def _check_readme(report: Report, rel: str, path: Path, m) -> None:
+    text = path.read_text(errors="replace")
+    if not text.strip():
+        report.add(rel, "README content", "the README is empty")
+        return
+    if m is not None:
+        from release.manifest import file_version
+
+        fv = file_version(m.release.version)
+        report.add(rel, "README content", None if fv in text else f"the README does not name the version {fv}")
+    else:
+        report.add(rel, "README content")
+
+
+def _check_png(report: Report, rel: str, path: Path) -> None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.load()
+            ok = im.format == "PNG" and im.size[0] > 0 and im.size[1] > 0
+        report.add(rel, "preview readable", None if ok else f"is a {im.format} image of {im.size}, not a PNG preview")
+    except Exception as exc:
+        report.add(rel, "preview readable", f"is not a readable image ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
 
 
 def _check_manifest(report: Report, root: Path, manifest_rel: str, rels: dict[str, Path]) -> dict:
@@ -136,8 +303,16 @@ def _check_manifest(report: Report, root: Path, manifest_rel: str, rels: dict[st
     header = tuple(rows[0].keys()) if rows else ()
     if rows and header != MANIFEST_COLUMNS:
         report.add(manifest_rel, "manifest columns", f"columns are {header}, expected {MANIFEST_COLUMNS}")
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.get("filename", "")] = counts.get(row.get("filename", ""), 0) + 1
+    for name, n in counts.items():
+        if n > 1:
+            report.add(name, "listed once", f"listed {n} times in {manifest_rel}")
     for row in rows:
         name = row.get("filename", "")
+        if name in listed:
+            continue
         listed[name] = row
         p = rels.get(name)
         if p is None:
@@ -158,7 +333,7 @@ def _check_manifest(report: Report, root: Path, manifest_rel: str, rels: dict[st
     return listed
 
 
-def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool) -> bool | str | None:
+def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=None) -> bool | str | None:
     """Check one FITS file; return its SIMULATD flag (None if absent, 'unreadable')."""
     from astropy.io import fits
 
@@ -182,13 +357,17 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool) -> b
                 parsed = parse_name(path.name)
                 if parsed and parsed.product.startswith("img") and path.name.endswith(".fits"):
                     simulated = _check_img(report, rel, hdul, names, parsed)
+                if m is not None:
+                    _check_against_manifest(report, rel, hdul[0].header, parsed, m)
     except Exception as exc:
         report.add(rel, "FITS readable", f"cannot be read as FITS ({type(exc).__name__}: {' '.join(str(exc).split())})")
         return "unreadable"
-    if use_fitsverify:
-        exe = shutil.which("fitsverify")
+    if not use_fitsverify:
+        report.skip(rel, "fitsverify", "fitsverify was turned off (--no-fitsverify)")
+    else:
+        exe = fitsverify_executable()
         if exe is None:
-            report.add(rel, "fitsverify", "fitsverify is not installed (Debian package 'fitsverify')")
+            report.skip(rel, "fitsverify", "fitsverify is not installed (Debian package 'fitsverify'; `make sysdeps` installs it as root)")
         else:
             proc = subprocess.run([exe, "-q", str(path)], capture_output=True, text=True)
             text = (proc.stdout + proc.stderr).strip()
@@ -226,14 +405,15 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed) -> bool
                 problems.append(f"{k} {h0[k]!r} is not ISO-8601")
         if not (0 <= h0["RA_TARG"] < 360 and -90 <= h0["DEC_TARG"] <= 90):
             problems.append("RA_TARG/DEC_TARG out of range")
-        if not h0["MJD-BEG"] <= h0["MJD-MID"] <= h0["MJD-END"]:
-            problems.append("MJD-BEG <= MJD-MID <= MJD-END does not hold")
+        problems += _date_problems(h0)
         if h0["HLSPVER"] != parsed.version:
             problems.append(f"HLSPVER {h0['HLSPVER']!r} differs from the file name's version {parsed.version!r}")
         if h0["FILTER"].lower() != parsed.filter:
             problems.append(f"FILTER {h0['FILTER']!r} differs from the file name's {parsed.filter!r}")
         if h0["INSTRUME"].lower() != parsed.instrument:
             problems.append(f"INSTRUME {h0['INSTRUME']!r} differs from the file name's {parsed.instrument!r}")
+        if _same_target(h0["HLSPTARG"]) != _same_target(parsed.target):
+            problems.append(f"HLSPTARG {h0['HLSPTARG']!r} is not the file name's target {parsed.target!r}")
     report.add(rel, "required primary keywords", "; ".join(problems) if problems else None)
     missing_rec = [k for k in RECOMMENDED_PRIMARY if k not in h0]
     report.add(rel, "recommended primary keywords", f"{', '.join(missing_rec)} missing" if missing_rec else None)
@@ -255,5 +435,90 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed) -> bool
             report.add(rel, f"{ext} BUNIT", None if unit == "MJy/sr" else f"{ext} BUNIT is {unit!r}, expected 'MJy/sr'")
     if "SCI" in names and hdul["SCI"].data is not None:
         report.add(rel, "SCI has data", None if np.isfinite(hdul["SCI"].data).any() else "SCI is all NaN")
+        if not problems:
+            report.add(rel, "target on the image", _footprint_problem(hdul["SCI"], h0))
+    if "ERR" in names and hdul["ERR"].data is not None:
+        err = hdul["ERR"].data
+        finite = err[np.isfinite(err)]
+        if finite.size == 0:
+            report.add(rel, "ERR valid", "ERR is all NaN")
+        elif (finite < 0).any():
+            report.add(rel, "ERR valid", f"ERR has {(finite < 0).sum()} negative value(s) (min {finite.min():.3g}): an uncertainty is never negative")
+        else:
+            report.add(rel, "ERR valid")
     sim = h0.get("SIMULATD")
     return bool(sim) if sim is not None else None
+
+
+def _same_target(name: str) -> str:
+    """A target designation reduced for comparison: 'NGC 628', 'ngc0628', 'NGC0628' agree."""
+    s = "".join(ch for ch in str(name).lower() if ch.isalnum() or ch in "+-.")
+    return re.sub(r"(?<![0-9])0+(?=[0-9])", "", s)
+
+
+def _mjd(iso: str) -> float:
+    from astropy.time import Time
+
+    return Time(iso, format="isot", scale="utc").mjd
+
+
+def _date_problems(h0) -> list[str]:
+    """Time keywords that contradict each other (all in days unless said)."""
+    problems = []
+    tol = DATE_TOLERANCE_S / 86400.0
+    beg, end, mid = h0["MJD-BEG"], h0["MJD-END"], h0["MJD-MID"]
+    if not beg <= mid <= end:
+        problems.append("MJD-BEG <= MJD-MID <= MJD-END does not hold")
+    elif abs(mid - (beg + end) / 2) > tol:
+        problems.append(f"MJD-MID {mid} is not the mid-point of MJD-BEG and MJD-END")
+    for key, mjd in (("DATE-BEG", beg), ("DATE-END", end)):
+        if _ISO.match(h0[key]):
+            try:
+                if abs(_mjd(h0[key]) - mjd) > tol:
+                    problems.append(f"{key} {h0[key]} disagrees with MJD-{key[5:]} {mjd}")
+            except ValueError:
+                problems.append(f"{key} {h0[key]!r} is not a date")
+    now = _mjd(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    if end > now + 1:
+        problems.append(f"MJD-END {end} is in the future")
+    if "TELAPSE" in h0 and isinstance(h0["TELAPSE"], (int, float)) and abs(h0["TELAPSE"] - (end - beg) * 86400) > DATE_TOLERANCE_S:
+        problems.append(f"TELAPSE {h0['TELAPSE']} s is not MJD-END - MJD-BEG ({(end - beg) * 86400:.1f} s)")
+    if h0["XPOSURE"] < 0:
+        problems.append(f"XPOSURE {h0['XPOSURE']} is negative")
+    return problems
+
+
+def _footprint_problem(sci, h0) -> str | None:
+    """RA_TARG/DEC_TARG must fall on the mosaic (within a margin): a file of another target does not."""
+    from astropy.wcs import WCS
+
+    try:
+        w = WCS(sci.header, naxis=2).celestial
+        x, y = w.all_world2pix([[h0["RA_TARG"], h0["DEC_TARG"]]], 0)[0]
+    except Exception as exc:
+        return f"RA_TARG/DEC_TARG cannot be placed on the SCI WCS ({type(exc).__name__})"
+    ny, nx = sci.data.shape[-2:]
+    mx, my = FOOTPRINT_MARGIN * nx, FOOTPRINT_MARGIN * ny
+    if np.isfinite(x) and np.isfinite(y) and -mx <= x <= nx - 1 + mx and -my <= y <= ny - 1 + my:
+        return None
+    return (f"RA_TARG/DEC_TARG ({h0['RA_TARG']:.5f}, {h0['DEC_TARG']:.5f}) fall at pixel ({x:.0f}, {y:.0f}), "
+            f"off the {nx}x{ny} image: the header and the image are of different targets")
+
+
+def _check_against_manifest(report: Report, rel: str, h0, parsed, m) -> None:
+    """A FITS file says it was made from the release manifest, for its target, as it says."""
+    problems = []
+    want = m.content_hash()
+    if h0.get("HLSPMANI") != want:
+        problems.append(f"HLSPMANI {str(h0.get('HLSPMANI'))[:16]}... is not the release manifest's content hash {want[:16]}...")
+    if h0.get("HLSPID") not in (None, m.release.project.upper()):
+        problems.append(f"HLSPID {h0.get('HLSPID')!r} is not the release's {m.release.project.upper()!r}")
+    if parsed is not None and parsed.target in m.targets:
+        t = m.targets[parsed.target]
+        if "HLSPTARG" in h0 and h0["HLSPTARG"] != (t.designation or parsed.target):
+            problems.append(f"HLSPTARG {h0['HLSPTARG']!r} is not the manifest's designation {(t.designation or parsed.target)!r}")
+        for key, value in (("RA_TARG", t.ra), ("DEC_TARG", t.dec)):
+            got = h0.get(key)
+            if isinstance(got, (int, float)) and abs(got - value) > 1e-6:
+                problems.append(f"{key} {got} is not the manifest's {value} for {parsed.target}")
+    report.add(rel, "made from the release manifest", "; ".join(problems) if problems else None)

@@ -107,14 +107,18 @@ source = "{borrow}"
     return path
 
 
-def hlsp(*args: str, check_code: int | None = None) -> "subprocess.CompletedProcess":
-    """Run the hlsp command as a user would (a separate process)."""
+def hlsp(*args: str, check_code: int | None = None, env: dict | None = None, prefix: list[str] | None = None) -> "subprocess.CompletedProcess":
+    """Run the hlsp command as a user would (a separate process).
+
+    ``env``: the environment (default: this one, wide tables); ``prefix``: a command to run it
+    under (e.g. a read-only mount)."""
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "COLUMNS": "400"}  # rich wraps tables to the terminal width
-    proc = subprocess.run([sys.executable, "-m", "release.cli", *args], capture_output=True, text=True, cwd=REPO, env=env)
+    env = env if env is not None else {**os.environ, "COLUMNS": "400"}  # rich wraps tables to the terminal width
+    cmd = (prefix or []) + [sys.executable, "-m", "release.cli", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if check_code is not None:
         assert proc.returncode == check_code, proc.stdout + proc.stderr
     return proc
@@ -130,7 +134,7 @@ def engine_run(effects_program, tmp_path_factory) -> dict:
     t0 = time.time()
     proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), check_code=0)
     return {"root": root, "manifest": manifest, "workdir": root / "work", "cache": root / "work" / "cache",
-            "elapsed_s": time.time() - t0, "stdout": proc.stdout}
+            "elapsed_s": time.time() - t0, "stdout": proc.stdout, "stderr": proc.stderr}
 
 
 @pytest.fixture(scope="session")

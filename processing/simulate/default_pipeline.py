@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from processing.jwst_stages import apply_crds_environment, crds_environment, run_detector1, run_image2, run_image3
+from processing.jwst_stages import crds_environment, worker_init, run_detector1, run_image2, run_image3
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def run_default_pipeline(program: str | Path, workdir: str | Path, targets: list
     timing: dict = {"lv12_s": {}, "lv3_s": {}, "peak_rss_mb": 0.0}
     groups: dict[tuple[str, str], list[str]] = {}
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=apply_crds_environment, initargs=(env,)) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=worker_init, initargs=(env,)) as pool:
         futures = {pool.submit(_lv12, str(program / e["file"]), str(workdir)): e for e in science}
         for fut, e in futures.items():
             cal, dt, rss = fut.result()

@@ -135,6 +135,34 @@ BROKEN = [
     ("bad-observation-pattern", [("targets.ngc7496.observations", {"skip": ["../jw02107*"]})], "targets.ngc7496.observations.skip[0]"),
     ("synthetic-without-path", [("program.data", {"source": "synthetic"})], "program.data.path: is required"),
     ("duplicate-resolution", [("products", {"convolved_fwhm_arcsec": [0.9, 0.9]})], "products.convolved_fwhm_arcsec"),
+    # a value must have the type the parameter has: a quoted one is a mistake, never converted
+    ("quoted-boolean", [("parameters.default", {"lv3": {"tweakreg": {"skip": "false"}}})], "parameters.default.lv3.tweakreg.skip: 'false' is a string; a boolean is needed"),
+    ("quoted-number", [("parameters.default", {"lv3": {"tweakreg": {"tolerance": "0.3"}}})], "parameters.default.lv3.tweakreg.tolerance: '0.3' is a string; a number is needed"),
+    ("boolean-for-integer", [("parameters.default", {"lv3": {"tweakreg": {"brightest": True}}})], "tweakreg.brightest: True is a boolean; an integer is needed"),
+    ("float-for-integer", [("parameters.default", {"lv3": {"tweakreg": {"brightest": 20.5}}})], "tweakreg.brightest: 20.5 is a number; an integer is needed"),
+    ("number-for-string", [("parameters.default", {"lv3": {"outlier_detection": {"snr": 5}}})], "outlier_detection.snr: 5 is an integer; a string is needed"),
+    ("bad-option", [("parameters.default", {"lv3": {"skymatch": {"skymethod": "globl"}}})], "skymatch.skymethod: 'globl' is not one of"),
+    # the bounds the science needs, beyond jwst's own spec
+    ("negative-tolerance", [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"tolerance": -0.3}}}})], "parameters.band.F200W.lv3.tweakreg.tolerance: -0.3 must be > 0.0"),
+    ("negative-searchrad", [("parameters.default", {"lv3": {"tweakreg": {"searchrad": -2.0}}})], "tweakreg.searchrad: -2.0 must be > 0.0"),
+    ("zero-pixel-scale", [("parameters.default", {"lv3": {"resample": {"pixel_scale": 0.0}}})], "resample.pixel_scale: 0.0 must be > 0.0"),
+    ("infinite-value", [("parameters.default", {"lv3": {"resample": {"pixel_scale_ratio": float("inf")}}})], "resample.pixel_scale_ratio: inf is not a finite number"),
+    ("nan-value", [("parameters.default", {"lv3": {"tweakreg": {"tolerance": float("nan")}}})], "tweakreg.tolerance: nan is not a finite number"),
+    ("pixfrac-above-1", [("parameters.default", {"lv3": {"resample": {"pixfrac": 1.5}}})], "resample.pixfrac: 1.5 must be <= 1.0"),
+    ("bad-list-length", [("parameters.default", {"lv3": {"resample": {"crpix": [1.0]}}})], "resample.crpix: [1.0] must have 2 elements"),
+    # two keys naming one band: never merged with one silently dropped
+    ("band-keys-differ-in-case", [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"tolerance": 0.3}}}, "f200w": {"lv3": {"tweakreg": {"tolerance": 0.5}}}})], "parameters.band: 'F200W' and 'f200w' are the same band"),
+    ("target-band-keys-differ-in-case", [("targets.ngc7496.parameters", {"band": {"f770w": {}, "F770W": {}}})], "targets.ngc7496.parameters.band: 'f770w' and 'F770W' are the same band"),
+    ("target-band-listed-twice", [("targets.ngc0628.bands", ["F200W", "f200w"])], "targets.ngc0628.bands: lists a band twice"),
+    ("target-without-bands", [("targets.ngc0628.bands", [])], "targets.ngc0628.bands"),
+    # what would break MAST's names or FITS headers is refused before any processing
+    ("version-too-long-for-names", [("release.version", "100.200.300"), ("release.previous", "1.0.0")], "release.version: 100.200.300 gives the file-name version 'v100p200p300', longer than the 9 characters"),
+    ("names-too-long", [("release.project", "a-twenty-char-projct"), ("targets.ngc0628x-twenty-six-characters", {"ra": 1.0, "dec": 1.0})], "targets.ngc0628x-twenty-six-characters: its release files would break MAST's naming rules"),
+    ("non-ascii-designation", [("targets.ngc0628.designation", "NGC 628 \u2014 ring")], "targets.ngc0628.designation: 'NGC 628 \u2014 ring' has characters a FITS header cannot hold"),
+    ("control-char-in-lead", [("release.lead", "A. Lead\n")], "release.lead"),
+    ("title-longer-than-a-card", [("release.title", "T" * 69)], "release.title: is 69 characters; a FITS header value holds at most 68"),
+    ("empty-lead", [("release.lead", "  ")], "release.lead: must not be empty"),
+    ("non-ascii-reference", [("release.references", ["2024ApJS..273...13W", "Williams et al. \u00e9"])], "release.references[1]"),
 ]
 
 
@@ -205,3 +233,62 @@ def test_patch_inherits_and_checks_targets(tmp_path):
     selfref["patch"]["parent"] = "self.toml"
     with pytest.raises(ManifestError, match="patch cycle"):
         load_manifest(write(tmp_path, selfref, "self.toml"))
+
+
+def test_values_reach_the_stage_as_validated(tmp_path):
+    """An integer given for a float parameter is the float the stage gets, in the manifest,
+    its content hash (so 1 and 1.0 are one manifest) and the parameters resolved for jwst."""
+    from processing.parameters import resolve_parameters
+
+    data = copy.deepcopy(BASE)
+    data["parameters"]["band"] = {"F200W": {"lv3": {"tweakreg": {"tolerance": 1, "skip": False, "brightest": 50}}}}
+    a = load_manifest(write(tmp_path, data, "int.toml")).manifest
+    data["parameters"]["band"]["F200W"]["lv3"]["tweakreg"]["tolerance"] = 1.0
+    b = load_manifest(write(tmp_path, data, "float.toml")).manifest
+    assert a.content_hash() == b.content_hash()
+    tw = resolve_parameters(a, "ngc0628", "F200W").stage("lv3")["tweakreg"]
+    assert tw["tolerance"] == 1.0 and type(tw["tolerance"]) is float
+    assert tw["skip"] is False and type(tw["brightest"]) is int
+
+
+def test_jwst_receives_the_validated_values(tmp_path):
+    """The resolved values configure the real jwst pipeline object as validated (no string
+    'false' read as true)."""
+    from jwst.pipeline import Image3Pipeline
+
+    from processing.jwst_stages import _configure
+    from processing.parameters import resolve_parameters
+
+    data = copy.deepcopy(BASE)
+    data["parameters"]["band"] = {"F200W": {"lv3": {"tweakreg": {"skip": False, "tolerance": 2}}}}
+    m = load_manifest(write(tmp_path, data)).manifest
+    pipe = Image3Pipeline()
+    _configure(pipe, resolve_parameters(m, "ngc0628", "F200W").stage("lv3"))
+    assert pipe.tweakreg.skip is False
+    assert pipe.tweakreg.tolerance == 2.0 and isinstance(pipe.tweakreg.tolerance, float)
+
+
+def test_patch_resolves_parent_paths_from_the_parents_folder(tmp_path):
+    parent_dir, patch_dir = tmp_path / "dr1.1.0", tmp_path / "patches" / "dr1.1.1"
+    parent_dir.mkdir()
+    patch_dir.mkdir(parents=True)
+    data = copy.deepcopy(BASE)
+    data["pins"]["crds_path"] = "crds-cache"
+    data["program"]["data"] = {"source": "local", "path": "raw"}
+    data["targets"]["ngc0628"]["astrometry_catalog"] = "catalogs/ngc0628.ecsv"
+    data["targets"]["ngc0628"]["anchoring"] = {"nircam": [{"survey": "irac1", "file": "ext/irac1.fits", "fwhm_arcsec": 1.7}]}
+    write(parent_dir, data, "parent.toml")
+    patch = {
+        "release": {"version": "1.1.1", "kind": "patch"},
+        "patch": {"parent": "../../dr1.1.0/parent.toml", "targets": ["ngc0628"]},
+    }
+    lm = load_manifest(write(patch_dir, patch, "patch.toml"))
+    m = lm.manifest
+    assert lm.resolve_path(m.program.data.path) == (parent_dir / "raw").resolve()
+    assert lm.resolve_path(m.pins.crds_path) == (parent_dir / "crds-cache").resolve()
+    assert lm.resolve_path(m.targets["ngc0628"].astrometry_catalog) == (parent_dir / "catalogs" / "ngc0628.ecsv").resolve()
+    assert lm.resolve_path(m.targets["ngc0628"].anchoring.nircam[0].file) == (parent_dir / "ext" / "irac1.fits").resolve()
+    # a path the patch sets itself is the patch's own
+    patch["program"] = {"data": {"source": "local", "path": "newraw"}}
+    lm = load_manifest(write(patch_dir, patch, "patch2.toml"))
+    assert lm.resolve_path(lm.manifest.program.data.path) == (patch_dir / "newraw").resolve()
