@@ -205,9 +205,11 @@ StageParameters = dict[str, dict[str, Any]]
 
 
 class StrictModel(BaseModel):
-    """A manifest table: unknown keys are refused with a did-you-mean."""
+    """A manifest table: unknown keys are refused with a did-you-mean; values must have the
+    TOML type of the field (``ra = "150.1"`` or ``previews = "false"`` is refused, never
+    converted; an integer is accepted for a float)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -575,6 +577,11 @@ def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
             msg = "required key is missing"
         elif err["type"].startswith("literal_error"):
             msg = f"{err['input']!r} is not allowed: {msg.replace('Input should be ', 'expected ')}"
+        elif err["type"] in ("bool_type", "float_type", "int_type", "list_type", "dict_type", "string_type"):
+            need = {"bool_type": "a boolean (true or false)", "float_type": "a number", "int_type": "an integer",
+                    "list_type": "a list", "dict_type": "a table", "string_type": "a string"}[err["type"]]
+            hint = " (write it without quotes)" if isinstance(err["input"], str) and err["type"] != "string_type" else ""
+            msg = f"{err['input']!r} is {type(err['input']).__name__}; {need} is needed{hint}"
         problems.append((_format_loc(loc), msg))
     return problems
 

@@ -162,6 +162,9 @@ BROKEN = [
     ("control-char-in-lead", [("release.lead", "A. Lead\n")], "release.lead"),
     ("title-longer-than-a-card", [("release.title", "T" * 69)], "release.title: is 69 characters; a FITS header value holds at most 68"),
     ("empty-lead", [("release.lead", "  ")], "release.lead: must not be empty"),
+    ("quoted-coordinate", [("targets.ngc7496.ra", "347.447")], "targets.ngc7496.ra: '347.447' is str; a number is needed (write it without quotes)"),
+    ("quoted-product-flag", [("products", {"tweakback": "false"})], "products.tweakback: 'false' is str; a boolean (true or false) is needed"),
+    ("quoted-proposal-id", [("program.proposal_ids", ["2107"])], "program.proposal_ids[0]: '2107' is str; an integer is needed"),
     ("non-ascii-reference", [("release.references", ["2024ApJS..273...13W", "Williams et al. \u00e9"])], "release.references[1]"),
 ]
 
