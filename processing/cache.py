@@ -6,10 +6,12 @@ parameters, the code version of the stage, the jwst version and the CRDS context
 live in ``<cache>/objects/<key[:2]>/<key>/`` with a ``task.json`` record (outputs with their
 sha256, parameters, inputs, timings) written last.
 
-A task runs in ``<cache>/tmp/<key>.<pid>/`` and is published by one ``rename`` of that folder:
+A task runs in ``<cache>/tmp/<key>.<host>.<pid>/`` and is published by one ``rename`` of that folder:
 an entry either exists whole or not at all. A run killed in the middle leaves at most a
 stale temporary folder, which the next run ignores (and removes, being scratch of a dead
-process), never a half entry. Finished entries are never deleted by the engine.
+process on the same host), never a half entry. Scratch folders are named by host and process:
+with a cache shared by several machines, a run removes only its own host's dead scratch,
+never a live task's on another machine. Finished entries are never deleted by the engine.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from release.fileio import file_sha256, remove_scratch as _remove_tree  # noqa: F401 (re-exported)
+from processing.fileio import file_sha256, remove_scratch as _remove_tree  # noqa: F401 (re-exported)
 
 RECORD = "task.json"
 
@@ -40,7 +42,7 @@ class Cache:
     def __init__(self, root: str | Path, writable: bool = True):
         self.root = Path(root)
         if writable:
-            from release.fileio import writable_dir
+            from processing.fileio import writable_dir
 
             writable_dir(self.root / "objects", "the task cache")
             writable_dir(self.root / "tmp", "the task cache")
@@ -56,13 +58,13 @@ class Cache:
             return None
 
     def scratch(self, key: str) -> Path:
-        d = self.root / "tmp" / f"{key}.{os.getpid()}"
+        d = self.root / "tmp" / f"{key}.{_host()}.{os.getpid()}"
         d.mkdir(parents=True, exist_ok=False)
         return d
 
     def publish(self, key: str, scratch: Path, record: dict) -> Path:
         """Write the record into ``scratch`` and move it into place in one rename."""
-        from release.fileio import atomic_write_text
+        from processing.fileio import atomic_write_text
 
         atomic_write_text(scratch / RECORD, json.dumps(record, indent=1, sort_keys=True, default=str))
         dest = self.entry(key)
@@ -78,13 +80,24 @@ class Cache:
     def clean_stale_scratch(self) -> int:
         """Remove temporary folders of processes that no longer run. Returns how many."""
         n = 0
+        host = _host()
         for d in (self.root / "tmp").iterdir():
             # a link here is not ours: remove_scratch removes the link, never its target
-            pid = d.name.rsplit(".", 1)[-1]
+            parts = d.name.split(".")
+            if len(parts) < 3 or parts[-2] != host:  # another machine's (or not ours at all)
+                continue
+            pid = parts[-1]
             if pid.isdigit() and not _alive(int(pid)):
                 _remove_tree(d)
                 n += 1
         return n
+
+
+def _host() -> str:
+    """This machine's name as it appears in scratch folder names (no dots)."""
+    import socket
+
+    return socket.gethostname().split(".")[0].replace("_", "-") or "localhost"
 
 
 def _alive(pid: int) -> bool:

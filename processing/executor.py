@@ -1,52 +1,74 @@
-"""Run a task graph: cached, resumable, in a local process pool.
+"""Run a task graph: cached, resumable, on a local process pool or a dask.distributed cluster.
 
 Tasks are pure functions of their declared inputs: :func:`execute_task` gets a plain,
-picklable description (stage, input files, parameters, provenance), writes its outputs into
-a scratch folder and publishes them to the content-addressed cache. The scheduler in this
-process decides what is cached, what runs, and what cannot run because something it needs
-failed. The pool is where a dask.distributed executor drops in: it only needs ``submit`` and
-futures.
+picklable description (the stage's run function by dotted name, input files, parameters, the
+unit, provenance), runs it in a private scratch folder and publishes its declared outputs to
+the content-addressed cache. The scheduler in this process decides what is cached, what runs
+where (processing/executors.py), and what cannot run because something it needs failed.
 
-Failures (a corrupt input, a missing file, a jwst step or CRDS error) fail their task with
-a message naming the file and stage; tasks that need it are skipped; independent targets go
-on; nothing from a failed task is published; finished entries are never deleted.
+Cache keys are exact (:meth:`Engine._key`): the stage, its code version (the source of its
+declared modules, :func:`code_version`), the content of every file it reads (raw exposures,
+files the manifest names; by name and sha256, not path, so another machine gets the same
+keys), the keys of the upstream tasks it reads, its parameters and unit, the jwst version and
+the CRDS context's content (:func:`crds_fingerprint`).
+
+Failures (a corrupt input, a missing file, a jwst step or CRDS error, a worker that died) fail
+their task with a message naming the file and stage; tasks that need it are skipped;
+independent targets go on; nothing from a failed task is published; finished entries are
+never deleted.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import json
 import logging
 import os
+import re
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable
 
 from processing import jwst_stages
 from processing.cache import Cache, file_sha256, task_key
-from processing.pipeline import Graph, Task, product_path
-from release.errors import BadInput, HlspError, WorkFailed
+from processing.errors import BadInput, HlspError, WorkFailed
+from processing.pipeline import Graph, Task
+from processing.stages import Stage, resolve
 
 log = logging.getLogger(__name__)
 
-#: Engine code version: bumped when the meaning of a stage's outputs changes. The content
-#: hash of the stage's implementation is added to it (see :func:`code_version`).
-ENGINE_VERSION = "0.1.0"
+#: The engine's own part of every product (the provenance it stamps): bumped when that changes.
+ENGINE_VERSION = "0.2.0"
 #: Header keywords this engine adds to every product (primary HDU).
 PROVENANCE_KEYWORDS = ("HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS", "HLSPVMIS")
 #: Memory one worker may need (GB): full-frame NIRCam detector1+image2 peaked at 2.3 GB (measured).
 WORKER_MEMORY_GB = 2.5
 
 
-@functools.lru_cache(maxsize=None)
-def code_version(stage: str) -> str:
-    """Engine version + hash of the stage implementation, read once per process."""
-    import hashlib
+def _module_sources(module: str) -> list[tuple[str, bytes]]:
+    """The source files of a module, or of every module of a package (a stage folder)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise HlspError(f"stage module {module} cannot be found")
+    if spec.submodule_search_locations:
+        root = Path(spec.origin).parent
+        return [(f"{module}/{p.relative_to(root).as_posix()}", p.read_bytes()) for p in sorted(root.rglob("*.py"))]
+    return [(module, Path(spec.origin).read_bytes())]
 
-    src = Path(jwst_stages.__file__).read_bytes() + Path(__file__).read_bytes()
-    return f"{ENGINE_VERSION}+{hashlib.sha256(src).hexdigest()[:12]}"
+
+@functools.lru_cache(maxsize=None)
+def code_version(modules: tuple[str, ...]) -> str:
+    """Engine version + hash of the stage's declared modules: editing one stage's module
+    changes that stage's keys (and so its dependents'), never another stage's."""
+    h = hashlib.sha256(ENGINE_VERSION.encode())
+    for module in sorted(modules):
+        for name, src in _module_sources(module):
+            h.update(name.encode() + b"\0" + src)
+    return f"{ENGINE_VERSION}+{h.hexdigest()[:12]}"
 
 
 def installed_jwst() -> str:
@@ -63,32 +85,104 @@ def default_workers() -> int:
     return max(1, min(cores, int(mem_gb // WORKER_MEMORY_GB)))
 
 
+_MAPPING_RE = re.compile(r"'([A-Za-z0-9_.-]+\.(?:pmap|imap|rmap))'")
+_REFERENCE_RE = re.compile(r"'([A-Za-z0-9_.-]+\.(?:fits|asdf|json|yaml|txt))'")
+
+
+def crds_fingerprint(crds_path: str | Path | None, context: str, hashes) -> str:
+    """The CRDS context by content: its mapping files and every reference file of it present in
+    the local cache (by sha256, remembered by ``hashes``). A reference not yet downloaded
+    counts by name (CRDS never reuses a name). Without a local cache, the context name."""
+    if crds_path is None:
+        return context
+    mappings = Path(crds_path) / "mappings" / "jwst"
+    if not (mappings / context).exists():
+        return context
+    h = hashlib.sha256(context.encode())
+    seen: set[str] = set()
+    todo = [context]
+    refs: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = mappings / name
+        if not path.exists():
+            h.update(f"missing mapping {name}".encode())
+            continue
+        text = path.read_text(errors="replace")
+        h.update(name.encode() + b"\0" + text.encode())
+        todo += [m for m in _MAPPING_RE.findall(text) if m != name]
+        refs.update(_REFERENCE_RE.findall(text))
+    references = Path(crds_path) / "references" / "jwst"
+    for ref in sorted(refs):
+        found = sorted(references.glob(f"*/{ref}")) if references.is_dir() else []
+        h.update(ref.encode() + b"\0" + (hashes.sha256(found[0]).encode() if found else b"not local"))
+    return f"{context}:{h.hexdigest()[:16]}"
+
+
 # --------------------------------------------------------------------------------------------
 # In the worker
 # --------------------------------------------------------------------------------------------
 
 
+def _reset_peak_memory() -> bool:
+    """Reset this process's peak resident memory (Linux: VmHWM), so a task measures its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_memory_mb(reset_ok: bool) -> tuple[float, str]:
+    """(peak resident memory in MB, 'task' or 'worker': what the number covers)."""
+    if reset_ok:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1), "task"
+        except OSError:
+            pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1), "worker"
+
+
 def execute_task(spec: dict) -> dict:
     """Run one task described by ``spec`` and publish it to the cache; return its record."""
+    from processing.fileio import remove_scratch
+
+    if spec.get("env"):
+        jwst_stages.apply_crds_environment(spec["env"])  # a worker of any executor
     cache = Cache(spec["cache"], writable=False)  # made and checked by the engine
     key = spec["key"]
     if (rec := cache.lookup(key)) is not None:
         return rec
+    here = code_version(tuple(spec["modules"]))
+    if here != spec["code_version"]:
+        raise WorkFailed(f"{spec['task']}: this worker's code of stage {spec['stage']} ({here}) differs from the "
+                         f"engine's ({spec['code_version']}): install the same version on every worker")
     scratch = cache.scratch(key)
     handler = logging.FileHandler(scratch / "task.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)
     t0 = time.time()
+    reset_ok = _reset_peak_memory()
     published = False
     try:
-        outputs = _run_stage(spec, scratch)
+        written = resolve(spec["run"])(spec["inputs"], scratch, spec["params"], spec["context"])
+        outputs = _declared_outputs(spec, scratch, written)
         for out in outputs:
             _stamp_provenance(out, spec["provenance"])
+        peak, scope = _peak_memory_mb(reset_ok)
         record = {
             "task": spec["task"], "stage": spec["stage"], "key": key, "params": spec["params"],
-            "inputs": spec["input_hashes"], "provenance": spec["provenance"],
+            "inputs": spec["input_hashes"], "provenance": spec["provenance"], "context": spec["context"],
             "outputs": {o.name: file_sha256(o) for o in outputs},
-            "elapsed_s": round(time.time() - t0, 2), "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "elapsed_s": round(time.time() - t0, 2), "peak_rss_mb": peak, "peak_rss_scope": scope,
+            "host": os.uname().nodename, "pid": os.getpid(),
         }
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -100,33 +194,29 @@ def execute_task(spec: dict) -> dict:
             logging.getLogger().removeHandler(handler)
             handler.close()
         if not published and scratch.exists():
-            from release.fileio import remove_scratch
-
             remove_scratch(scratch)  # our own scratch: nothing of a failed task is kept
 
 
-def _run_stage(spec: dict, scratch: Path) -> list[Path]:
-    stage, inputs, params = spec["stage"], spec["inputs"], spec["params"]
-    if stage == "lv1":
-        return [jwst_stages.run_detector1(Path(inputs["uncal"][0]), scratch, params)]
-    if stage == "lv2":
-        bkg = [Path(p) for p in inputs.get("background", [])]
-        cal = jwst_stages.run_image2(Path(inputs["rate"][0]), scratch, params, background=bkg or None)
-        _drop_links(scratch, keep={cal.name})
-        return [cal]
-    if stage == "lv3":
-        i2d = jwst_stages.run_image3([Path(p) for p in inputs["cal"]], scratch, spec["extra"]["product"], params)
-        _drop_links(scratch, keep={i2d.name}, keep_suffixes=("_crf.fits",))
-        return [i2d] + sorted(scratch.glob("*_crf.fits"))
-    raise HlspError(f"unknown stage {stage}")
+def _declared_outputs(spec: dict, scratch: Path, written: list) -> list[Path]:
+    """The files the run function wrote that its declaration names; everything else in the
+    scratch (input links, association files) is removed before publishing."""
+    suffixes = tuple(spec["outputs"])
+    outputs = sorted({Path(p).resolve() for p in written})
+    for p in outputs:
+        if p.parent != scratch.resolve() or not p.is_file():
+            raise WorkFailed(f"{spec['task']}: the stage returned {p}, which is not a file in its scratch folder")
+        if not p.name.endswith(suffixes):
+            raise WorkFailed(f"{spec['task']}: the stage wrote {p.name}, which is not a declared output ({', '.join(suffixes)})")
+    keep = {p.name for p in outputs} | {"task.log"}
+    for p in scratch.iterdir():
+        if p.name not in keep:
+            if p.is_dir() and not p.is_symlink():
+                from processing.fileio import remove_scratch
 
-
-def _drop_links(folder: Path, keep: set[str], keep_suffixes: tuple[str, ...] = ()) -> None:
-    """Remove input links and association files from a task's scratch; keep its outputs and log."""
-    for p in folder.iterdir():
-        if p.name in keep or p.name == "task.log" or p.name.endswith(keep_suffixes):
-            continue
-        p.unlink()
+                remove_scratch(p)
+            else:
+                p.unlink()
+    return [scratch / p.name for p in outputs]
 
 
 def _stamp_provenance(path: Path, prov: dict) -> None:
@@ -145,12 +235,6 @@ def _stamp_provenance(path: Path, prov: dict) -> None:
         h["HLSPVMIS"] = (bool(prov["version_mismatch_allowed"]), "jwst differs from the manifest pin")
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 # --------------------------------------------------------------------------------------------
 # The scheduler
 # --------------------------------------------------------------------------------------------
@@ -167,10 +251,28 @@ class TaskResult:
 
 
 @dataclass
+class ProductEntry:
+    """One release product of a run: what it is, for which unit, from which task, where."""
+
+    product: str
+    target: str
+    band: str | None
+    instrument: str | None
+    task: str
+    key: str
+    path: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"product": self.product, "target": self.target, "band": self.band, "instrument": self.instrument,
+                "task": self.task, "key": self.key, "file": self.path.name}
+
+
+@dataclass
 class RunSummary:
     results: dict[str, TaskResult] = field(default_factory=dict)
     products: list[Path] = field(default_factory=list)
     elapsed_s: float = 0.0
+    executor: str = "local"
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results.values() if r.status == status)
@@ -184,12 +286,16 @@ class Engine:
     """Runs (or, with ``read_only``, only plans) a graph in a work folder with a task cache.
 
     ``read_only``: nothing is created or written (``hlsp plan``, and the key computation of
-    ``hlsp package``); :meth:`run` needs a writable engine.
+    ``hlsp package``); :meth:`run` needs a writable engine. ``executor``: ``local`` (a process
+    pool, the default) or ``dask`` (a dask.distributed LocalCluster, or the scheduler at
+    ``scheduler``).
     """
 
     def __init__(self, lm, graph: Graph, workdir: Path, cache_dir: Path | None = None,
-                 allow_version_mismatch: bool = False, workers: int | None = None, read_only: bool = False):
+                 allow_version_mismatch: bool = False, workers: int | None = None, read_only: bool = False,
+                 executor: str = "local", scheduler: str | None = None):
         self.lm, self.graph = lm, graph
+        self.registry = graph.registry
         self.read_only = read_only
         self.workdir = Path(workdir).resolve()
         self.cache = Cache(cache_dir or self.workdir / "cache", writable=not read_only)
@@ -207,58 +313,74 @@ class Engine:
                 f"{lm.path.name}: pins.crds_mode is 'local' but the CRDS cache {crds_path} does not hold "
                 f"{m.pins.crds_context}"
             )
+        self.crds_path = crds_path
         self.env = jwst_stages.crds_environment(crds_path, m.pins.crds_context, m.pins.crds_mode, m.pins.crds_server_url)
+        if executor not in ("local", "dask"):
+            raise BadInput(f"--executor: '{executor}' is not one of local, dask")
+        self.executor_kind = "dask" if scheduler else executor
+        self.scheduler = scheduler
         self.workers = workers or default_workers()
         from processing.inputs import HashIndex
 
         self.hashes = HashIndex(self.cache.root / "input-hashes.json")
 
-    # -- keys ------------------------------------------------------------------------------
-    def _input_files(self, task: Task, done: dict[str, TaskResult]) -> dict[str, list[str]]:
-        def outputs_of(tid: str, suffix: str) -> list[str]:
-            r = done[tid]
-            entry = self.cache.entry(r.key)
-            return [str(entry / n) for n in sorted(r.record["outputs"]) if n.endswith(suffix)]
+    @functools.cached_property
+    def crds(self) -> str:
+        return crds_fingerprint(self.crds_path, self.lm.manifest.pins.crds_context, self.hashes)
 
-        if task.stage == "lv1":
-            return {"uncal": list(task.raw_inputs)}
-        if task.stage == "lv2":
-            return {"rate": outputs_of(task.deps[0], "_rate.fits"),
-                    "background": [p for tid in task.extra["background"] for p in outputs_of(tid, "_rate.fits")]}
-        return {"cal": [p for tid in task.deps for p in outputs_of(tid, "_cal.fits")]}
+    # -- keys ------------------------------------------------------------------------------
+    def _input_files(self, task: Task, keys: dict[str, str], records: dict[str, dict]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, refs in task.inputs.items():
+            files: list[str] = []
+            for r in refs:
+                if "file" in r:
+                    files.append(r["file"])
+                else:
+                    entry = self.cache.entry(keys[r["task"]])
+                    files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if n.endswith(r["suffix"])]
+            out[name] = files
+        return out
 
     def _key(self, task: Task, keys: dict[str, str]) -> tuple[str, dict]:
-        """The task's cache key, from the keys of the tasks it needs (``keys``: task id -> key)."""
-        if task.stage == "lv1":
-            hashes = {Path(p).name: self.hashes.sha256(p) for p in task.raw_inputs}
-        else:
-            # upstream results by their task keys: a key names a recipe (inputs, parameters,
-            # versions) recursively, so a rerun of identical work keeps every downstream key,
-            # even though jwst stamps each file with its creation time and step logs
-            hashes = {tid: keys[tid] for tid in task.deps}
+        """The task's cache key, from the keys of the tasks it reads (``keys``: task id -> key)."""
+        stage = self.registry[task.stage]
+        hashes: dict[str, list] = {}
+        for name, refs in task.inputs.items():
+            # files by name and content (not path: another machine gets the same key); upstream
+            # results by their task keys, which name a recipe recursively, so identical work
+            # keeps every downstream key although jwst stamps each file with its creation time
+            hashes[name] = [
+                {"file": Path(r["file"]).name, "sha256": self.hashes.sha256(r["file"])} if "file" in r
+                else {"task": keys[r["task"]], "suffix": r["suffix"]}
+                for r in refs
+            ]
         payload = {
-            "stage": task.stage, "inputs": hashes, "params": task.params, "extra": task.extra,
-            "code": code_version(task.stage), "jwst": self.jwst_version, "crds_context": self.lm.manifest.pins.crds_context,
+            "stage": task.stage, "inputs": hashes, "params": task.params, "context": task.context,
+            "code": code_version(stage.modules), "jwst": self.jwst_version, "crds": self.crds,
             # a product made against the pin's wishes says so in its header: a different result
             "version_mismatch_allowed": self.allow_mismatch,
         }
         return task_key(payload), hashes
 
-    def _spec(self, task: Task, key: str, hashes: dict, done: dict) -> dict:
+    def _spec(self, task: Task, key: str, hashes: dict, keys: dict, records: dict) -> dict:
+        stage = self.registry[task.stage]
         return {
             "task": task.id, "stage": task.stage, "key": key, "cache": str(self.cache.root),
-            "inputs": self._input_files(task, done), "input_hashes": hashes, "params": task.params,
-            "extra": task.extra,
+            "run": stage.run, "modules": list(stage.modules), "code_version": code_version(stage.modules),
+            "outputs": list(stage.outputs), "env": self.env,
+            "inputs": self._input_files(task, keys, records), "input_hashes": hashes, "params": task.params,
+            "context": task.context,
             "provenance": {
                 "manifest_sha256": self.lm.manifest.content_hash(), "manifest_file": str(self.lm.path),
-                "task_key": key, "task": task.id, "code_version": code_version(task.stage),
+                "task_key": key, "task": task.id, "code_version": code_version(stage.modules),
                 "jwst_version": self.jwst_version, "jwst_pinned": self.lm.manifest.pins.jwst,
-                "crds_context": self.lm.manifest.pins.crds_context, "version_mismatch_allowed": self.allow_mismatch,
+                "crds_context": self.lm.manifest.pins.crds_context, "crds_fingerprint": self.crds,
+                "version_mismatch_allowed": self.allow_mismatch,
                 "parameters": task.params, "parameter_origin": task.param_origin,
             },
         }
 
-    # -- planning --------------------------------------------------------------------------
     def task_keys(self) -> dict[str, str]:
         """Every task's cache key, computed from the inputs and the manifest alone (nothing runs)."""
         keys: dict[str, str] = {}
@@ -270,76 +392,95 @@ class Engine:
         """``{task id: 'cached' | 'run'}`` without running or writing anything."""
         return {tid: "cached" if self.cache.lookup(key) is not None else "run" for tid, key in self.task_keys().items()}
 
-    def products(self, stage: str = "lv3") -> tuple[dict[tuple[str, str], Path], list[str]]:
-        """The finished outputs of this manifest's ``stage`` tasks, found by their task keys.
+    # -- products --------------------------------------------------------------------------
+    def product_index(self, keys: dict[str, str] | None = None) -> tuple[list[ProductEntry], list[str]]:
+        """The release products of this manifest's graph, found in the cache by task key.
 
-        Returns ``({(target, band): file in the cache}, [task ids not in the cache])``. Each
-        file is checked against its record (sha256) and its HLSPTASK header names its key: a
+        Returns ``(entries, [task ids whose products are not in the cache])``. Each product
+        type comes from the stage that provides it (the most downstream one). Each file is
+        checked against its record (sha256) and its HLSPTASK header (FITS) names its key: a
         product made from another manifest (other parameters, inputs or versions) has another
         key and is never returned, whatever a shared work folder holds.
         """
         from astropy.io import fits
 
-        found: dict[tuple[str, str], Path] = {}
+        keys = keys or self.task_keys()
+        entries: list[ProductEntry] = []
         missing: list[str] = []
-        for tid, key in self.task_keys().items():
-            task = self.graph.tasks[tid]
-            if task.stage != stage:
-                continue
-            rec = self.cache.lookup(key)
-            path = self.cache.entry(key) / product_path(self.workdir, task).name
-            if rec is None or path.name not in rec.get("outputs", {}):
-                missing.append(tid)
-                continue
-            if file_sha256(path) != rec["outputs"][path.name]:
-                raise WorkFailed(f"{path}: content differs from its cache record (sha256): the cache entry was altered")
-            if fits.getval(path, "HLSPTASK", 0) != key:
-                raise WorkFailed(f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered")
-            found[(task.target, task.band)] = path
-        return found, missing
+        for ptype, stage in self.registry.product_providers().items():
+            suffix = next(p.suffix for p in stage.products if p.type == ptype)
+            for task in self.graph.order():
+                if task.stage != stage.name:
+                    continue
+                key = keys[task.id]
+                rec = self.cache.lookup(key)
+                names = [n for n in (rec or {}).get("outputs", {}) if n.endswith(suffix)]
+                if rec is None or not names:
+                    if task.id not in missing:
+                        missing.append(task.id)
+                    continue
+                for n in names:
+                    path = self.cache.entry(key) / n
+                    if file_sha256(path) != rec["outputs"][n]:
+                        raise WorkFailed(f"{path}: content differs from its cache record (sha256): the cache entry was altered")
+                    if n.endswith(".fits") and fits.getval(path, "HLSPTASK", 0) != key:
+                        raise WorkFailed(f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered")
+                    entries.append(ProductEntry(ptype, task.target, task.band, task.instrument, task.id, key, path))
+        return entries, missing
 
     # -- running ---------------------------------------------------------------------------
     def run(self, progress: Callable[[str, str], None] | None = None) -> RunSummary:
         """Run every task not in the cache; one run at a time per work folder (a lock)."""
-        from release.fileio import folder_lock
+        from processing.fileio import folder_lock
 
         if self.read_only:
             raise HlspError("a read-only engine cannot run")
         with folder_lock(self.workdir, "the work folder", "run"):
             return self._run(progress)
 
+    def _executor(self):
+        from processing.executors import DaskExecutor, LocalExecutor
+
+        if self.executor_kind == "dask":
+            return DaskExecutor(self.workers, self.env, scheduler=self.scheduler)
+        return LocalExecutor(self.workers, self.env)
+
     def _run(self, progress: Callable[[str, str], None] | None) -> RunSummary:
         t0 = time.time()
-        summary = RunSummary()
+        summary = RunSummary(executor=self.executor_kind)
         keys: dict[str, str] = {}
+        records: dict[str, dict] = {}
         stale = self.cache.clean_stale_scratch()
         if stale:
             log.info("removed %d scratch folder(s) left by interrupted runs", stale)
-        done: dict[str, TaskResult] = {}
         pending = {t.id: t for t in self.graph.order()}
         running: dict[Any, tuple[Task, str, float]] = {}
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=jwst_stages.worker_init, initargs=(self.env,)) as pool:
+
+        def unfinished(task: Task) -> str | None:
+            return next((d for d in task.deps if summary.results.get(d) and summary.results[d].status in ("failed", "skipped")), None)
+
+        with self._executor() as pool:
             while pending or running:
                 for tid in list(pending):
                     task = pending[tid]
-                    if any(summary.results.get(d) and summary.results[d].status in ("failed", "skipped") for d in task.deps):
-                        bad = next(d for d in task.deps if summary.results.get(d) and summary.results[d].status in ("failed", "skipped"))
+                    if (bad := unfinished(task)) is not None:
                         summary.results[tid] = TaskResult(task, "skipped", error=f"needs {bad}, which did not complete")
                         del pending[tid]
                         _tick(progress, task, "skipped")
                         continue
-                    if not all(d in done for d in task.deps):
+                    if not all(d in records for d in task.deps):
                         continue
                     key, hashes = self._key(task, keys)
                     keys[tid] = key
                     rec = self.cache.lookup(key)
                     del pending[tid]
                     if rec is not None:
-                        done[tid] = summary.results[tid] = TaskResult(task, "cached", key, rec)
+                        records[tid] = rec
+                        summary.results[tid] = TaskResult(task, "cached", key, rec)
                         _tick(progress, task, "cached")
                         continue
-                    fut = pool.submit(execute_task, self._spec(task, key, hashes, done))
+                    spec = self._spec(task, key, hashes, keys, records)
+                    fut = pool.submit(execute_task, spec, memory_gb=self.registry[task.stage].memory_gb)
                     running[fut] = (task, key, time.time())
                 if not running:
                     continue
@@ -348,40 +489,54 @@ class Engine:
                     task, key, started = running.pop(fut)
                     try:
                         rec = fut.result()
-                        done[task.id] = summary.results[task.id] = TaskResult(task, "ran", key, rec, elapsed_s=time.time() - started)
+                        records[task.id] = rec
+                        summary.results[task.id] = TaskResult(task, "ran", key, rec, elapsed_s=time.time() - started)
                         _tick(progress, task, "ran")
                     except HlspError as exc:
                         summary.results[task.id] = TaskResult(task, "failed", key, error=str(exc))
                         log.error("%s", exc)
                         _tick(progress, task, "failed")
                     except Exception as exc:  # a worker that died (memory, kill) or an unexpected bug
-                        summary.results[task.id] = TaskResult(task, "failed", key, error=f"{task.stage} failed on {task.id}: {type(exc).__name__}: {exc}")
-                        log.error("%s: %s", task.id, exc)
+                        reason = pool.describe_failure(exc)
+                        summary.results[task.id] = TaskResult(task, "failed", key, error=f"{task.stage} failed on {task.id}: {reason}")
+                        log.error("%s: %s", task.id, reason)
                         _tick(progress, task, "failed")
         self.hashes.save()
-        summary.products = self._publish(done)
+        summary.products = self._publish(keys)
         summary.elapsed_s = time.time() - t0
         return summary
 
-    def _publish(self, done: dict[str, TaskResult]) -> list[Path]:
-        """Link finished mosaics into ``workdir/products`` with their provenance sidecar."""
-        import json
+    def _publish(self, keys: dict[str, str]) -> list[Path]:
+        """Link the finished products into ``workdir/products/<target>/<band>/`` with a
+        provenance sidecar each, and write the product index ``workdir/products/index.json``."""
+        from processing.fileio import atomic_path, atomic_write_text, inside
 
-        from release.fileio import atomic_path, atomic_write_text, inside
-
+        done = {tid: k for tid, k in keys.items() if self.cache.lookup(k) is not None}
+        entries = []
+        for ptype, stage in self.registry.product_providers().items():
+            suffix = next(p.suffix for p in stage.products if p.type == ptype)
+            for tid, key in sorted(done.items()):
+                task = self.graph.tasks[tid]
+                if task.stage != stage.name:
+                    continue
+                rec = self.cache.lookup(key)
+                for n in sorted(n for n in rec["outputs"] if n.endswith(suffix)):
+                    entries.append((ProductEntry(ptype, task.target, task.band, task.instrument, tid, key, self.cache.entry(key) / n), rec))
         out = []
-        for r in done.values():
-            if r.task.stage != "lv3":
-                continue
-            dest = product_path(self.workdir, r.task)
-            inside(dest.parent, self.workdir, "a product folder")  # never write through a planted link
-            src = self.cache.entry(r.key) / dest.name
-            if not (dest.exists() and os.path.samefile(src, dest)):
+        index = []
+        for e, rec in entries:
+            folder = inside(self.workdir / "products" / e.target / (e.band or e.instrument or "all").lower(), self.workdir, "a product folder")
+            dest = folder / e.path.name
+            if not (dest.exists() and os.path.samefile(e.path, dest)):
                 with atomic_path(dest) as tmp:
                     tmp.unlink()
-                    os.link(src, tmp)
-            atomic_write_text(dest.with_suffix(".prov.json"), json.dumps(r.record, indent=1, sort_keys=True, default=str))
+                    os.link(e.path, tmp)
+            atomic_write_text(dest.with_suffix(".prov.json"), json.dumps(rec, indent=1, sort_keys=True, default=str))
+            index.append({**e.as_dict(), "path": str(dest.relative_to(self.workdir))})
             out.append(dest)
+        if index:
+            atomic_write_text(self.workdir / "products" / "index.json",
+                              json.dumps({"manifest_sha256": self.lm.manifest.content_hash(), "products": index}, indent=1))
         return sorted(out)
 
 

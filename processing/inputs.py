@@ -15,8 +15,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from release.errors import BadInput
-from release.manifest import LoadedManifest
+from processing.errors import BadInput
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # release/ depends on processing/, never the reverse
+    from release.manifest import LoadedManifest
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,7 @@ def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[t
 
 
 def _miri_bands() -> set[str]:
-    from release.instruments import FILTERS
+    from processing.instruments import FILTERS
 
     return set(FILTERS["miri"])
 
@@ -141,13 +144,13 @@ class HashIndex:
         st = os.stat(file)
         key = f"{Path(file).resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in self.entries:
-            from release.fileio import file_sha256
+            from processing.fileio import file_sha256
 
             self.entries[key] = file_sha256(file)
         return self.entries[key]
 
     def save(self) -> None:
-        from release.fileio import atomic_write_text
+        from processing.fileio import atomic_write_text
 
         atomic_write_text(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
 

@@ -1,6 +1,7 @@
-"""Thin wrappers on the official pipelines: calwebb_detector1, calwebb_image2, calwebb_image3.
+"""The official pipelines as stages: calwebb_detector1 (lv1), calwebb_image2 (lv2), calwebb_image3 (lv3).
 
-Each wrapper takes declared inputs (file paths), an output folder and the resolved step
+The three stage declarations are at the end of this module. Each wrapper takes declared
+inputs (file paths), an output folder and the resolved step
 parameters ``{step: {param: value}}``, runs the jwst Pipeline object (``Pipeline(...).run()``
 does not look up CRDS parameter references, which would need the server) and returns the
 paths it wrote. CRDS fatal errors call ``sys.exit`` inside jwst: every call is wrapped so
@@ -18,7 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from release.errors import WorkFailed
+from processing.errors import WorkFailed
+from processing.jwst_parameters import JwstParameters
+from processing.stages import Input, Product, Stage
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ def apply_crds_environment(env: dict[str, str]) -> None:
 def worker_init(env: dict[str, str]) -> None:
     """Initializer of a worker process that runs jwst: the CRDS environment, and no console
     output (records and warnings go to the log file the task attaches)."""
-    from release.logs import setup_worker
+    from processing.logs import setup_worker
 
     apply_crds_environment(env)
     setup_worker()
@@ -175,7 +178,7 @@ def run_image2(rate: Path, outdir: Path, params: dict | None = None, background:
                 + [{"expname": str(m), "exptype": "background"} for m in members[1:]],
             }],
         }
-        from release.fileio import atomic_write_text
+        from processing.fileio import atomic_write_text
 
         target = str(outdir / (Path(rate).name.replace("_rate.fits", "") + "_image2_asn.json"))
         atomic_write_text(Path(target), json.dumps(asn, indent=1))
@@ -203,7 +206,7 @@ def write_association(cal_files: list[Path], product_name: str, path: Path) -> P
         "program": "", "constraints": "", "asn_id": "a3001", "target": "none", "asn_pool": "none",
         "products": [{"name": product_name, "members": [{"expname": Path(f).name, "exptype": "science"} for f in cal_files]}],
     }
-    from release.fileio import atomic_write_text
+    from processing.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(asn, indent=1))
     return path
@@ -228,10 +231,57 @@ def _same_fs(a, b) -> bool:
         return False
 
 
-def default_parameters(stage: str, instrument: str) -> dict[str, dict[str, Any]]:
-    """This system's defaults for a stage and instrument (before the manifest's layers)."""
-    out: dict[str, dict[str, Any]] = {}
-    for layer in (STAGE_DEFAULTS.get(stage, {}), INSTRUMENT_DEFAULTS.get(instrument, {}).get(stage, {})):
-        for step, values in layer.items():
-            out.setdefault(step, {}).update(values)
-    return out
+# --------------------------------------------------------------------------------------------
+# The stages: run functions with the engine's signature, and their declarations
+# --------------------------------------------------------------------------------------------
+
+
+def run_lv1(inputs: dict[str, list[str]], outdir: Path, params: dict, context: dict) -> list[Path]:
+    return [run_detector1(Path(inputs["uncal"][0]), outdir, params)]
+
+
+def run_lv2(inputs: dict[str, list[str]], outdir: Path, params: dict, context: dict) -> list[Path]:
+    background = [Path(p) for p in inputs.get("background", [])]
+    return [run_image2(Path(inputs["rate"][0]), outdir, params, background=background or None)]
+
+
+def run_lv3(inputs: dict[str, list[str]], outdir: Path, params: dict, context: dict) -> list[Path]:
+    i2d = run_image3([Path(p) for p in inputs["cal"]], outdir, context["product"], params)
+    return [i2d] + sorted(outdir.glob("*_crf.fits"))
+
+
+def _parameters(stage: str, pipeline: str) -> JwstParameters:
+    return JwstParameters(
+        stage, pipeline, STAGE_DEFAULTS.get(stage, {}),
+        {inst: layers[stage] for inst, layers in INSTRUMENT_DEFAULTS.items() if stage in layers},
+    )
+
+
+_MODULES = ("processing.jwst_stages",)
+
+DETECTOR1 = Stage(
+    name="lv1", unit="exposure", exposures="all",  # the MIRI off-fields too
+    inputs=(Input("uncal", "raw"),),
+    outputs=("_rate.fits",),
+    run="processing.jwst_stages:run_lv1", modules=_MODULES,
+    parameters=_parameters("lv1", "jwst.pipeline:Detector1Pipeline"),
+    memory_gb=2.5, description="calwebb_detector1: ramps to count-rate images",
+)
+IMAGE2 = Stage(
+    name="lv2", unit="exposure",
+    inputs=(Input("rate", "same", "lv1", "_rate.fits"),
+            Input("background", "background", "lv1", "_rate.fits", optional=True)),
+    outputs=("_cal.fits",),
+    run="processing.jwst_stages:run_lv2", modules=_MODULES,
+    parameters=_parameters("lv2", "jwst.pipeline:Image2Pipeline"),
+    memory_gb=2.5, description="calwebb_image2: flat field, photometric calibration, MIRI off-field background",
+)
+IMAGE3 = Stage(
+    name="lv3", unit="target_band",
+    inputs=(Input("cal", "members", "lv2", "_cal.fits"),),
+    outputs=("_i2d.fits", "_crf.fits"),
+    run="processing.jwst_stages:run_lv3", modules=_MODULES,
+    parameters=_parameters("lv3", "jwst.pipeline:Image3Pipeline"),
+    products=(Product("img", "_i2d.fits"),),
+    memory_gb=2.5, description="calwebb_image3: tweakreg, skymatch, outlier detection, resample to the mosaic",
+)

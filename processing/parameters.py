@@ -15,8 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from release.instruments import instrument_of
-from release.manifest import Manifest, ParameterLayers
+from processing.instruments import instrument_of
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the manifest models live in release/, which depends on processing/, not the reverse
+    from release.manifest import Manifest, ParameterLayers
 
 
 @dataclass
@@ -39,14 +42,19 @@ def _overlay(values: dict, origin: dict, layer: dict, layer_name: str) -> None:
             origin[key] = layer_name
 
 
-def layers_for(manifest: Manifest, target: str, band: str) -> list[tuple[str, dict]]:
-    inst = instrument_of(band)
+def layers_for(manifest: Manifest, target: str, band: str | None, instrument: str | None = None) -> list[tuple[str, dict]]:
+    """The manifest's layers for a unit, lowest precedence first. A unit wider than one band
+    (a target's instrument, or a whole target) has no band layer; a whole target no
+    instrument layer either."""
+    inst = instrument_of(band) if band else instrument
     out: list[tuple[str, dict]] = []
 
     def add(scope: str, layers: ParameterLayers) -> None:
         out.append((f"{scope}.default", layers.default))
-        out.append((f"{scope}.instrument.{inst}", layers.instrument.get(inst, {})))
-        out.append((f"{scope}.band.{band}", layers.band.get(band, {})))
+        if inst:
+            out.append((f"{scope}.instrument.{inst}", layers.instrument.get(inst, {})))
+        if band:
+            out.append((f"{scope}.band.{band}", layers.band.get(band, {})))
 
     add("parameters", manifest.parameters)
     add(f"targets.{target}.parameters", manifest.targets[target].parameters)
@@ -54,11 +62,12 @@ def layers_for(manifest: Manifest, target: str, band: str) -> list[tuple[str, di
 
 
 def resolve_parameters(
-    manifest: Manifest, target: str, band: str, defaults: dict[str, Any] | None = None
+    manifest: Manifest, target: str, band: str | None, defaults: dict[str, Any] | None = None,
+    instrument: str | None = None,
 ) -> ResolvedParameters:
     resolved = ResolvedParameters()
     if defaults:
         _overlay(resolved.values, resolved.origin, defaults, "default")
-    for name, layer in layers_for(manifest, target, band):
+    for name, layer in layers_for(manifest, target, band, instrument):
         _overlay(resolved.values, resolved.origin, layer, name)
     return resolved

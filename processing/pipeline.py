@@ -1,38 +1,29 @@
-"""From a validated manifest to the task graph.
+"""From a validated manifest and the stage declarations to the task graph.
 
-Tasks, in the order of reference/pipeline.md, limited to the stages this version has:
+One task per stage and unit (processing/stages.py): ``<stage>/<exposure>`` for an exposure
+stage, ``<stage>/<target>/<band>``, ``<stage>/<target>/<instrument>``, ``<stage>/<target>``.
+Each task's inputs are resolved from its stage's declared connections: upstream tasks (by
+relation: same unit, members, MIRI off-fields, the visit's or the target's reference band) or
+files (the raw exposure, files the manifest names), and its parameters from the manifest's
+layers over the stage's defaults. The graph's order is a real topological order of the task
+dependencies. Nothing here knows a stage by name: the registry says what exists.
 
-- ``lv1/<exposure>``: calwebb_detector1 on one uncal file (science and MIRI off-fields; an
-  off-field exposure lent to another target is one task used by both).
-- ``lv2/<exposure>``: calwebb_image2 on one science rate file; for MIRI with the target's
-  off-field rate files (own, borrowed or both, per the manifest) as background members,
-  combined per pixel with a 1.5-sigma clip into a master background and subtracted.
-- ``lv3/<target>/<band>``: calwebb_image3 on all cal files of a target and band: tweakreg
-  strict (NIRCam, shifts only) or off (MIRI), skymatch subtracting one global constant (the
-  lowest sigma-clipped level), outlier detection, resample at the native scale with DQ.
-
-The bespoke PHANGS stages (destripe, relative and absolute astrometry, Lyot separation, level
-matching, anchoring, PSF matching) are not in this version and are not in the graph.
-
-Each task declares its inputs (raw files or upstream tasks), its resolved parameters and the
-files it writes. The engine, not the stage, decides where files live and whether a cached
-result can be reused.
+The engine, not the stage, decides where files live and whether a cached result can be reused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from processing import jwst_stages
-from processing.inputs import TargetBandInputs, assign_exposures, scan_exposures
+from processing.errors import BadInput
+from processing.inputs import RawExposure, TargetBandInputs, assign_exposures, scan_exposures
 from processing.parameters import resolve_parameters
-from release.errors import BadInput
-from release.manifest import LoadedManifest
+from processing.stages import Registry, Stage, default_registry, resolve
 
-#: The order of the stages in a run (those of this version).
-STAGES = ("lv1", "lv2", "lv3")
+if TYPE_CHECKING:  # release/ depends on processing/, never the reverse
+    from release.manifest import LoadedManifest
 
 
 @dataclass
@@ -40,13 +31,16 @@ class Task:
     id: str
     stage: str
     target: str
-    band: str
-    instrument: str
+    band: str | None
+    instrument: str | None
+    exposure: str | None = None
     deps: list[str] = field(default_factory=list)
-    raw_inputs: list[str] = field(default_factory=list)
+    #: input name -> [{"task": id, "suffix": s}] (upstream outputs) or [{"file": path}]
+    inputs: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     param_origin: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)   # stage-specific (e.g. background members)
+    #: what the run function is told about its unit (target, band, instrument, exposure, product)
+    context: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -57,11 +51,32 @@ class Task:
 class Graph:
     tasks: dict[str, Task]
     inputs: dict[tuple[str, str], TargetBandInputs]
+    registry: Registry
 
     def order(self) -> list[Task]:
-        """Topological order (stage order, then id): deterministic."""
-        rank = {s: i for i, s in enumerate(STAGES)}
-        return sorted(self.tasks.values(), key=lambda t: (rank[t.stage], t.id))
+        """A topological order of the tasks (Kahn), ties broken by stage order then id: deterministic."""
+        rank = {s: i for i, s in enumerate(self.registry.order)}
+        remaining = {tid: set(t.deps) for tid, t in self.tasks.items()}
+        dependents: dict[str, list[str]] = {}
+        for tid, t in self.tasks.items():
+            for d in t.deps:
+                dependents.setdefault(d, []).append(tid)
+        import heapq
+
+        key = lambda tid: (rank[self.tasks[tid].stage], tid)  # noqa: E731
+        ready = [key(tid) for tid, deps in remaining.items() if not deps]
+        heapq.heapify(ready)
+        out: list[Task] = []
+        while ready:
+            _, tid = heapq.heappop(ready)
+            out.append(self.tasks[tid])
+            for n in dependents.get(tid, []):
+                remaining[n].discard(tid)
+                if not remaining[n]:
+                    heapq.heappush(ready, key(n))
+        if len(out) != len(self.tasks):
+            raise BadInput("the task graph has a cycle: " + ", ".join(sorted(set(self.tasks) - {t.id for t in out})))
+        return out
 
     def dependents(self, task_id: str) -> set[str]:
         out, frontier = set(), {task_id}
@@ -71,22 +86,83 @@ class Graph:
             frontier = nxt
         return out
 
-
-def _params(lm: LoadedManifest, stage: str, target: str, band: str, instrument: str):
-    defaults = {stage: jwst_stages.default_parameters(stage, instrument)}
-    resolved = resolve_parameters(lm.manifest, target, band, defaults)
-    return resolved.stage(stage), resolved.origin.get(stage, {})
+    def stage_counts(self) -> dict[str, int]:
+        return {s: sum(1 for t in self.tasks.values() if t.stage == s) for s in self.registry.order}
 
 
-def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: list[str] | None = None) -> Graph:
+# --------------------------------------------------------------------------------------------
+# Units
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What one task works on. ``exposure`` is None for units wider than an exposure."""
+
+    target: str
+    band: str | None
+    instrument: str | None
+    exposure: RawExposure | None = None
+
+    def id(self, kind: str) -> str:
+        if kind == "exposure":
+            return self.exposure.name
+        if kind == "target_band":
+            return f"{self.target}/{self.band}"
+        if kind == "target_instrument":
+            return f"{self.target}/{self.instrument}"
+        return self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "band": self.band, "instrument": self.instrument,
+                "exposure": self.exposure.name if self.exposure else None}
+
+
+def _units(stage: Stage, selected: dict[tuple[str, str], TargetBandInputs], lm: LoadedManifest) -> list[Unit]:
+    out: dict[str, Unit] = {}
+    for (target, band), tb in sorted(selected.items()):
+        if tb.instrument not in stage.instruments:
+            continue
+        if stage.unit == "exposure":
+            for e in tb.science:
+                out.setdefault(e.name, Unit(target, band, tb.instrument, e))
+            if stage.exposures == "all":
+                for e in tb.background:  # an off-field lent to another target: one task, its owner's
+                    out.setdefault(e.name, Unit(_owner(lm, e, target), band, tb.instrument, e))
+        elif stage.unit == "target_band":
+            out.setdefault(f"{target}/{band}", Unit(target, band, tb.instrument))
+        elif stage.unit == "target_instrument":
+            out.setdefault(f"{target}/{tb.instrument}", Unit(target, None, tb.instrument))
+        else:
+            out.setdefault(target, Unit(target, None, None))
+    return [out[k] for k in sorted(out)]
+
+
+def _contains(unit: Unit, kind: str, other: Unit) -> bool:
+    """Whether ``other`` (an upstream unit) lies inside ``unit``."""
+    if unit.target != other.target:
+        return False
+    if kind == "target_band":
+        return other.band == unit.band
+    if kind == "target_instrument":
+        return other.instrument == unit.instrument
+    return kind == "target"
+
+
+# --------------------------------------------------------------------------------------------
+# Building the graph
+# --------------------------------------------------------------------------------------------
+
+
+def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: list[str] | None = None,
+                registry: Registry | None = None) -> Graph:
+    registry = registry or default_registry()
     m = lm.manifest
     if m.program.data.source == "mast":
         raise BadInput(
             f"{lm.path.name}: program.data.source = 'mast': downloading from MAST is not available in this "
             "version; download the uncal files and use source = 'local' with program.data.path"
         )
-    data_dir = lm.resolve_path(m.program.data.path)
-    inputs = assign_exposures(lm, scan_exposures(data_dir))
     for t in targets or []:
         if t not in m.targets:
             raise BadInput(f"--targets: '{t}' is not a target of {lm.path.name}")
@@ -94,39 +170,101 @@ def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: lis
     for b in bands_u or []:
         if b not in m.program.bands:
             raise BadInput(f"--bands: '{b}' is not a band of {lm.path.name}")
+    inputs = assign_exposures(lm, scan_exposures(lm.resolve_path(m.program.data.path)))
     if m.patch is not None:
         targets = [t for t in (targets or m.patch.targets) if t in m.patch.targets]
+    selected = {
+        (target, band): tb for (target, band), tb in inputs.items()
+        if not (targets and target not in targets) and not (bands_u and band not in bands_u)
+        and not (m.patch is not None and ((m.patch.instruments and tb.instrument not in m.patch.instruments)
+                                          or (m.patch.bands and band not in m.patch.bands)))
+    }
     tasks: dict[str, Task] = {}
-    for (target, band), tb in sorted(inputs.items()):
-        if (targets and target not in targets) or (bands_u and band not in bands_u):
-            continue
-        if m.patch is not None and (
-            (m.patch.instruments and tb.instrument not in m.patch.instruments) or (m.patch.bands and band not in m.patch.bands)
-        ):
-            continue
-        cal_ids = []
-        for e in tb.science + tb.background:
-            tid = f"lv1/{e.name}"
-            if tid not in tasks:
-                owner = _owner(lm, e, target)
-                p, o = _params(lm, "lv1", owner, band, tb.instrument)
-                tasks[tid] = Task(tid, "lv1", owner, band, tb.instrument, raw_inputs=[e.path], params=p, param_origin=o)
-        for e in tb.science:
-            tid = f"lv2/{e.name}"
-            p, o = _params(lm, "lv2", target, band, tb.instrument)
-            bkg = [f"lv1/{b.name}" for b in tb.background]
-            tasks[tid] = Task(
-                tid, "lv2", target, band, tb.instrument, deps=[f"lv1/{e.name}"] + bkg, params=p, param_origin=o,
-                extra={"background": bkg, "background_source": tb.background_source if tb.instrument == "miri" else None},
-            )
-            cal_ids.append(tid)
-        p, o = _params(lm, "lv3", target, band, tb.instrument)
-        tid = f"lv3/{target}/{band}"
-        tasks[tid] = Task(tid, "lv3", target, band, tb.instrument, deps=cal_ids, params=p, param_origin=o,
-                          extra={"product": f"{target}_{band.lower()}"})
+    units_of: dict[str, dict[str, Unit]] = {}
+    for stage in registry.ordered():
+        units = _units(stage, selected, lm)
+        units_of[stage.name] = {u.id(stage.unit): u for u in units}
+        for unit in units:
+            task = _task(lm, registry, stage, unit, selected, units_of)
+            tasks[task.id] = task
     if not tasks:
         raise BadInput(f"{lm.path.name}: nothing to process for the targets and bands asked for")
-    return Graph(tasks, inputs)
+    return Graph(tasks, inputs, registry)
+
+
+def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
+          selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]]) -> Task:
+    defaults = {stage.name: stage.parameters.default_values(unit.instrument or "")}
+    resolved = resolve_parameters(lm.manifest, unit.target, unit.band, defaults, instrument=unit.instrument)
+    params, origin = resolved.stage(stage.name), resolved.origin.get(stage.name, {})
+    tid = f"{stage.name}/{unit.id(stage.unit)}"
+    context = unit.as_dict()
+    if unit.band:
+        context["product"] = f"{unit.target}_{unit.band.lower()}"
+    task = Task(tid, stage.name, unit.target, unit.band, unit.instrument,
+                exposure=unit.exposure.name if unit.exposure else None, params=params, param_origin=origin, context=context)
+    for conn in stage.inputs:
+        refs = _resolve_input(lm, registry, stage, conn, unit, params, selected, units_of)
+        if not refs and not conn.optional:
+            raise BadInput(f"{tid}: input '{conn.name}' ({conn.relation}"
+                           + (f" of {conn.stage}" if conn.stage else "") + ") selects nothing in this run")
+        task.inputs[conn.name] = refs
+        for r in refs:
+            if "task" in r and r["task"] not in task.deps:
+                task.deps.append(r["task"])
+    return task
+
+
+def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, params: dict,
+                   selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]]) -> list[dict[str, str]]:
+    if conn.relation == "raw":
+        if unit.exposure is None:
+            raise BadInput(f"stage {stage.name}: a 'raw' input needs an exposure unit")
+        return [{"file": unit.exposure.path}]
+    if conn.relation == "manifest_file":
+        return [{"file": str(p)} for p in resolve(conn.files)(lm, unit.as_dict())]
+    up = registry[conn.stage]
+    ups = units_of.get(conn.stage, {})
+
+    def ref(uid: str) -> dict[str, str]:
+        if uid not in ups:
+            raise BadInput(f"{stage.name}/{unit.id(stage.unit)} needs {conn.stage}/{uid}, which is not in this run "
+                           "(widen --targets/--bands or the patch)")
+        return {"task": f"{conn.stage}/{uid}", "suffix": conn.suffix}
+
+    if conn.relation == "same":
+        if up.unit != stage.unit:
+            raise BadInput(f"stage {stage.name}: 'same' needs {conn.stage} to have the unit {stage.unit}")
+        return [ref(unit.id(stage.unit))]
+    if conn.relation == "members":
+        return [ref(uid) for uid, u in sorted(ups.items())
+                if (u.exposure is None or u.exposure.name in _science_names(selected, u)) and _contains(unit, stage.unit, u)]
+    if conn.relation == "background":
+        tb = selected.get((unit.target, unit.band))
+        return [ref(e.name) for e in (tb.background if tb else [])]
+    ref_band = _reference_band(stage, params, unit)
+    if conn.relation == "reference_band":
+        return [ref(f"{unit.target}/{ref_band}")]
+    if conn.relation == "visit_reference":
+        tb = selected.get((unit.target, ref_band))
+        if tb is None:
+            raise BadInput(f"{stage.name}/{unit.id(stage.unit)} needs the reference band {ref_band} of {unit.target}, "
+                           "which is not in this run")
+        return [ref(e.name) for e in tb.science if e.visit == unit.exposure.visit]
+    raise BadInput(f"stage {stage.name}: unknown relation {conn.relation}")
+
+
+def _science_names(selected: dict[tuple[str, str], TargetBandInputs], u: Unit) -> set[str]:
+    tb = selected.get((u.target, u.band))
+    return {e.name for e in tb.science} if tb else set()
+
+
+def _reference_band(stage: Stage, params: dict, unit: Unit) -> str:
+    band = params.get("reference_band")
+    if not isinstance(band, str) or not band:
+        raise BadInput(f"stage {stage.name} for {unit.target}: parameter 'reference_band' is not set "
+                       f"for {unit.instrument or 'this unit'}")
+    return band.upper()
 
 
 def _owner(lm: LoadedManifest, exposure, default: str) -> str:
@@ -137,7 +275,3 @@ def _owner(lm: LoadedManifest, exposure, default: str) -> str:
         if exposure.target in (normalise_target(name), normalise_target(t.designation or "")):
             return name
     return default
-
-
-def product_path(workdir: Path, task: Task) -> Path:
-    return workdir / "products" / task.target / task.band.lower() / f"{task.extra['product']}_i2d.fits"

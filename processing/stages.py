@@ -1,230 +1,270 @@
-"""Which processing stages exist, and which parameters each accepts.
+"""What a processing stage is: one declaration, from which everything else follows.
 
-The manifest may set a parameter of any stage listed here. The three official pipeline stages
-take ``{jwst step name: {parameter: value}}`` and are checked against the specification of the
-*installed* jwst (names, allowed options) strictly: the TOML type must be the spec's type (a
-quoted ``"false"`` is refused, never converted), numbers are finite and within jwst's bounds
-and :data:`SCIENCE_BOUNDS`, and :func:`normalise_stage_parameters` gives the values the stage
-receives (an integer given for a float becomes that float). The PHANGS algorithms are listed in
-:data:`PLANNED_STAGES` until their module exists; a manifest that sets one of their parameters
-is refused with a message saying the stage is not available, rather than silently ignored.
+A :class:`Stage` names its unit of work, its inputs as named connections to upstream stages
+(or to files named by the manifest), the outputs it writes, its parameters, the function that
+runs it (by dotted name, so any worker can import it), the source modules that make its code
+version, and the release products it provides. From the declarations alone the engine builds
+the task graph (processing/pipeline.py), the cache keys and the product index
+(processing/executor.py); the manifest validation and the generated manifest reference take
+the parameters from them. The registry of this system's stages is processing/registry.py.
 
-This module does not import jwst at import time; :func:`check_stage_parameters` does, once.
+Adding a stage: write its module (the pure algorithm on arrays and a thin adapter with the
+signature of :data:`RunFunction`), declare it with ``STAGE = Stage(...)`` there, and add it to
+the list in processing/registry.py. Nothing in the engine, the CLI or the packaging changes.
+
+Units (:data:`UNITS`): ``exposure`` (one raw exposure), ``target_band`` (a target in one band),
+``target_instrument`` (a target's bands of one instrument), ``target`` (all of a target).
+
+Relations of an input (:data:`RELATIONS`), from the task's unit to the upstream tasks it reads:
+
+- ``raw``: the exposure's own raw file (an ``exposure`` stage with no upstream);
+- ``same``: the upstream task of the same unit (same exposure, same target and band, ...);
+- ``members``: every science exposure of the unit (``exposure`` upstream of a wider unit);
+- ``background``: the MIRI off-field exposures the manifest assigns to the exposure's target
+  and band (own, borrowed or both);
+- ``visit_reference``: the exposures of the same visit in the stage's reference band
+  (parameter ``reference_band``), e.g. a relative astrometric shift solved on F300M and
+  applied to every NIRCam band of the visit;
+- ``reference_band``: the upstream ``target_band`` task of the same target in the stage's
+  reference band, e.g. anchoring every band against the anchored reference band;
+- ``manifest_file``: files the manifest names for the unit, returned by the input's ``files``
+  function (an external image, a catalogue, a PSF); they enter the cache key by content.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
 
-from release.instruments import did_you_mean
+from processing.instruments import did_you_mean
 
-#: Official pipeline stages: manifest name -> (module, class).
-JWST_STAGES: dict[str, tuple[str, str]] = {
-    "lv1": ("jwst.pipeline", "Detector1Pipeline"),
-    "lv2": ("jwst.pipeline", "Image2Pipeline"),
-    "lv3": ("jwst.pipeline", "Image3Pipeline"),
-}
+UNITS = ("exposure", "target_band", "target_instrument", "target")
+RELATIONS = ("raw", "same", "members", "background", "visit_reference", "reference_band", "manifest_file")
 
-#: Bespoke stages by manifest name -> parameter checker ``f(params, path) -> problems``.
-#: Each entry is added by the module that implements the stage.
-BESPOKE_STAGES: dict[str, Any] = {}
-
-#: Stages of the PHANGS processing (reference/pipeline.md) that this version does not have yet.
-PLANNED_STAGES = ("destripe", "lyot", "level_match", "astrometry", "anchoring", "psf_matching")
-
-#: Step options the engine owns: where files go and how they are named.
-ENGINE_OWNED = frozenset(
-    {
-        "output_file", "output_dir", "output_ext", "output_use_model", "output_use_index",
-        "save_results", "search_output_file", "input_dir", "pre_hooks", "post_hooks", "suffix",
-    }
-)
+#: ``run(inputs, outdir, params, context) -> [written files]``: ``inputs`` maps each declared
+#: input name to its files, ``outdir`` is the task's private scratch folder, ``params`` the
+#: resolved parameters, ``context`` the unit (target, band, instrument, exposure, product).
+RunFunction = Callable[[dict, Any, dict, dict], list]
 
 
-def known_stages() -> list[str]:
-    return list(JWST_STAGES) + list(BESPOKE_STAGES)
+class ParameterSpec(Protocol):
+    """How a stage's parameters are checked, defaulted and documented."""
+
+    def check(self, values: Any, path: str) -> tuple[list[tuple[str, str]], Any]: ...
+
+    def default_values(self, instrument: str) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
 
 
-@functools.lru_cache(maxsize=None)
-def _jwst_step_specs(stage: str) -> dict[str, Any]:
-    """``{step name: ConfigObj spec}`` of one jwst pipeline, from the installed jwst."""
-    module, cls_name = JWST_STAGES[stage]
-    pipeline = getattr(importlib.import_module(module), cls_name)
-    return {name: step.load_spec_file() for name, step in pipeline.step_defs.items()}
+@dataclass(frozen=True)
+class ModelParameters:
+    """Parameters of a bespoke stage as a pydantic model (defaults, units in the field
+    descriptions), with per-instrument defaults over the model's own."""
+
+    model: Any
+    instrument_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def check(self, values: Any, path: str) -> tuple[list[tuple[str, str]], Any]:
+        from pydantic import ValidationError
+
+        if not isinstance(values, dict):
+            return [(path, "must be a table of parameters")], values
+        problems: list[tuple[str, str]] = []
+        known = set(self.model.model_fields)
+        for key in values:
+            if key not in known:
+                problems.append((f"{path}.{key}", f"unknown parameter{did_you_mean(key, sorted(known))}"))
+        if problems:
+            return problems, values
+        try:
+            # strict: a quoted number or boolean is refused; partial tables are fine (defaults fill in)
+            self.model.model_validate(values, strict=True)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                problems.append((f"{path}.{loc}" if loc else path, err["msg"]))
+            return problems, values
+        out = {}
+        for k, v in values.items():  # an integer given for a float is that float
+            out[k] = float(v) if self.model.model_fields[k].annotation is float and type(v) is int else v
+        return [], out
+
+    def default_values(self, instrument: str) -> dict[str, Any]:
+        out = self.model().model_dump()
+        out.update(self.instrument_defaults.get(instrument, {}))
+        return out
+
+    def describe(self) -> str:
+        fields = ", ".join(f"{k} ({f.description or ''})" for k, f in self.model.model_fields.items())
+        return f"parameters: {fields}"
 
 
-#: Bounds the science needs where jwst's own specification declares none (or a looser one):
-#: ``{(step, parameter): (low, low_inclusive, high, high_inclusive)}``, None for open. A
-#: negative tolerance or search radius, a zero pixel scale or a pixfrac of 0 is never meant.
-SCIENCE_BOUNDS: dict[tuple[str, str], tuple[float | None, bool, float | None, bool]] = {
-    **{("tweakreg", p): (0.0, False, None, False) for p in (
-        "tolerance", "abs_tolerance", "searchrad", "abs_searchrad", "separation", "abs_separation",
-        "snr_threshold", "kernel_fwhm", "sigma_radius", "sigma", "abs_sigma")},
-    **{("tweakreg", p): (1, True, None, False) for p in (
-        "brightest", "minobj", "abs_minobj", "npixels", "bkg_boxsize", "nlevels")},
-    ("tweakreg", "minsep_fwhm"): (0.0, True, None, False),
-    ("tweakreg", "contrast"): (0.0, True, 1.0, True),
-    **{("resample", p): (0.0, False, None, False) for p in ("pixel_scale", "pixel_scale_ratio", "pixmap_stepsize")},
-    ("resample", "pixfrac"): (0.0, False, 1.0, True),
-    ("resample", "rotation"): (-360.0, True, 360.0, True),
-    ("resample", "pixmap_order"): (1, True, None, False),
-    ("outlier_detection", "pixfrac"): (0.0, False, 1.0, True),
-    ("outlier_detection", "maskpt"): (0.0, True, 1.0, True),
-    ("outlier_detection", "threshold_percent"): (0.0, False, 100.0, True),
-    ("outlier_detection", "rolling_window_width"): (1, True, None, False),
-    ("outlier_detection", "pixmap_stepsize"): (0.0, False, None, False),
-    **{("skymatch", p): (0.0, False, None, False) for p in ("lsigma", "usigma", "binwidth")},
-    ("skymatch", "stepsize"): (1, True, None, False),
-    ("bkg_subtract", "sigma"): (0.0, False, None, False),
-    ("bkg_subtract", "maxiters"): (1, True, None, False),
-    **{("jump", p): (0.0, False, None, False) for p in (
-        "rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold",
-        "expand_factor", "min_jump_area", "min_sat_area")},
-    **{("refpix", p): (0.0, False, None, False) for p in ("sigreject", "gaussmooth", "siglimit")},
-    **{("source_catalog", p): (0.0, False, None, False) for p in ("snr_threshold", "kernel_fwhm", "sigma_radius")},
-    **{("source_catalog", p): (0.0, False, 100.0, False) for p in ("aperture_ee1", "aperture_ee2", "aperture_ee3")},
-}
+@dataclass(frozen=True)
+class Input:
+    """A named input connection of a stage.
 
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or isinstance(value, float)
-
-
-def _bounds_problem(value: float, bounds: tuple) -> str | None:
-    lo, lo_inc, hi, hi_inc = bounds
-    if lo is not None and (value < lo or (value == lo and not lo_inc)):
-        return f"must be {'>=' if lo_inc else '>'} {lo}"
-    if hi is not None and (value > hi or (value == hi and not hi_inc)):
-        return f"must be {'<=' if hi_inc else '<'} {hi}"
-    return None
-
-
-def _kind_of(value: Any) -> str:
-    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}.get(
-        type(value), type(value).__name__)
-
-
-def check_jwst_value(step: str, name: str, spec: str, value: Any) -> tuple[str | None, Any]:
-    """Check one manifest value against a jwst step's spec, strictly; return (problem, value).
-
-    Strict means the TOML type must be the spec's type: ``skip = "false"`` is a string, not a
-    boolean, and is refused (configobj would turn it into False, and jwst, given the string,
-    would treat it as true). Integers are accepted for floats and returned as floats, so the
-    value that reaches jwst is exactly the validated one. Numbers must be finite and within
-    the spec's bounds and :data:`SCIENCE_BOUNDS`.
+    ``stage``/``suffix``: the upstream stage and which of its outputs (file-name suffix);
+    ``relation``: which upstream tasks (:data:`RELATIONS`); ``files``: for ``manifest_file``,
+    ``module:function(manifest, unit) -> [paths]``; ``optional``: an empty selection is fine
+    (for example no background exposure for NIRCam).
     """
-    import math
 
-    from configobj.validate import Validator
-
-    fun, args, kwargs, _default = Validator()._parse_with_caching(spec)
-
-    def num_bounds(v: float) -> str | None:
-        lo = kwargs.get("min")
-        hi = kwargs.get("max")
-        bounds = (float(lo) if lo is not None else None, True, float(hi) if hi is not None else None, True)
-        return _bounds_problem(v, bounds) or (
-            _bounds_problem(v, SCIENCE_BOUNDS[(step, name)]) if (step, name) in SCIENCE_BOUNDS else None)
-
-    if fun == "boolean":
-        if not isinstance(value, bool):
-            return f"{value!r} is {_kind_of(value)}; a boolean is needed (write true or false, without quotes)", value
-        return None, value
-    if fun in ("integer", "float"):
-        ok = _is_int(value) if fun == "integer" else _is_number(value)
-        if not ok:
-            need = "an integer" if fun == "integer" else "a number"
-            hint = " (without quotes)" if isinstance(value, str) else ""
-            return f"{value!r} is {_kind_of(value)}; {need} is needed{hint}", value
-        if not math.isfinite(value):
-            return f"{value!r} is not a finite number", value
-        problem = num_bounds(value)
-        if problem:
-            return f"{value!r} {problem}", value
-        return None, float(value) if fun == "float" else value
-    if fun in ("int_list", "float_list", "force_list"):
-        if not isinstance(value, list):
-            return f"{value!r} is {_kind_of(value)}; a list is needed", value
-        n_lo, n_hi = kwargs.get("min"), kwargs.get("max")
-        if (n_lo is not None and len(value) < int(n_lo)) or (n_hi is not None and len(value) > int(n_hi)):
-            return f"{value!r} must have {n_lo if n_lo == n_hi else f'{n_lo} to {n_hi}'} elements", value
-        if fun == "force_list":
-            if not all(isinstance(v, str) for v in value):
-                return f"{value!r} must be a list of strings", value
-            return None, value
-        check = _is_int if fun == "int_list" else _is_number
-        if not all(check(v) for v in value):
-            return f"{value!r} must be a list of {'integers' if fun == 'int_list' else 'numbers'}", value
-        if not all(math.isfinite(v) for v in value):
-            return f"{value!r} has a value that is not a finite number", value
-        return None, [float(v) for v in value] if fun == "float_list" else value
-    if fun in ("string", "option", "is_string_or_datamodel"):
-        if not isinstance(value, str):
-            return f"{value!r} is {_kind_of(value)}; a string is needed", value
-        if fun == "option" and value not in args:
-            return f"{value!r} is not one of {', '.join(repr(a) for a in args)}", value
-        return None, value
-    return f"parameters of type '{fun}' cannot be set from a manifest", value
+    name: str
+    relation: str
+    stage: str | None = None
+    suffix: str = ""
+    files: str | None = None
+    optional: bool = False
 
 
-def _check_jwst_stage(stage: str, steps: Any, path: str) -> tuple[list[tuple[str, str]], dict]:
-    problems: list[tuple[str, str]] = []
-    if not isinstance(steps, dict):
-        return [(path, "must be a table of jwst steps, e.g. [...lv3.tweakreg]")], steps
-    specs = _jwst_step_specs(stage)
-    normalised: dict[str, Any] = {}
-    for step, params in steps.items():
-        step_path = f"{path}.{step}"
-        if step not in specs:
-            problems.append(
-                (step_path, f"'{step}' is not a step of the {stage} pipeline{did_you_mean(step, specs)}")
-            )
-            continue
-        if not isinstance(params, dict):
-            problems.append((step_path, "must be a table of step parameters"))
-            continue
-        spec = specs[step]
-        out = normalised.setdefault(step, {})
-        for name, value in params.items():
-            p = f"{step_path}.{name}"
-            if name in ENGINE_OWNED:
-                problems.append((p, "is decided by the engine (file locations), not the manifest"))
-            elif name not in spec or not isinstance(spec[name], str):
-                problems.append((p, f"unknown parameter of jwst step '{step}'{did_you_mean(name, spec)}"))
+@dataclass(frozen=True)
+class Product:
+    """A release product a stage provides: its MAST product type and the output it is made from."""
+
+    type: str
+    suffix: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One processing stage, declared once. See the module docstring."""
+
+    name: str
+    unit: str
+    inputs: tuple[Input, ...]
+    outputs: tuple[str, ...]
+    run: str
+    modules: tuple[str, ...]
+    parameters: ParameterSpec
+    products: tuple[Product, ...] = ()
+    instruments: tuple[str, ...] = ("nircam", "miri")
+    #: for ``exposure`` stages: ``science`` exposures only, or ``all`` (the off-fields too)
+    exposures: str = "science"
+    #: memory one task may need (GB): a resource hint for the executors
+    memory_gb: float = 2.5
+    description: str = ""
+
+    def run_function(self) -> RunFunction:
+        return resolve(self.run)
+
+    def upstream(self) -> set[str]:
+        return {i.stage for i in self.inputs if i.stage is not None}
+
+
+def resolve(dotted: str) -> Any:
+    """``module:attribute`` -> the attribute (how a worker finds a stage's function)."""
+    module, _, attr = dotted.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class RegistryError(Exception):
+    """A registry whose declarations do not fit together (a programming error, not input)."""
+
+
+class Registry:
+    """The stages of a system, checked, in a real topological order of their connections.
+
+    ``planned``: names of stages that are known but not yet available (a manifest setting
+    their parameters is refused with a message saying so).
+    """
+
+    def __init__(self, stages: list[Stage], planned: tuple[str, ...] = ()):
+        self.stages: dict[str, Stage] = {}
+        for s in stages:
+            if s.name in self.stages:
+                raise RegistryError(f"stage '{s.name}' is declared twice")
+            if s.unit not in UNITS:
+                raise RegistryError(f"stage '{s.name}': unit '{s.unit}' is not one of {UNITS}")
+            for i in s.inputs:
+                if i.relation not in RELATIONS:
+                    raise RegistryError(f"stage '{s.name}' input '{i.name}': relation '{i.relation}' is not one of {RELATIONS}")
+                if (i.relation in ("raw", "manifest_file")) != (i.stage is None):
+                    raise RegistryError(f"stage '{s.name}' input '{i.name}': '{i.relation}' inputs "
+                                        + ("name no stage" if i.stage is not None else "need an upstream stage"))
+                if i.relation == "manifest_file" and not i.files:
+                    raise RegistryError(f"stage '{s.name}' input '{i.name}': manifest_file needs files='module:function'")
+            self.stages[s.name] = s
+        for s in stages:
+            for up in s.upstream():
+                if up not in self.stages:
+                    raise RegistryError(f"stage '{s.name}' reads '{up}', which is not declared")
+        self.order = self._topological()
+        self.planned = tuple(p for p in planned if p not in self.stages)
+
+    def _topological(self) -> list[str]:
+        """Kahn's algorithm over the connections; ties keep declaration order."""
+        names = list(self.stages)
+        indegree = {n: len(self.stages[n].upstream()) for n in names}
+        order: list[str] = []
+        ready = [n for n in names if indegree[n] == 0]
+        while ready:
+            n = ready.pop(0)
+            order.append(n)
+            for m in names:
+                if n in self.stages[m].upstream():
+                    indegree[m] -= 1
+                    if indegree[m] == 0:
+                        ready.append(m)
+            ready.sort(key=names.index)
+        if len(order) != len(names):
+            cyc = sorted(set(names) - set(order))
+            raise RegistryError(f"the stages {cyc} read each other in a cycle")
+        return order
+
+    def __getitem__(self, name: str) -> Stage:
+        return self.stages[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.stages
+
+    def ordered(self) -> list[Stage]:
+        return [self.stages[n] for n in self.order]
+
+    def product_providers(self) -> dict[str, Stage]:
+        """Release product type -> the stage that provides it (the most downstream one wins,
+        so a later stage that refines a product, e.g. anchoring the mosaic, replaces it)."""
+        out: dict[str, Stage] = {}
+        for s in self.ordered():
+            for p in s.products:
+                out[p.type] = s
+        return out
+
+    # -- manifest parameters ---------------------------------------------------------------
+    def check_parameters(self, stages: dict[str, Any], path: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+        problems: list[tuple[str, str]] = []
+        values: dict[str, Any] = {}
+        for stage, params in stages.items():
+            p = f"{path}.{stage}"
+            values[stage] = params
+            if stage in self.stages:
+                found, values[stage] = self.stages[stage].parameters.check(params, p)
+                problems.extend(found)
+            elif stage in self.planned:
+                problems.append((p, f"stage '{stage}' is not available in this version"))
             else:
-                problem, out[name] = check_jwst_value(step, name, spec[name], value)
-                if problem:
-                    problems.append((p, problem))
-    return problems, normalised
+                problems.append((p, f"unknown stage '{stage}'{did_you_mean(stage, list(self.stages) + list(self.planned))}"))
+        return problems, values
+
+
+def default_registry() -> Registry:
+    from processing.registry import REGISTRY
+
+    return REGISTRY
 
 
 def check_stage_parameters(stages: dict[str, Any], path: str) -> list[tuple[str, str]]:
-    """Problems with one ``{stage: parameters}`` table found at dotted ``path``."""
-    return normalise_stage_parameters(stages, path)[0]
+    """Problems with one ``{stage: parameters}`` table of a manifest found at dotted ``path``."""
+    return default_registry().check_parameters(stages, path)[0]
 
 
 def normalise_stage_parameters(stages: dict[str, Any], path: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """``(problems, values)``: the problems of one ``{stage: parameters}`` table at dotted
     ``path``, and the table with every value as the stage will receive it (integers given for
     float parameters become floats)."""
-    problems: list[tuple[str, str]] = []
-    values: dict[str, Any] = {}
-    for stage, params in stages.items():
-        p = f"{path}.{stage}"
-        values[stage] = params
-        if stage in JWST_STAGES:
-            found, values[stage] = _check_jwst_stage(stage, params, p)
-            problems.extend(found)
-        elif stage in BESPOKE_STAGES:
-            problems.extend(BESPOKE_STAGES[stage](params, p))
-        elif stage in PLANNED_STAGES:
-            problems.append((p, f"stage '{stage}' is not available in this version"))
-        else:
-            problems.append((p, f"unknown stage '{stage}'{did_you_mean(stage, known_stages() + list(PLANNED_STAGES))}"))
-    return problems, values
+    return default_registry().check_parameters(stages, path)
+
+
+def known_stages() -> list[str]:
+    return list(default_registry().order)

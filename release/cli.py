@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from release.errors import BadInput, HlspError
-from release.logs import attach_log_file
+from processing.errors import BadInput, HlspError
+from processing.logs import attach_log_file
 
 app = typer.Typer(
     name="hlsp",
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every library's log messages on the console too.")) -> None:
-    from release.logs import setup_console
+    from processing.logs import setup_console
 
     setup_console(err, verbose)
 
@@ -69,7 +69,7 @@ def _split(values: Optional[str]) -> list[str] | None:
 def check(manifest: Path = typer.Argument(..., help="Release manifest (TOML).")) -> None:
     """Validate a release manifest and summarise it."""
     from release.manifest import file_version
-    from release.instruments import instrument_of
+    from processing.instruments import instrument_of
 
     lm = _load(manifest)
     m = lm.manifest
@@ -117,9 +117,9 @@ def plan(
     workdir: Optional[Path] = typer.Option(None, help="Work folder whose cache to look in (default: hlsp-work/<project>)."),
 ) -> None:
     """Show what a run of this manifest would do, product by product, and what is cached."""
+    from processing.instruments import instrument_of
     from processing.parameters import resolve_parameters
-    from processing.stages import BESPOKE_STAGES, PLANNED_STAGES
-    from release.instruments import instrument_of
+    from processing.stages import default_registry
     from release.manifest import file_version
     from release.naming import make_name
 
@@ -168,16 +168,17 @@ def plan(
         graph = build_graph(lm, want_t, want_b)
         engine = Engine(lm, graph, workdir or _default_workdir(lm), allow_version_mismatch=True, read_only=True)
         status = engine.plan()
-        tasks = Table("stage", "tasks", "cached", "will run")
-        for stage in ("lv1", "lv2", "lv3"):
-            ids = [t for t in status if t.startswith(stage + "/")]
-            tasks.add_row(stage, str(len(ids)), str(sum(status[t] == "cached" for t in ids)), str(sum(status[t] == "run" for t in ids)))
+        tasks = Table("stage", "unit", "tasks", "cached", "will run", "what it does")
+        for stage in graph.registry.ordered():
+            ids = [tid for tid, t in graph.tasks.items() if t.stage == stage.name]
+            tasks.add_row(stage.name, stage.unit, str(len(ids)), str(sum(status[t] == "cached" for t in ids)),
+                          str(sum(status[t] == "run" for t in ids)), stage.description)
         out.print(tasks)
         if engine.jwst_version != m.pins.jwst:
             out.print(f"[yellow]Installed jwst {engine.jwst_version} differs from pins.jwst {m.pins.jwst}: `hlsp run` will refuse.[/]")
-    missing = [s for s in PLANNED_STAGES if s not in BESPOKE_STAGES]
-    if missing:
-        out.print(f"Stages not available in this version (left out of any run): {', '.join(missing)}")
+    planned = default_registry().planned
+    if planned:
+        out.print(f"Stages not available in this version (left out of any run): {', '.join(planned)}")
 
 
 def _default_workdir(lm) -> Path:
@@ -194,6 +195,8 @@ def run(
     workers: Optional[int] = typer.Option(None, min=1, help="Parallel tasks (default: by cores and free memory)."),
     cache: Optional[Path] = typer.Option(None, help="Task cache folder, shareable between work folders (default: WORKDIR/cache)."),
     allow_version_mismatch: bool = typer.Option(False, "--allow-version-mismatch", help="Run with a jwst other than pins.jwst (recorded in every product)."),
+    executor: str = typer.Option("local", help="'local' (a process pool) or 'dask' (a dask.distributed LocalCluster of --workers processes)."),
+    scheduler: Optional[str] = typer.Option(None, help="Run on an existing dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --executor dask)."),
 ) -> None:
     """Process a release: raw exposures to mosaics, through the task graph, reusing the cache."""
     import time
@@ -201,18 +204,20 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from processing.executor import Engine
-    from processing.pipeline import STAGES, build_graph
+    from processing.pipeline import build_graph
 
     lm = _load(manifest)
     graph = build_graph(lm, _split(targets), _split(bands))
     wd = (workdir or _default_workdir(lm)).resolve()
-    engine = Engine(lm, graph, wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, workers=workers)
+    engine = Engine(lm, graph, wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, workers=workers,
+                    executor=executor, scheduler=scheduler)
     log_file = attach_log_file(wd / "logs", "run")
-    log.info("run of %s (%d tasks, %d workers); log %s", lm.path.name, len(graph.tasks), engine.workers, log_file)
-    counts = {s: sum(1 for t in graph.tasks.values() if t.stage == s) for s in STAGES}
+    log.info("run of %s (%d tasks, %s executor%s); log %s", lm.path.name, len(graph.tasks), engine.executor_kind,
+             f" at {scheduler}" if scheduler else f", {engine.workers} workers", log_file)
+    counts = graph.stage_counts()
     with Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=err, transient=False, disable=not err.is_terminal) as progress:
-        bars = {s: progress.add_task(s, total=counts[s], info="") for s in STAGES if counts[s]}
+        bars = {s: progress.add_task(s, total=n, info="") for s, n in counts.items() if n}
         tally: dict = {}
 
         def tick(stage, status):
@@ -222,18 +227,22 @@ def run(
 
         t0 = time.time()
         summary = engine.run(progress=tick)
-    _print_summary(summary, time.time() - t0)
+    _print_summary(summary, time.time() - t0, graph.registry.order)
     log.debug("products: %s", ", ".join(str(p) for p in summary.products))
     if not summary.ok:
         raise typer.Exit(1)
 
 
-def _print_summary(summary, elapsed: float) -> None:
-    table = Table("stage", "cached", "ran", "failed", "skipped", title=f"run summary ({elapsed:.1f} s)")
-    for stage in ("lv1", "lv2", "lv3"):
+def _print_summary(summary, elapsed: float, stages: list[str]) -> None:
+    table = Table("stage", "cached", "ran", "failed", "skipped", "slowest task", "peak memory (task)",
+                  title=f"run summary ({elapsed:.1f} s, {summary.executor} executor)")
+    for stage in stages:
         rs = [r for r in summary.results.values() if r.task.stage == stage]
         if rs:
-            table.add_row(stage, *(str(sum(r.status == s for r in rs)) for s in ("cached", "ran", "failed", "skipped")))
+            ran = [r.record for r in rs if r.status == "ran" and r.record]
+            slow = f"{max(x['elapsed_s'] for x in ran):.1f} s" if ran else ""
+            peak = f"{max(x.get('peak_rss_mb', 0) for x in ran):.0f} MB" if ran else ""
+            table.add_row(stage, *(str(sum(r.status == s for r in rs)) for s in ("cached", "ran", "failed", "skipped")), slow, peak)
     out.print(table)
     failures = [r for r in summary.results.values() if r.status in ("failed", "skipped")]
     if failures:
@@ -257,7 +266,7 @@ def schema(
     outdir: Path = typer.Option(Path("docs"), help="Where to write manifest.schema.json and manifest-reference.md."),
 ) -> None:
     """Write the manifest JSON Schema and the generated field reference."""
-    from release.fileio import atomic_write_text
+    from processing.fileio import atomic_write_text
     from release.schema_doc import REFERENCE_FILE, SCHEMA_FILE, reference_text, schema_text
 
     atomic_write_text(outdir / SCHEMA_FILE, schema_text())
@@ -334,18 +343,18 @@ def package(
     check_packageable(lm)
     wd = (workdir or _default_workdir(lm)).resolve()
     engine = Engine(lm, build_graph(lm), wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, read_only=True)
-    mosaics, missing = engine.products("lv3")
+    entries, missing = engine.product_index()
     if missing:
         raise BadInput(
             f"{len(missing)} mosaic(s) made from {lm.path.name} are not in the cache of {wd}: "
-            f"{', '.join(t.removeprefix('lv3/') for t in missing)}; run `hlsp run {manifest}` first (or it failed). "
+            f"{', '.join(t.split('/', 1)[1] for t in missing)}; run `hlsp run {manifest}` first (or it failed). "
             "Products of another manifest (other parameters, inputs or versions) are never packaged under this one."
         )
     try:
         attach_log_file(wd / "logs", "package")
     except OSError:  # a read-only work folder can still be packaged from: no log file then
         log.debug("no log file: %s/logs is not writable", wd)
-    dest = package_release(lm, mosaics, releases.resolve(), simulated=lm.manifest.program.data.source == "synthetic")
+    dest = package_release(lm, entries, releases.resolve(), simulated=lm.manifest.program.data.source == "synthetic")
     out.print(f"[bold green]published[/] {dest}")
     if lm.manifest.products.tweakback:
         out.print(f"[yellow]not produced:[/] {NOT_IN_THIS_VERSION['tweakback']}")
@@ -364,7 +373,7 @@ def validate(
     ),
 ) -> None:
     """Check a release against MAST's rules and our own; exit 1 on any failure."""
-    from release.fileio import atomic_write_text
+    from processing.fileio import atomic_write_text
     from release.validate import strict_by_default, validate_release
 
     if not release_dir.is_dir():
@@ -402,12 +411,12 @@ def demo(
 
     import tomli_w
 
-    from release.fileio import atomic_write_text
+    from processing.fileio import atomic_write_text
 
     shipped = Path(__file__).resolve().parent.parent / "manifests" / "demo" / "demo.toml"
     outdir = outdir.resolve()
     program = outdir / "program"
-    from release.fileio import writable_dir
+    from processing.fileio import writable_dir
 
     demo_log = attach_log_file(writable_dir(outdir, "the demo folder") / "logs", "demo")
     out.print(f"log of every library's messages: {demo_log}")
@@ -425,7 +434,8 @@ def demo(
         out.print(f"[bold]2. synthetic program[/] -> {program}")
         simulate(program, size="demo", seed=1, bands=None, mast_mosaics=False)
     out.print(f"[bold]3. processing[/] -> {outdir / 'work'}")
-    run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, cache=None, allow_version_mismatch=False)
+    run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, cache=None, allow_version_mismatch=False,
+        executor="local", scheduler=None)
     releases = outdir / "releases"
     lm = _load(manifest)
     from release.package import release_dir
@@ -456,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        from release.fileio import not_writable
+        from processing.fileio import not_writable
 
         where = Path(exc.filename) if exc.filename else Path(".")
         err.print("[bold red]error:[/] " + escape(str(not_writable(where, exc, "the path"))), soft_wrap=True)

@@ -4,7 +4,7 @@ A manifest says what was observed (program, targets, bands), which jwst version 
 context process it, per-target exceptions (MIRI background borrowing, skipped observations,
 step parameters), and what goes out (products, comparisons). :func:`load_manifest` reads a
 file, resolves a patch manifest against its parent, validates everything and returns a
-:class:`Manifest`, or raises :class:`~release.errors.ManifestError` listing every problem
+:class:`Manifest`, or raises :class:`~processing.errors.ManifestError` listing every problem
 with the dotted path of the key (``targets.ic5332.miri_background.borrow_from``).
 
 Versions: a release version is ``MAJOR.MINOR.PATCH`` (``1.1.0``). File names carry
@@ -36,8 +36,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from release.errors import ManifestError
-from release.instruments import FILTERS, INSTRUMENTS, all_filters, did_you_mean, instrument_of
+from processing.errors import ManifestError
+from processing.instruments import FILTERS, INSTRUMENTS, all_filters, did_you_mean, instrument_of
 
 SCHEMA_VERSION = 1
 

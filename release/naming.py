@@ -116,7 +116,7 @@ def release_names(manifest, version: str) -> list[tuple[str, str]]:
     The names are not checked here (:func:`check_name` does), so a manifest can be refused
     before any processing when one of them would break MAST's rules.
     """
-    from release.instruments import instrument_of
+    from processing.instruments import instrument_of
 
     m = manifest
     out: list[tuple[str, str]] = []

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from release.errors import BadInput, HlspError, WorkFailed
-from release.fileio import file_sha256, remove_scratch
+from processing.errors import BadInput, HlspError, WorkFailed
+from processing.fileio import file_sha256, remove_scratch
 from release.manifest import LoadedManifest, file_version
 from release.naming import collection_instrument, make_name
 
@@ -71,19 +71,25 @@ def check_packageable(lm: LoadedManifest) -> None:
         raise BadInput(f"{lm.path.name}: packaging a patch release (carrying the parent's files over) is not available in this version")
 
 
-def package_release(lm: LoadedManifest, mosaics: dict[tuple[str, str], Path], releases_root: Path,
-                    simulated: bool) -> Path:
-    """Write the release of ``mosaics`` ({(target, band): i2d path}); return its folder.
+def package_release(lm: LoadedManifest, products: list, releases_root: Path, simulated: bool) -> Path:
+    """Write the release of ``products`` (the engine's product index: entries with
+    ``product``, ``target``, ``band`` and ``path``); return its folder.
 
-    ``mosaics`` must be exactly the manifest's targets and bands (the engine finds them by
-    their task keys). One packaging at a time per project folder (a lock); staging folders
-    left by a killed packaging are removed first; the release is world-readable.
+    Each product type is written by its writer (:data:`PRODUCT_WRITERS`); a type this version
+    cannot write is refused. The mosaics (``img``) must be exactly the manifest's targets and
+    bands (the engine finds them by their task keys). One packaging at a time per project
+    folder (a lock); staging folders left by a killed packaging are removed first; the
+    release is world-readable.
     """
-    from release.fileio import folder_lock, make_world_readable
+    from processing.fileio import folder_lock, make_world_readable
 
     m = lm.manifest
     check_packageable(lm)
     dest = release_dir(releases_root, lm)
+    unknown = sorted({e.product for e in products} - set(PRODUCT_WRITERS))
+    if unknown:
+        raise WorkFailed(f"the run provides product type(s) {', '.join(unknown)} that this version cannot package")
+    mosaics = {(e.target, e.band): e.path for e in products if e.product == "img"}
     expected = {(t, b) for t in m.targets for b in m.target_bands(t)}
     missing = sorted(f"{t}/{b}" for t, b in expected - set(mosaics))
     if missing:
@@ -101,7 +107,7 @@ def package_release(lm: LoadedManifest, mosaics: dict[tuple[str, str], Path], re
         staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
         staging.mkdir(parents=True)
         try:
-            files = _write_files(lm, mosaics, staging, simulated)
+            files = _write_files(lm, products, staging, simulated)
             make_world_readable(staging)  # a release is for others to read
         except BaseException as exc:
             remove_scratch(staging)  # our own staging: a failed packaging leaves nothing behind
@@ -116,25 +122,37 @@ def package_release(lm: LoadedManifest, mosaics: dict[tuple[str, str], Path], re
 # --------------------------------------------------------------------------------------------
 
 
-def _write_files(lm: LoadedManifest, mosaics: dict, staging: Path, simulated: bool) -> list[PackagedFile]:
-    from release.instruments import instrument_of
+def _write_img_product(lm: LoadedManifest, entry, staging: Path, simulated: bool) -> list[PackagedFile]:
+    """The released mosaic and its preview, from a level-3 mosaic."""
+    from processing.instruments import instrument_of
 
     m = lm.manifest
     fv = file_version(m.release.version)
+    target, band = entry.target, entry.band
+    inst = instrument_of(band)
+    out = staging / target / make_name(m.release.project, inst, target, band, fv, "img", "fits")
+    write_img(entry.path, out, lm, target, band, simulated)
+    files = [PackagedFile(out, "img", target, inst, band.lower())]
+    if m.products.previews:
+        png = staging / target / make_name(m.release.project, inst, target, band, fv, "img-preview", "png")
+        write_preview(out, png, f"{m.targets[target].designation or target} {band}")
+        files.append(PackagedFile(png, "img-preview", target, inst, band.lower()))
+    return files
+
+
+#: Release product type (as stages declare them) -> the function that writes it into a release.
+PRODUCT_WRITERS = {"img": _write_img_product}
+
+
+def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: bool) -> list[PackagedFile]:
+    m = lm.manifest
+    fv = file_version(m.release.version)
     files: list[PackagedFile] = []
-    for (target, band), i2d in sorted(mosaics.items()):
-        inst = instrument_of(band)
-        name = make_name(m.release.project, inst, target, band, fv, "img", "fits")
-        out = staging / target / name
-        write_img(i2d, out, lm, target, band, simulated)
-        files.append(PackagedFile(out, "img", target, inst, band.lower()))
-        if m.products.previews:
-            png = staging / target / make_name(m.release.project, inst, target, band, fv, "img-preview", "png")
-            write_preview(out, png, f"{m.targets[target].designation or target} {band}")
-            files.append(PackagedFile(png, "img-preview", target, inst, band.lower()))
+    for entry in sorted(products, key=lambda e: (e.product, e.target, e.band or "", e.path.name)):
+        files += PRODUCT_WRITERS[entry.product](lm, entry, staging, simulated)
     insts = collection_instrument(f.instrument for f in files)
     readme = staging / make_name(m.release.project, insts, "all", "multi", fv, "readme", "txt")
-    from release.fileio import atomic_write_text
+    from processing.fileio import atomic_write_text
 
     atomic_write_text(readme, render_readme(lm, files, simulated))
     files.append(PackagedFile(readme, "readme", "all", insts, "multi"))
@@ -233,7 +251,7 @@ def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str,
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from release.fileio import atomic_path
+    from processing.fileio import atomic_path
 
     # memmap=False: astropy cannot memory-map the scaled (BZERO) DQ extension
     with fits.open(i2d, memmap=False) as src:
@@ -301,7 +319,7 @@ def write_preview(img: Path, dest: Path, title: str) -> None:
     from astropy.io import fits
     from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
 
-    from release.fileio import atomic_path
+    from processing.fileio import atomic_path
 
     data = fits.getdata(img, "SCI")
     step = max(1, int(np.ceil(max(data.shape) / 1000)))  # at most ~1000 pixels a side
@@ -341,7 +359,7 @@ MANIFEST_COLUMNS = ("filename", "size", "sha256", "product_type", "target", "ins
 
 
 def write_manifest_csv(dest: Path, files: list[PackagedFile], root: Path, version: str) -> None:
-    from release.fileio import atomic_write_text
+    from processing.fileio import atomic_write_text
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -82,4 +82,35 @@ def reference_text() -> str:
             desc = (prop.get("description") or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{key}` | {_type_of(prop)} | {default} | {desc} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _stage_reference())
+
+
+def _stage_reference() -> list[str]:
+    """The stages a manifest may set parameters of, from their declarations."""
+    from processing.stages import default_registry
+
+    reg = default_registry()
+    lines = [
+        "## Stages (`[<scope>.<stage>]` parameter tables)",
+        "",
+        "Generated from the stage declarations (`processing/registry.py`), in their order of "
+        "dependency. Defaults are this system's, per instrument, over the stage's own.",
+        "",
+    ]
+    for stage in reg.ordered():
+        ins = ", ".join(f"`{i.name}` ({i.relation}" + (f" of {i.stage} `*{i.suffix}`" if i.stage else "") + ")"
+                        for i in stage.inputs)
+        prods = ", ".join(f"`{p.type}`" for p in stage.products) or "none"
+        lines += [f"### `{stage.name}`: {stage.description}", "",
+                  f"- unit: {stage.unit}; instruments: {', '.join(stage.instruments)}",
+                  f"- inputs: {ins}; outputs: {', '.join(f'`*{o}`' for o in stage.outputs)}; release products: {prods}",
+                  f"- {stage.parameters.describe()}"]
+        for inst in stage.instruments:
+            d = stage.parameters.default_values(inst)
+            if d:
+                lines.append(f"- defaults for {inst}: `{json.dumps(d, sort_keys=True)}`")
+        lines.append("")
+    if reg.planned:
+        lines += [f"Not available in this version (a manifest setting their parameters is refused): "
+                  f"{', '.join(f'`{p}`' for p in reg.planned)}.", ""]
+    return lines

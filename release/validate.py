@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from release.fileio import file_sha256
+from processing.fileio import file_sha256
 from release.naming import check_name, parse_name
 
 REQUIRED_PRIMARY = {
@@ -236,7 +236,7 @@ def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool
 
 def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> None:
     """Every target and band of the release manifest has its products; nothing else is there."""
-    from release.instruments import instrument_of
+    from processing.instruments import instrument_of
     from release.manifest import file_version
     from release.naming import HlspName
 

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from processing.simulate import detectors
-from release.fileio import atomic_write_text, save_model_atomic
+from processing.fileio import atomic_write_text, save_model_atomic
 
 log = logging.getLogger(__name__)
 

@@ -132,7 +132,7 @@ def write_uncal(path, exp: Exposure, detector: str, sub: dict, data: np.ndarray,
     """A Level1bModel with the metadata the three pipeline stages read."""
     from stdatamodels.jwst import datamodels
 
-    from release.fileio import save_model_atomic
+    from processing.fileio import save_model_atomic
 
     d = D.DETECTORS[detector]
     ngroups = data.shape[1]

@@ -353,7 +353,7 @@ def write_external_images(outdir: Path, name: str, galaxy: Galaxy, rng: np.rando
     """
     from astropy.io import fits
 
-    from release.fileio import atomic_path
+    from processing.fileio import atomic_path
 
     outdir = Path(outdir)
     truth = {}
@@ -425,7 +425,7 @@ def write_reference_catalog(outdir: Path, name: str, galaxy: Galaxy, rng: np.ran
     from astropy import units as u
     from astropy.table import Table
 
-    from release.fileio import atomic_path
+    from processing.fileio import atomic_path
 
     stellar = np.asarray(galaxy.star_colour) == 0
     x, y, flux = (np.asarray(galaxy.stars, float)[stellar].T if stellar.any() else np.zeros((3, 0)))
@@ -482,7 +482,7 @@ def psf_model(band: str, oversample: int = 4, fov_pixels: int = 81) -> tuple[np.
     """Oversampled PSF of ``band`` through :func:`jwst_like_pupil` (no aberrations).
 
     Polychromatic over PSF_WAVELENGTH_FRACTIONS of the band's central wavelength (equal
-    weights), detector pixel scale of the band's mosaic (release.instruments).
+    weights), detector pixel scale of the band's mosaic (processing.instruments).
 
     Returns
     -------
@@ -494,7 +494,7 @@ def psf_model(band: str, oversample: int = 4, fov_pixels: int = 81) -> tuple[np.
     """
     import poppy
 
-    from release.instruments import PIXEL_SCALE_ARCSEC, channel_of
+    from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 
     scale = PIXEL_SCALE_ARCSEC[channel_of(band)]
     lam = FILTERS[band]["wavelength"] * 1e-6
@@ -547,7 +547,7 @@ def write_psf_models(outdir: Path, bands: list[str], oversample: int = 4, fov_pi
     """
     from astropy.io import fits
 
-    from release.fileio import atomic_path
+    from processing.fileio import atomic_path
 
     out = {}
     for band in bands:

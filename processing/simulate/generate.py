@@ -218,7 +218,7 @@ def true_exposure_sky(exp: Exposure, sub: dict, pointing_error, source) -> np.nd
 def _write_exposure_truth(path: Path, stripes, crs, bkg) -> None:
     from astropy.io import fits
 
-    from release.fileio import atomic_path
+    from processing.fileio import atomic_path
 
     hdus = [fits.PrimaryHDU()]
     if stripes is not None:
@@ -253,8 +253,8 @@ def _write_truth_skies(outdir: Path, exposures: list[Exposure], galaxies: dict, 
     from astropy.io import fits
     from astropy.wcs import WCS
 
-    from release.fileio import atomic_path
-    from release.instruments import PIXEL_SCALE_ARCSEC, channel_of
+    from processing.fileio import atomic_path
+    from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 
     for name, g in galaxies.items():
         for band in sorted({e.band for e in exposures if e.target == name and e.kind == "science"}):
@@ -301,6 +301,6 @@ def _write_truth_skies(outdir: Path, exposures: list[Exposure], galaxies: dict, 
 
 
 def _write_json(path: Path, data) -> None:
-    from release.fileio import atomic_write_text
+    from processing.fileio import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=float) + "\n")

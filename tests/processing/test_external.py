@@ -24,7 +24,7 @@ from processing.simulate import external as E
 from processing.simulate.detectors import FILTERS
 from processing.simulate.generate import hash_str
 from processing.simulate.sky import _FWHM_TO_SIGMA, Galaxy, add_gaussians, tangent_offsets
-from release.instruments import PIXEL_SCALE_ARCSEC, channel_of
+from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 
 NAME = "NGC9999"
 SEED = 7

@@ -11,7 +11,7 @@ import pytest
 import tomli_w
 
 from release.cli import main
-from release.errors import ManifestError
+from processing.errors import ManifestError
 from release.manifest import file_version, load_manifest
 from tests.conftest import MANIFESTS
 

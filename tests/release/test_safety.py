@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from release.fileio import folder_lock, remove_scratch
+from processing.fileio import folder_lock, remove_scratch
 from tests.conftest import REPO, hlsp, write_manifest
 
 pytestmark = pytest.mark.slow
@@ -55,13 +55,13 @@ def test_scratch_removal_never_follows_a_link(tmp_path, where):
 
 
 def test_a_second_holder_of_a_folder_lock_is_refused(tmp_path):
-    from release.errors import BadInput
+    from processing.errors import BadInput
 
     with folder_lock(tmp_path, "the work folder", "run"):
         proc = subprocess.run(
             [sys.executable, "-c",
-             "import sys; from pathlib import Path; from release.fileio import folder_lock\n"
-             "from release.errors import BadInput\n"
+             "import sys; from pathlib import Path; from processing.fileio import folder_lock\n"
+             "from processing.errors import BadInput\n"
              "try:\n    with folder_lock(Path(sys.argv[1]), 'the work folder', 'run'): pass\n"
              "except BadInput as e:\n    print(e); sys.exit(2)", str(tmp_path)],
             capture_output=True, text=True, cwd=REPO)
@@ -87,7 +87,9 @@ def test_run_never_empties_a_link_in_the_cache_scratch(engine_run, tmp_path):
     precious.mkdir()
     (precious / "result.fits").write_bytes(b"a week of work")
     cache = _linked_cache(engine_run["cache"], tmp_path / "cache")
-    planted = cache / "tmp" / ("0" * 64 + ".99999999")  # no such process: stale scratch
+    from processing.cache import _host
+
+    planted = cache / "tmp" / f"{'0' * 64}.{_host()}.99999999"  # this host, no such process: stale scratch
     planted.symlink_to(precious)
     hlsp("run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache), check_code=0)
     assert (precious / "result.fits").read_bytes() == b"a week of work"

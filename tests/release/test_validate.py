@@ -85,7 +85,7 @@ def test_failed_packaging_publishes_nothing(engine_run, tmp_path):
     victim.unlink()  # a hard link: the original stays whole
     victim.write_bytes(data)
     record = json.loads((entry / "task.json").read_text())
-    from release.fileio import file_sha256
+    from processing.fileio import file_sha256
 
     record["outputs"][victim.name] = file_sha256(victim)
     (entry / "task.json").unlink()

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from release.errors import BadInput
+from processing.errors import BadInput
 
 
 def _umask() -> int:

@@ -1,0 +1,133 @@
+"""Where tasks run: a local process pool (the default) or a dask.distributed cluster.
+
+Both give the engine the same interface: a context manager with ``submit(fn, spec,
+memory_gb) -> concurrent.futures.Future`` and ``describe_failure(exc) -> str``, so progress,
+failures and the summary are the same whichever runs the tasks.
+
+- :class:`LocalExecutor`: ``spawn``-ed worker processes on this machine, each set up with the
+  CRDS environment and no console output.
+- :class:`DaskExecutor`: a ``LocalCluster`` of single-threaded worker processes on loopback,
+  or an existing scheduler (``--scheduler tcp://host:8786``, e.g. started by dask-jobqueue on
+  Slurm). A worker plugin sets the CRDS environment on every worker, present and future; each
+  task carries a ``MEMORY`` resource hint (bytes) where the workers declare that resource, so
+  two heavy tasks never share a worker too small for both. A worker that dies has its task
+  retried elsewhere by the scheduler; a task that keeps killing workers fails, named.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+from multiprocessing import get_context
+from typing import Any, Callable
+
+try:  # a dependency; imported here so the plugin class is importable (picklable) on every worker
+    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
+except ImportError:  # pragma: no cover
+    _WorkerPluginBase = object
+
+log = logging.getLogger(__name__)
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, workers: int, env: dict[str, str]):
+        self.workers, self.env = workers, env
+
+    def __enter__(self) -> "LocalExecutor":
+        from processing.jwst_stages import worker_init
+
+        self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=worker_init,
+                                           initargs=(self.env,))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0) -> cf.Future:
+        return self.pool.submit(fn, spec)
+
+    @staticmethod
+    def describe_failure(exc: BaseException) -> str:
+        if isinstance(exc, cf.process.BrokenProcessPool):
+            return "a worker process died (killed, or out of memory)"
+        return f"{type(exc).__name__}: {exc}"
+
+
+class HlspWorkerPlugin(_WorkerPluginBase):
+    """Sets a dask worker up like a local one: the CRDS environment, records to task logs only."""
+
+    name = "hlsp-worker-setup"
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+
+    def setup(self, worker: Any) -> None:
+        from processing.jwst_stages import apply_crds_environment
+
+        apply_crds_environment(self.env)
+        logging.captureWarnings(True)
+
+
+
+class DaskExecutor:
+    name = "dask"
+
+    def __init__(self, workers: int, env: dict[str, str], scheduler: str | None = None, memory_gb_per_worker: float | None = None):
+        self.workers, self.env, self.scheduler = workers, env, scheduler
+        self.memory_gb_per_worker = memory_gb_per_worker
+        self.cluster = None
+
+    def __enter__(self) -> "DaskExecutor":
+        import dask
+        import psutil
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            self.client = Client(self.scheduler, timeout="30s")
+            log.info("joined the dask scheduler at %s", self.scheduler)
+        else:
+            per_worker = self.memory_gb_per_worker or psutil.virtual_memory().total / 2**30 / max(1, self.workers)
+            with dask.config.set({"distributed.worker.daemon": False}):
+                self.cluster = LocalCluster(
+                    n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=None, memory_limit=f"{per_worker:.2f}GiB",
+                    resources={"MEMORY": per_worker * 2**30}, silence_logs=logging.ERROR,
+                )
+            self.client = Client(self.cluster)
+            log.info("started a dask LocalCluster: %d workers on %s", self.workers, self.cluster.scheduler_address)
+        self.client.register_plugin(HlspWorkerPlugin(self.env), name=HlspWorkerPlugin.name)
+        workers = self.client.scheduler_info().get("workers", {})
+        self.use_resources = bool(workers) and all("MEMORY" in w.get("resources", {}) for w in workers.values())
+        if workers and not self.use_resources:
+            log.info("the dask workers declare no MEMORY resource: tasks carry no memory hint "
+                     "(start workers with --resources MEMORY=<bytes> to use them)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0) -> cf.Future:
+        resources = {"MEMORY": memory_gb * 2**30} if self.use_resources and memory_gb else None
+        future = self.client.submit(fn, spec, key=f"{spec['task']}-{spec['key'][:16]}", pure=False, resources=resources)
+        out: cf.Future = cf.Future()
+
+        def done(f) -> None:
+            try:
+                out.set_result(f.result())
+            except BaseException as exc:  # noqa: BLE001 - handed to the engine, which names the task
+                out.set_exception(exc)
+
+        future.add_done_callback(done)
+        out._dask_future = future  # type: ignore[attr-defined]  # keep it alive while pending
+        return out
+
+    @staticmethod
+    def describe_failure(exc: BaseException) -> str:
+        name = type(exc).__name__
+        if name == "KilledWorker":
+            return "the dask workers running it died repeatedly (killed, or out of memory)"
+        return f"{name}: {exc}"

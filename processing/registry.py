@@ -1,0 +1,19 @@
+"""The registry: every stage of this system, one line each (their declarations live in their
+own modules). The order here is only a tie-break: the engine orders stages by their
+connections (processing/stages.py)."""
+
+from __future__ import annotations
+
+from processing import jwst_stages
+from processing.stages import Registry
+
+REGISTRY = Registry(
+    [
+        jwst_stages.DETECTOR1,
+        jwst_stages.IMAGE2,
+        jwst_stages.IMAGE3,
+    ],
+    # the PHANGS stages of reference/pipeline.md not in this version yet: a manifest that
+    # sets their parameters is told so instead of being silently ignored
+    planned=("destripe", "lyot", "level_match", "astrometry", "anchoring", "psf_matching"),
+)

@@ -1,0 +1,64 @@
+"""The demo graph on a real dask.distributed scheduler: two worker processes on loopback, one
+killed mid-run; the run completes (or fails cleanly naming the task and resumes), and the
+products are identical to the local executor's."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from processing.executor import fits_fingerprint
+from tests.conftest import REPO, hlsp
+
+pytestmark = pytest.mark.slow
+
+PRODUCTS = [("synth1", "f200w"), ("synth1", "f770w"), ("synth2", "f200w"), ("synth2", "f770w")]
+
+
+def _done(cache) -> int:
+    return len(list((cache / "objects").glob("*/*/task.json"))) if (cache / "objects").exists() else 0
+
+
+def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(engine_run, tmp_path):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None, silence_logs=logging.ERROR)
+    client = Client(cluster)
+    try:
+        addr = cluster.scheduler_address
+        cache, work = tmp_path / "cache", tmp_path / "work"
+        args = ["run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache), "--scheduler", addr]
+        t0 = time.time()
+        proc = subprocess.Popen([sys.executable, "-m", "release.cli", *args], cwd=REPO, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "400"})
+        deadline = time.time() + 600
+        while _done(cache) < 6 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        pids = client.run(os.getpid)  # worker address -> pid
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)  # one worker dies mid-run (its task is lost)
+        killed_at = _done(cache)
+        out, err = proc.communicate(timeout=1200)
+        elapsed = time.time() - t0
+        assert "Traceback" not in out + err, err[-3000:]
+        assert 6 <= killed_at < 32, killed_at
+        if proc.returncode != 0:  # failed cleanly: exit 1, the task named; the rerun resumes
+            assert proc.returncode == 1 and "what did not complete" in out, out + err
+            hlsp(*args, check_code=0)
+        rerun = hlsp(*args, check_code=0)
+        assert all(line.split("│")[3].strip() == "0" for line in rerun.stdout.splitlines() if line.startswith("│ lv")), rerun.stdout
+        for target, band in PRODUCTS:
+            a = work / "products" / target / band / f"{target}_{band}_i2d.fits"
+            b = engine_run["workdir"] / "products" / target / band / f"{target}_{band}_i2d.fits"
+            assert fits_fingerprint(a) == fits_fingerprint(b), (target, band)
+        print(f"\ndask run with a killed worker: {elapsed:.1f} s (local executor: {engine_run['elapsed_s']:.1f} s)")
+    finally:
+        client.close()
+        cluster.close()

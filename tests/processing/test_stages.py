@@ -1,0 +1,366 @@
+"""The engine's pieces on a tiny fake program and a toy registry (fast: no jwst run).
+
+Toy stages are plain modules written into a temporary folder: a per-exposure stage that
+reads the raw file, a per-visit reference stage, a per-(target, band) stage over the members
+and a reference band, and one reading a file the manifest names. They run through the real
+graph builder, cache keys, executors and product index.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from processing import executor as executor_mod
+from processing.errors import BadInput
+from processing.executor import Engine, code_version
+from processing.pipeline import build_graph
+from processing.stages import Input, ModelParameters, Product, Registry, RegistryError, Stage
+from release.manifest import load_manifest
+from tests.conftest import REPO
+
+TOY_A = '''
+from pathlib import Path
+from astropy.io import fits
+
+def run(inputs, outdir, params, context):
+    data = fits.getdata(inputs["raw"][0])
+    out = Path(outdir) / (context["exposure"] + "_toya.fits")
+    fits.PrimaryHDU(data * params["gain"]).writeto(out)
+    return [out]
+'''
+TOY_B = '''
+from pathlib import Path
+import numpy as np
+from astropy.io import fits
+
+def run(inputs, outdir, params, context):
+    stack = np.mean([fits.getdata(p) for p in inputs["members"]], axis=0)
+    ref = [float(fits.getdata(p).mean()) for p in inputs.get("reference", [])]
+    extra = [float(Path(p).read_text()) for p in inputs.get("catalog", [])]
+    out = Path(outdir) / (context["product"] + "_toyb.fits")
+    hdu = fits.PrimaryHDU(stack + sum(extra))
+    hdu.header["NREF"] = len(ref)
+    hdu.writeto(out)
+    return [out]
+
+def catalog(lm, unit):
+    return [lm.resolve_path(lm.manifest.targets[unit["target"]].astrometry_catalog)]
+'''
+TOY_VISIT = '''
+from pathlib import Path
+from astropy.io import fits
+
+def run(inputs, outdir, params, context):
+    out = Path(outdir) / (context["exposure"] + "_toyv.fits")
+    fits.PrimaryHDU(fits.getdata(inputs["rate"][0]) * 0 + len(inputs["ref"])).writeto(out)
+    return [out]
+'''
+
+
+def _exposure(path: Path, target: str, inst: str, band: str, visit: str, mjd: float, parallel: bool = False, value: float = 1.0):
+    h = fits.Header()
+    h.update(TARGPROP=target.upper(), INSTRUME=inst.upper(), FILTER=band, EXPRIPAR="PARALLEL_COORDINATED" if parallel else "PRIME",
+             PROGRAM="09001", OBSERVTN="001", VISIT=visit, EXPSTART=mjd)
+    fits.PrimaryHDU(np.full((4, 4), value, dtype=np.float32), header=h).writeto(path)
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A fake program (2 targets, NIRCam F200W/F300M in two visits, MIRI F770W with off-fields),
+    its manifest, and toy stage modules importable as toy_a, toy_b, toy_visit."""
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    for name, src in (("toy_a", TOY_A), ("toy_b", TOY_B), ("toy_visit", TOY_VISIT)):
+        (mods / f"{name}.py").write_text(textwrap.dedent(src))
+    monkeypatch.syspath_prepend(str(mods))
+    monkeypatch.setenv("PYTHONPATH", f"{mods}:{REPO}")  # spawned workers import them too
+    for name in ("toy_a", "toy_b", "toy_visit"):
+        sys.modules.pop(name, None)
+    code_version.cache_clear()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    n = 0
+    for target in ("alpha", "beta"):
+        for band, inst in (("F200W", "nircam"), ("F300M", "nircam"), ("F770W", "miri")):
+            for visit in ("001", "002"):
+                n += 1
+                _exposure(raw / f"jw09001{target}{band.lower()}{visit}_uncal.fits", target, inst, band, visit, 60000 + n / 100, value=n)
+        _exposure(raw / f"jw09001{target}bkg_uncal.fits", target, "miri", "F770W", "003", 60001, parallel=True)
+    (tmp_path / "cat.txt").write_text("0.5")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f"""
+[release]
+project = "toy"
+title = "toy"
+version = "1.0.0"
+doi = "10.17909/toy"
+lead = "T"
+pi = "T"
+contact = {{ name = "T", email = "t@example.org" }}
+[pins]
+jwst = "3.0.0"
+crds_context = "jwst_9001.pmap"
+[program]
+proposal_ids = [9001]
+instruments = ["nircam", "miri"]
+bands = ["F200W", "F300M", "F770W"]
+data = {{ source = "local", path = "raw" }}
+[targets.alpha]
+ra = 10.0
+dec = 1.0
+astrometry_catalog = "cat.txt"
+[targets.beta]
+ra = 20.0
+dec = 2.0
+astrometry_catalog = "cat.txt"
+[targets.beta.miri_background]
+source = "borrowed"
+borrow_from = "alpha"
+""")
+    return {"root": tmp_path, "manifest": manifest, "mods": mods, "lm": load_manifest(manifest)}
+
+
+class GainParameters:
+    pass
+
+
+def _registry(extra: list[Stage] | None = None) -> Registry:
+    from pydantic import BaseModel, Field
+
+    class Gain(BaseModel):
+        gain: float = Field(2.0, description="multiplier, dimensionless")
+
+    class Ref(BaseModel):
+        reference_band: str = Field("F300M", description="band the visit reference is taken from")
+
+    a = Stage("toy_a", "exposure", (Input("raw", "raw"),), ("_toya.fits",), "toy_a:run", ("toy_a",),
+              ModelParameters(Gain, {"miri": {"gain": 3.0}}), exposures="all", memory_gb=0.1)
+    v = Stage("toy_visit", "exposure", (Input("rate", "same", "toy_a", "_toya.fits"),
+                                         Input("ref", "visit_reference", "toy_a", "_toya.fits")),
+              ("_toyv.fits",), "toy_visit:run", ("toy_visit",), ModelParameters(Ref), instruments=("nircam",), memory_gb=0.1)
+    b = Stage("toy_b", "target_band", (Input("members", "members", "toy_a", "_toya.fits"),
+                                        Input("catalog", "manifest_file", files="toy_b:catalog")),
+              ("_toyb.fits",), "toy_b:run", ("toy_b",), ModelParameters(Ref), products=(Product("img", "_toyb.fits"),),
+              memory_gb=0.1)
+    return Registry([b, v, a] + (extra or []))  # declared out of order on purpose
+
+
+def _engine(toy, registry, work="work", **kw) -> Engine:
+    lm = toy["lm"]
+    return Engine(lm, build_graph(lm, registry=registry), toy["root"] / work, **kw)
+
+
+# -- declarations and the graph -------------------------------------------------------------------
+
+
+def test_registry_orders_stages_by_their_connections_and_refuses_bad_declarations():
+    reg = _registry()
+    assert reg.order == ["toy_a", "toy_b", "toy_visit"] or reg.order == ["toy_a", "toy_visit", "toy_b"]
+    assert reg.order[0] == "toy_a"
+    a = reg["toy_a"]
+    with pytest.raises(RegistryError, match="declared twice"):
+        Registry([a, a])
+    with pytest.raises(RegistryError, match="reads 'nope', which is not declared"):
+        Registry([Stage("x", "exposure", (Input("i", "same", "nope", "_a.fits"),), ("_x.fits",), "m:f", ("m",), a.parameters)])
+    with pytest.raises(RegistryError, match="cycle"):
+        Registry([Stage("x", "target_band", (Input("i", "same", "y", ""),), ("_x",), "m:f", ("m",), a.parameters),
+                  Stage("y", "target_band", (Input("i", "same", "x", ""),), ("_y",), "m:f", ("m",), a.parameters)])
+    with pytest.raises(RegistryError, match="relation 'sideways'"):
+        Registry([Stage("x", "exposure", (Input("i", "sideways", "x", ""),), ("_x",), "m:f", ("m",), a.parameters)])
+
+
+def test_graph_from_declarations(toy):
+    graph = build_graph(toy["lm"], registry=_registry())
+    counts = graph.stage_counts()
+    # toy_a: 12 science exposures + alpha's 1 off-field (lent to beta: one task, alpha's); no beta own
+    # off-field is used (beta borrows), so it is not in the graph
+    assert counts == {"toy_a": 13, "toy_b": 6, "toy_visit": 8}, counts
+    b = graph.tasks["toy_b/beta/F770W"]
+    assert [r["task"] for r in b.inputs["members"]] == ["toy_a/jw09001betaf770w001", "toy_a/jw09001betaf770w002"]
+    assert b.inputs["catalog"] == [{"file": str(toy["root"] / "cat.txt")}]
+    v = graph.tasks["toy_visit/jw09001alphaf200w002"]
+    assert v.inputs["ref"] == [{"task": "toy_a/jw09001alphaf300m002", "suffix": "_toya.fits"}]
+    assert graph.tasks["toy_a/jw09001alphabkg"].target == "alpha"
+    # instrument defaults over the model's: MIRI gain 3, NIRCam 2
+    assert graph.tasks["toy_a/jw09001alphaf770w001"].params == {"gain": 3.0}
+    assert graph.tasks["toy_a/jw09001alphaf200w001"].params == {"gain": 2.0}
+    order = [t.id for t in graph.order()]
+    for t in graph.tasks.values():
+        assert all(order.index(d) < order.index(t.id) for d in t.deps)
+    # a relation that needs a unit not in the run is refused, naming both
+    with pytest.raises(BadInput, match="reference band F300M of alpha, which is not in this run"):
+        build_graph(toy["lm"], bands=["F200W"], registry=_registry())
+
+
+def test_model_parameters_check_strictly():
+    from pydantic import BaseModel, Field
+
+    class P(BaseModel):
+        sigma: float = Field(3.0, description="clip, in standard deviations")
+        iterations: int = 5
+
+    spec = ModelParameters(P)
+    assert spec.check({"sigma": 2}, "p") == ([], {"sigma": 2.0})
+    problems, _ = spec.check({"sigma": "2"}, "p.x")
+    assert problems and problems[0][0] == "p.x.sigma"
+    problems, _ = spec.check({"sigmaa": 2.0}, "p.x")
+    assert "did you mean 'sigma'" in problems[0][1]
+    assert spec.default_values("miri") == {"sigma": 3.0, "iterations": 5}
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+def test_editing_a_stage_module_changes_that_stage_and_its_dependents_only(toy):
+    reg = _registry()
+    before = _engine(toy, reg).task_keys()
+    (toy["mods"] / "toy_visit.py").write_text(TOY_VISIT + "\n# a change\n")
+    code_version.cache_clear()
+    after = _engine(toy, reg).task_keys()
+    changed = {t for t in before if before[t] != after[t]}
+    assert changed == {t for t in before if t.startswith("toy_visit/")}
+    (toy["mods"] / "toy_a.py").write_text(TOY_A + "\n# a change\n")
+    code_version.cache_clear()
+    again = _engine(toy, reg).task_keys()
+    assert {t for t in after if after[t] != again[t]} == set(before)  # everything reads toy_a
+
+
+def test_replacing_an_input_file_changes_exactly_the_tasks_that_read_it(toy):
+    reg = _registry()
+    before = _engine(toy, reg).task_keys()
+    (toy["root"] / "cat.txt").write_text("0.25")  # the manifest's file, read by toy_b only
+    after = _engine(toy, reg).task_keys()
+    assert {t for t in before if before[t] != after[t]} == {t for t in before if t.startswith("toy_b/")}
+    raw = toy["root"] / "raw" / "jw09001alphaf200w001_uncal.fits"
+    with fits.open(raw, mode="update") as hdul:
+        hdul[0].data[0, 0] = 99.0
+    again = _engine(toy, reg).task_keys()
+    assert {t for t in after if after[t] != again[t]} == {
+        "toy_a/jw09001alphaf200w001", "toy_visit/jw09001alphaf200w001", "toy_b/alpha/F200W"}
+
+
+def test_keys_do_not_depend_on_where_the_program_lives(toy, tmp_path_factory):
+    import shutil
+
+    reg = _registry()
+    here = _engine(toy, reg).task_keys()
+    elsewhere = tmp_path_factory.mktemp("other-machine")
+    shutil.copytree(toy["root"] / "raw", elsewhere / "raw")
+    shutil.copy(toy["root"] / "cat.txt", elsewhere / "cat.txt")
+    shutil.copy(toy["manifest"], elsewhere / "m.toml")
+    lm = load_manifest(elsewhere / "m.toml")
+    there = Engine(lm, build_graph(lm, registry=reg), elsewhere / "work").task_keys()
+    assert here == there
+
+
+def test_crds_context_content_enters_the_keys(tmp_path):
+    from processing.inputs import HashIndex
+
+    maps = tmp_path / "mappings" / "jwst"
+    refs = tmp_path / "references" / "jwst" / "miri"
+    maps.mkdir(parents=True)
+    refs.mkdir(parents=True)
+    (maps / "jwst_9001.pmap").write_text("selector = {'MIRI' : 'jwst_miri_9001.imap'}")
+    (maps / "jwst_miri_9001.imap").write_text("selector = {'FLAT' : 'jwst_miri_flat_9001.rmap'}")
+    (maps / "jwst_miri_flat_9001.rmap").write_text("selector = {'x' : 'jwst_miri_flat_0001.fits'}")
+    (refs / "jwst_miri_flat_0001.fits").write_bytes(b"flat one")
+    hashes = HashIndex(tmp_path / "h.json")
+    a = executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", hashes)
+    (refs / "jwst_miri_flat_0001.fits").write_bytes(b"flat two, same name")
+    b = executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h2.json"))
+    (maps / "jwst_miri_flat_9001.rmap").write_text("selector = {'x' : 'jwst_miri_flat_0002.fits'}")
+    c = executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h3.json"))
+    assert len({a, b, c}) == 3 and all(x.startswith("jwst_9001.pmap:") for x in (a, b, c))
+    assert executor_mod.crds_fingerprint(None, "jwst_9001.pmap", hashes) == "jwst_9001.pmap"
+
+
+# -- running toy stages -------------------------------------------------------------------------
+
+
+def _run_all(toy, reg, **kw):
+    eng = _engine(toy, reg, **kw)
+    summary = eng.run()
+    assert summary.ok, {t: r.error for t, r in summary.results.items() if r.error}
+    return eng, summary
+
+
+def test_a_toy_stage_added_in_its_declaration_alone_runs_and_provides_its_product(toy):
+    """A new stage: its module and its declaration in a registry; nothing else changes. It
+    runs on the local executor, is cached, measured per task, and its product is indexed."""
+    (toy["mods"] / "toy_c.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+        from astropy.io import fits
+
+        def run(inputs, outdir, params, context):
+            data = sum(fits.getdata(p) for p in inputs["bands"])
+            out = Path(outdir) / (context["target"] + "_nircam_toyc.fits")
+            fits.PrimaryHDU(data).writeto(out)
+            (Path(outdir) / "scratch.tmp").write_text("not an output: removed before publishing")
+            return [out]
+    '''))
+    from pydantic import BaseModel
+
+    class NoParams(BaseModel):
+        pass
+
+    c = Stage("toy_c", "target_instrument", (Input("bands", "members", "toy_b", "_toyb.fits"),), ("_toyc.fits",),
+              "toy_c:run", ("toy_c",), ModelParameters(NoParams), instruments=("nircam",),
+              products=(Product("img-sum", "_toyc.fits"),), memory_gb=0.1)
+    reg = _registry([c])
+    eng, summary = _run_all(toy, reg, workers=2)
+    assert summary.count("ran") == len(eng.graph.tasks) == 13 + 6 + 8 + 2
+    rec = summary.results["toy_c/alpha/nircam"].record
+    assert list(rec["outputs"]) == ["alpha_nircam_toyc.fits"] and rec["peak_rss_scope"] in ("task", "worker")
+    assert 10 < rec["peak_rss_mb"] < 2000
+    entries, missing = eng.product_index()
+    assert not missing
+    assert sorted({e.product for e in entries}) == ["img", "img-sum"]
+    total = fits.getdata(next(e.path for e in entries if e.product == "img-sum" and e.target == "alpha"))
+    f200 = fits.getdata(next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F200W")))
+    f300 = fits.getdata(next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F300M")))
+    assert np.allclose(total, f200 + f300)
+    index = json.loads((eng.workdir / "products" / "index.json").read_text())
+    assert {p["product"] for p in index["products"]} == {"img", "img-sum"}
+    assert _engine(toy, reg).plan() == {t: "cached" for t in eng.graph.tasks}
+    # an altered cache entry is never handed to packaging
+    victim = next(e.path for e in entries if e.product == "img-sum")
+    victim.chmod(0o644)
+    with fits.open(victim, mode="update") as hdul:
+        hdul[0].data[0, 0] += 1
+    with pytest.raises(executor_mod.WorkFailed, match="content differs from its cache record"):
+        eng.product_index()
+
+
+def test_dask_executor_gives_the_local_executors_results(toy):
+    local, _ = _run_all(toy, _registry(), workers=1)
+    dask_eng, summary = _run_all(toy, _registry(), work="work-dask", cache_dir=toy["root"] / "cache-dask",
+                                 executor="dask", workers=2)
+    assert summary.executor == "dask" and summary.count("ran") == len(dask_eng.graph.tasks)
+    assert dask_eng.task_keys() == local.task_keys()
+    for (e1, e2) in zip(*(sorted(e.product_index()[0], key=lambda x: x.task) for e in (local, dask_eng))):
+        assert e1.task == e2.task and np.array_equal(fits.getdata(e1.path), fits.getdata(e2.path))
+
+
+def test_processing_never_imports_release():
+    """release/ depends on processing/, never the reverse (type-checking imports aside)."""
+    offenders = []
+    for path in sorted((REPO / "processing").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+                for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "release":
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+            if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "release" for a in node.names):
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders
