@@ -230,7 +230,9 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
         if uid not in ups:
             raise BadInput(f"{stage.name}/{unit.id(stage.unit)} needs {conn.stage}/{uid}, which is not in this run "
                            "(widen --targets/--bands or the patch)")
-        return {"task": f"{conn.stage}/{uid}", "suffix": conn.suffix}
+        # a stage that refines this output in place (for this unit's instrument) is read instead
+        source = registry.source(stage.name, conn.stage, conn.suffix, ups[uid].instrument)
+        return {"task": f"{source}/{uid}", "suffix": conn.suffix}
 
     if conn.relation == "same":
         if up.unit != stage.unit:

@@ -29,6 +29,12 @@ Relations of an input (:data:`RELATIONS`), from the task's unit to the upstream 
   reference band, e.g. anchoring every band against the anchored reference band;
 - ``manifest_file``: files the manifest names for the unit, returned by the input's ``files``
   function (an external image, a catalogue, a PSF); they enter the cache key by content.
+
+Refining a stage's output in place (``refines=(stage, suffix)``): a stage that corrects an
+upstream output without changing what it is (destriping the rate files of detector1 before
+image2 reads them) declares so; every other reader of that output then reads the refined one,
+for the refiner's instruments, with no change to the readers' declarations. Several refiners
+of one output chain in registry order.
 """
 
 from __future__ import annotations
@@ -145,6 +151,8 @@ class Stage:
     #: memory one task may need (GB): a resource hint for the executors
     memory_gb: float = 2.5
     description: str = ""
+    #: ``(stage, suffix)`` this stage rewrites in place: its readers read this stage's output
+    refines: tuple[str, str] | None = None
 
     def run_function(self) -> RunFunction:
         return resolve(self.run)
@@ -190,20 +198,58 @@ class Registry:
             for up in s.upstream():
                 if up not in self.stages:
                     raise RegistryError(f"stage '{s.name}' reads '{up}', which is not declared")
+        #: (stage, suffix) -> the stages refining it, in registry order
+        self.refiners: dict[tuple[str, str], list[Stage]] = {}
+        for s in stages:
+            if s.refines is None:
+                continue
+            target, suffix = s.refines
+            if target not in self.stages:
+                raise RegistryError(f"stage '{s.name}' refines '{target}', which is not declared")
+            if self.stages[target].unit != s.unit:
+                raise RegistryError(f"stage '{s.name}' refines '{target}' but their units differ")
+            if not any(i.stage == target and i.suffix == suffix and i.relation == "same" for i in s.inputs):
+                raise RegistryError(f"stage '{s.name}' refines {target} *{suffix} but does not read it ('same')")
+            if suffix not in s.outputs:
+                raise RegistryError(f"stage '{s.name}' refines *{suffix} but does not write it")
+            self.refiners.setdefault((target, suffix), []).append(s)
         self.order = self._topological()
         self.planned = tuple(p for p in planned if p not in self.stages)
 
+    def source(self, reader: str, stage: str, suffix: str, instrument: str | None) -> str:
+        """The stage whose output ``reader`` really reads when it declares ``stage``'s
+        ``suffix``: the last refiner of it that covers ``instrument`` (a refiner reads the one
+        before it), else ``stage`` itself."""
+        chain = self.refiners.get((stage, suffix), [])
+        names = [r.name for r in chain]
+        if reader in names:
+            chain = chain[: names.index(reader)]
+        applicable = [r for r in chain if instrument is None or instrument in r.instruments]
+        return applicable[-1].name if applicable else stage
+
+    def effective_upstream(self, name: str) -> set[str]:
+        """The stages ``name`` may read, refiners of its inputs included."""
+        out = set()
+        for i in self.stages[name].inputs:
+            if i.stage is None:
+                continue
+            out.add(i.stage)
+            chain = [r.name for r in self.refiners.get((i.stage, i.suffix), [])]
+            out.update(chain[: chain.index(name)] if name in chain else chain)
+        return out
+
     def _topological(self) -> list[str]:
-        """Kahn's algorithm over the connections; ties keep declaration order."""
+        """Kahn's algorithm over the connections (refiners included); ties keep declaration order."""
         names = list(self.stages)
-        indegree = {n: len(self.stages[n].upstream()) for n in names}
+        ups = {n: self.effective_upstream(n) for n in names}
+        indegree = {n: len(ups[n]) for n in names}
         order: list[str] = []
         ready = [n for n in names if indegree[n] == 0]
         while ready:
             n = ready.pop(0)
             order.append(n)
             for m in names:
-                if n in self.stages[m].upstream():
+                if n in ups[m]:
                     indegree[m] -= 1
                     if indegree[m] == 0:
                         ready.append(m)

@@ -364,3 +364,40 @@ def test_processing_never_imports_release():
             if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "release" for a in node.names):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_a_stage_that_refines_an_output_in_place_is_read_by_every_reader(toy):
+    """A refiner (like destriping the rate files before image2) is one declaration: the
+    readers of the refined output read it instead, for the refiner's instruments only."""
+    (toy["mods"] / "toy_fix.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+        from astropy.io import fits
+
+        def run(inputs, outdir, params, context):
+            out = Path(outdir) / Path(inputs["data"][0]).name
+            fits.PrimaryHDU(fits.getdata(inputs["data"][0]) - 1.0).writeto(out)
+            return [out]
+    '''))
+    from pydantic import BaseModel
+
+    class NoParams(BaseModel):
+        pass
+
+    fix = Stage("toy_fix", "exposure", (Input("data", "same", "toy_a", "_toya.fits"),), ("_toya.fits",), "toy_fix:run",
+                ("toy_fix",), ModelParameters(NoParams), instruments=("nircam",), refines=("toy_a", "_toya.fits"), memory_gb=0.1)
+    reg = _registry([fix])
+    assert reg.order.index("toy_fix") < reg.order.index("toy_b") and reg.order.index("toy_fix") < reg.order.index("toy_visit")
+    graph = build_graph(toy["lm"], registry=reg)
+    assert {r["task"].split("/")[0] for r in graph.tasks["toy_b/alpha/F200W"].inputs["members"]} == {"toy_fix"}
+    assert {r["task"].split("/")[0] for r in graph.tasks["toy_b/alpha/F770W"].inputs["members"]} == {"toy_a"}
+    assert graph.tasks["toy_visit/jw09001alphaf200w001"].inputs["rate"][0]["task"] == "toy_fix/jw09001alphaf200w001"
+    assert graph.tasks["toy_fix/jw09001alphaf200w001"].inputs["data"][0]["task"] == "toy_a/jw09001alphaf200w001"
+    eng, _ = _run_all(toy, reg, workers=2)
+    entries, _ = eng.product_index()
+    by = {(e.target, e.band): fits.getdata(e.path) for e in entries}
+    # gain 2 then -1 for NIRCam (refined), gain 3 for MIRI (not), plus the catalogue's 0.5
+    assert np.allclose(by[("alpha", "F200W")], (2 * 1 - 1 + 2 * 2 - 1) / 2 + 0.5)
+    assert np.allclose(by[("alpha", "F770W")], (3 * 5 + 3 * 6) / 2 + 0.5)
+    with pytest.raises(RegistryError, match="does not read it"):
+        Registry([reg["toy_a"], Stage("bad", "exposure", (), ("_toya.fits",), "m:f", ("m",), fix.parameters,
+                                      refines=("toy_a", "_toya.fits"))])
