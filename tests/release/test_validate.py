@@ -134,12 +134,6 @@ def flip_header_byte(rel):
     return p.name, "Illegal keyword name"
 
 
-def missing_keyword(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "DOI", delete=True)
-    return p.name, "DOI missing"
-
-
 def wrong_name(rel):
     p = _img(rel)
     p.rename(p.with_name(p.name.replace("_img.fits", "_IMG.fits")))
@@ -167,12 +161,6 @@ def truncated_file(rel):
     return p.name, "size"
 
 
-def wrong_bunit(rel):
-    p = _img(rel)
-    _edit_header(p, "SCI", "BUNIT", "DN/s")
-    return p.name, "SCI BUNIT is 'DN/s'"
-
-
 def stale_manifest_entry(rel):
     m = next(rel.glob("*_manifest.csv"))
     rows = list(csv.reader(m.read_text().splitlines()))
@@ -181,25 +169,17 @@ def stale_manifest_entry(rel):
     return "f560w", "not in the release"
 
 
-def sci_all_nan(rel):
-    p = _img(rel)
-    with fits.open(p, mode="update") as hdul:
-        hdul["SCI"].data[:] = np.nan
+def _edit_data(path: Path, ext: str, edit) -> None:
+    with fits.open(path, mode="update") as hdul:
+        edit(hdul[ext].data)
         for h in hdul:
             h.add_checksum()
+
+
+def sci_all_nan(rel):
+    p = _img(rel)
+    _edit_data(p, "SCI", lambda d: d.fill(np.nan))
     return p.name, "SCI is all NaN"
-
-
-def broken_wcs(rel):
-    p = _img(rel)
-    _edit_header(p, "ERR", "CTYPE1", "PIXEL")
-    return p.name, "ERR: WCS does not parse"
-
-
-def equinox_with_icrs(rel):
-    p = _img(rel)
-    _edit_header(p, "SCI", "EQUINOX", 2000.0)
-    return p.name, "EQUINOX set"
 
 
 def wrong_dtype(rel):
@@ -214,24 +194,6 @@ def wrong_dtype(rel):
 def missing_readme(rel):
     next(rel.glob("*_readme.txt")).unlink()
     return ".", "no *_readme.txt"
-
-
-def version_mismatch_in_header(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "HLSPVER", "v2p0")
-    return p.name, "HLSPVER 'v2p0' differs"
-
-
-def bad_date(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "DATE-BEG", "25/02/2023")
-    return p.name, "DATE-BEG '25/02/2023' is not ISO-8601"
-
-
-def simulated_flag_removed(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "SIMULATD", delete=True)
-    return p.name, "SIMULATD missing or F in a release made from simulated data"
 
 
 def symlink_file(rel):
@@ -252,44 +214,14 @@ def not_world_readable(rel):
 
 def err_all_nan(rel):
     p = _img(rel)
-    with fits.open(p, mode="update") as hdul:
-        hdul["ERR"].data[:] = np.nan
-        for h in hdul:
-            h.add_checksum()
+    _edit_data(p, "ERR", lambda d: d.fill(np.nan))
     return p.name, "ERR is all NaN"
 
 
 def err_negative(rel):
     p = _img(rel)
-    with fits.open(p, mode="update") as hdul:
-        hdul["ERR"].data[10:12, 10:12] = -1.0
-        for h in hdul:
-            h.add_checksum()
+    _edit_data(p, "ERR", lambda d: d.__setitem__((slice(10, 12), slice(10, 12)), -1.0))
     return p.name, "negative value(s)"
-
-
-def header_of_another_target(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "HLSPTARG", "SYNTH 2")
-    return p.name, "HLSPTARG 'SYNTH 2' is not the file name's target 'synth1'"
-
-
-def coordinates_of_another_target(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "RA_TARG", 150.60)
-    return p.name, "off the"
-
-
-def filter_disagrees(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "FILTER", "F300M")
-    return p.name, "FILTER 'F300M' differs"
-
-
-def instrument_disagrees(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "INSTRUME", "MIRI")
-    return p.name, "INSTRUME 'MIRI' differs"
 
 
 def wrong_folder(rel):
@@ -322,18 +254,6 @@ def release_manifest_missing(rel):
     return ".", "expected one *_manifest.toml"
 
 
-def made_from_another_manifest(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "HLSPMANI", "0" * 64)
-    return p.name, "is not the release manifest's content hash"
-
-
-def dates_disagree(rel):
-    p = _img(rel)
-    _edit_header(p, 0, "DATE-END", "2023-02-24T00:00:00.000")
-    return p.name, "DATE-END 2023-02-24T00:00:00.000 disagrees with MJD-END"
-
-
 def date_in_future(rel):
     p = _img(rel)
     with fits.open(p, mode="update") as hdul:
@@ -363,13 +283,40 @@ def duplicate_manifest_row(rel):
     return lines[1].split(",")[0], "listed 2 times"
 
 
-BREAKS = [symlink_file, symlink_folder, not_world_readable, err_all_nan, err_negative, header_of_another_target,
-          coordinates_of_another_target, filter_disagrees, instrument_disagrees, wrong_folder, missing_band,
-          band_not_in_manifest, release_manifest_missing, made_from_another_manifest, dates_disagree, date_in_future,
-          empty_readme, preview_not_an_image, duplicate_manifest_row,
-          flip_byte, flip_header_byte, missing_keyword, wrong_name, extra_file, missing_extension, truncated_file, wrong_bunit,
-          stale_manifest_entry, sci_all_nan, broken_wcs, equinox_with_icrs, wrong_dtype, missing_readme,
-          version_mismatch_in_header, bad_date, simulated_flag_removed]
+def _header_break(name, ext, key, value=None, problem="", delete=False):
+    """A break that edits one header card of a mosaic (checksums updated), and what must be reported."""
+    def brk(rel):
+        p = _img(rel)
+        _edit_header(p, ext, key, value, delete=delete)
+        return p.name, problem
+
+    brk.__name__ = name
+    return brk
+
+
+HEADER_BREAKS = [
+    _header_break('missing_keyword', 0, "DOI", delete=True, problem="DOI missing"),
+    _header_break('wrong_bunit', "SCI", "BUNIT", "DN/s", "SCI BUNIT is 'DN/s'"),
+    _header_break('broken_wcs', "ERR", "CTYPE1", "PIXEL", "ERR: WCS does not parse"),
+    _header_break('equinox_with_icrs', "SCI", "EQUINOX", 2000.0, "EQUINOX set"),
+    _header_break('version_mismatch_in_header', 0, "HLSPVER", "v2p0", "HLSPVER 'v2p0' differs"),
+    _header_break('bad_date', 0, "DATE-BEG", "25/02/2023", "DATE-BEG '25/02/2023' is not ISO-8601"),
+    _header_break('simulated_flag_removed', 0, "SIMULATD", delete=True, problem="SIMULATD missing or F in a release made from simulated data"),
+    _header_break('header_of_another_target', 0, "HLSPTARG", "SYNTH 2", "HLSPTARG 'SYNTH 2' is not the file name's target 'synth1'"),
+    _header_break('coordinates_of_another_target', 0, "RA_TARG", 150.60, "off the"),
+    _header_break('filter_disagrees', 0, "FILTER", "F300M", "FILTER 'F300M' differs"),
+    _header_break('instrument_disagrees', 0, "INSTRUME", "MIRI", "INSTRUME 'MIRI' differs"),
+    _header_break('made_from_another_manifest', 0, "HLSPMANI", "0" * 64, "is not the release manifest's content hash"),
+    _header_break('dates_disagree', 0, "DATE-END", "2023-02-24T00:00:00.000", "DATE-END 2023-02-24T00:00:00.000 disagrees with MJD-END"),
+]
+
+
+BREAKS = HEADER_BREAKS + [
+    symlink_file, symlink_folder, not_world_readable, err_all_nan, err_negative, wrong_folder, missing_band,
+    band_not_in_manifest, release_manifest_missing, date_in_future, empty_readme, preview_not_an_image,
+    duplicate_manifest_row, flip_byte, flip_header_byte, wrong_name, extra_file, missing_extension, truncated_file,
+    stale_manifest_entry, sci_all_nan, wrong_dtype, missing_readme,
+]
 
 
 @pytest.mark.parametrize("brk", BREAKS, ids=[b.__name__ for b in BREAKS])
