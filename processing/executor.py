@@ -389,7 +389,12 @@ class Engine:
         return keys
 
     def plan(self) -> dict[str, str]:
-        """``{task id: 'cached' | 'run'}`` without running or writing anything."""
+        """``{task id: 'cached' | 'run'}`` without running or writing anything. An empty or
+        absent cache needs no key (and so reads no raw file: a first plan of a large program
+        is instant)."""
+        objects = self.cache.root / "objects"
+        if not objects.is_dir() or not any(objects.iterdir()):
+            return {tid: "run" for tid in self.graph.tasks}
         return {tid: "cached" if self.cache.lookup(key) is not None else "run" for tid, key in self.task_keys().items()}
 
     # -- products --------------------------------------------------------------------------
