@@ -37,7 +37,7 @@ from processing import jwst_stages
 from processing.cache import Cache, file_sha256, task_key
 from processing.errors import BadInput, HlspError, WorkFailed
 from processing.pipeline import Graph, Task
-from processing.stages import Stage, resolve
+from processing.stages import resolve
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ The engine, not the stage, decides where files live and whether a cached result 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from processing.errors import BadInput

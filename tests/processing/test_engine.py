@@ -16,7 +16,6 @@ import pytest
 
 from processing.executor import Engine, fits_fingerprint
 from processing.pipeline import build_graph
-from processing.errors import BadInput
 from release.manifest import load_manifest
 from tests.conftest import REPO, hlsp, write_manifest
 

@@ -96,7 +96,7 @@ def toy(tmp_path, monkeypatch):
         _exposure(raw / f"jw09001{target}bkg_uncal.fits", target, "miri", "F770W", "003", 60001, parallel=True)
     (tmp_path / "cat.txt").write_text("0.5")
     manifest = tmp_path / "m.toml"
-    manifest.write_text(f"""
+    manifest.write_text("""
 [release]
 project = "toy"
 title = "toy"
@@ -104,7 +104,7 @@ version = "1.0.0"
 doi = "10.17909/toy"
 lead = "T"
 pi = "T"
-contact = {{ name = "T", email = "t@example.org" }}
+contact = { name = "T", email = "t@example.org" }
 [pins]
 jwst = "3.0.0"
 crds_context = "jwst_9001.pmap"
@@ -112,7 +112,7 @@ crds_context = "jwst_9001.pmap"
 proposal_ids = [9001]
 instruments = ["nircam", "miri"]
 bands = ["F200W", "F300M", "F770W"]
-data = {{ source = "local", path = "raw" }}
+data = { source = "local", path = "raw" }
 [targets.alpha]
 ra = 10.0
 dec = 1.0
@@ -126,10 +126,6 @@ source = "borrowed"
 borrow_from = "alpha"
 """)
     return {"root": tmp_path, "manifest": manifest, "mods": mods, "lm": load_manifest(manifest)}
-
-
-class GainParameters:
-    pass
 
 
 def _registry(extra: list[Stage] | None = None) -> Registry:

@@ -4,7 +4,6 @@ naming the key or target, and nothing written anywhere."""
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
