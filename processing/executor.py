@@ -407,30 +407,36 @@ class Engine:
         product made from another manifest (other parameters, inputs or versions) has another
         key and is never returned, whatever a shared work folder holds.
         """
+        entries, missing = self._product_entries(keys or self.task_keys(), verify=True)
+        return [e for e, _ in entries], missing
+
+    def _product_entries(self, keys: dict[str, str], verify: bool) -> tuple[list[tuple[ProductEntry, dict]], list[str]]:
+        """``([(entry, task record)], [task ids without their product])`` for the tasks in
+        ``keys``; ``verify`` re-reads each file against its record and HLSPTASK (packaging
+        does; publishing right after the run, which wrote and hashed them, does not)."""
         from astropy.io import fits
 
-        keys = keys or self.task_keys()
-        entries: list[ProductEntry] = []
+        entries: list[tuple[ProductEntry, dict]] = []
         missing: list[str] = []
         for ptype, stage in self.registry.product_providers().items():
             suffix = next(p.suffix for p in stage.products if p.type == ptype)
             for task in self.graph.order():
-                if task.stage != stage.name:
+                if task.stage != stage.name or task.id not in keys:
                     continue
                 key = keys[task.id]
                 rec = self.cache.lookup(key)
-                names = [n for n in (rec or {}).get("outputs", {}) if n.endswith(suffix)]
+                names = sorted(n for n in (rec or {}).get("outputs", {}) if n.endswith(suffix))
                 if rec is None or not names:
                     if task.id not in missing:
                         missing.append(task.id)
                     continue
                 for n in names:
                     path = self.cache.entry(key) / n
-                    if file_sha256(path) != rec["outputs"][n]:
+                    if verify and file_sha256(path) != rec["outputs"][n]:
                         raise WorkFailed(f"{path}: content differs from its cache record (sha256): the cache entry was altered")
-                    if n.endswith(".fits") and fits.getval(path, "HLSPTASK", 0) != key:
+                    if verify and n.endswith(".fits") and fits.getval(path, "HLSPTASK", 0) != key:
                         raise WorkFailed(f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered")
-                    entries.append(ProductEntry(ptype, task.target, task.band, task.instrument, task.id, key, path))
+                    entries.append((ProductEntry(ptype, task.target, task.band, task.instrument, task.id, key, path), rec))
         return entries, missing
 
     # -- running ---------------------------------------------------------------------------
@@ -516,17 +522,7 @@ class Engine:
         provenance sidecar each, and write the product index ``workdir/products/index.json``."""
         from processing.fileio import atomic_path, atomic_write_text, inside
 
-        done = {tid: k for tid, k in keys.items() if self.cache.lookup(k) is not None}
-        entries = []
-        for ptype, stage in self.registry.product_providers().items():
-            suffix = next(p.suffix for p in stage.products if p.type == ptype)
-            for tid, key in sorted(done.items()):
-                task = self.graph.tasks[tid]
-                if task.stage != stage.name:
-                    continue
-                rec = self.cache.lookup(key)
-                for n in sorted(n for n in rec["outputs"] if n.endswith(suffix)):
-                    entries.append((ProductEntry(ptype, task.target, task.band, task.instrument, tid, key, self.cache.entry(key) / n), rec))
+        entries, _ = self._product_entries(keys, verify=False)  # failed tasks simply have none
         out = []
         index = []
         for e, rec in entries:
