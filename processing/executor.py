@@ -207,6 +207,9 @@ def _declared_outputs(spec: dict, scratch: Path, written: list) -> list[Path]:
             raise WorkFailed(f"{spec['task']}: the stage returned {p}, which is not a file in its scratch folder")
         if not p.name.endswith(suffixes):
             raise WorkFailed(f"{spec['task']}: the stage wrote {p.name}, which is not a declared output ({', '.join(suffixes)})")
+    missing = sorted(set(spec.get("required_outputs", [])) - {p.name for p in outputs})
+    if missing:
+        raise WorkFailed(f"{spec['task']}: the stage did not write {', '.join(missing)} (one refined file per member exposure)")
     keep = {p.name for p in outputs} | {"task.log"}
     for p in scratch.iterdir():
         if p.name not in keep:
@@ -338,7 +341,10 @@ class Engine:
                     files.append(r["file"])
                 else:
                     entry = self.cache.entry(keys[r["task"]])
-                    files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if n.endswith(r["suffix"])]
+                    if "member" in r:  # one exposure's file of a wider refining task
+                        files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if n == r["member"] + r["suffix"]]
+                    else:
+                        files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if n.endswith(r["suffix"])]
             out[name] = files
         return out
 
@@ -352,7 +358,7 @@ class Engine:
             # keeps every downstream key although jwst stamps each file with its creation time
             hashes[name] = [
                 {"file": Path(r["file"]).name, "sha256": self.hashes.sha256(r["file"])} if "file" in r
-                else {"task": keys[r["task"]], "suffix": r["suffix"]}
+                else {"task": keys[r["task"]], "suffix": r["suffix"], **({"member": r["member"]} if "member" in r else {})}
                 for r in refs
             ]
         payload = {
@@ -368,7 +374,7 @@ class Engine:
         return {
             "task": task.id, "stage": task.stage, "key": key, "cache": str(self.cache.root),
             "run": stage.run, "modules": list(stage.modules), "code_version": code_version(stage.modules),
-            "outputs": list(stage.outputs), "env": self.env,
+            "outputs": list(stage.outputs), "required_outputs": self._required_outputs(task), "env": self.env,
             "inputs": self._input_files(task, keys, records), "input_hashes": hashes, "params": task.params,
             "context": task.context,
             "provenance": {
@@ -380,6 +386,16 @@ class Engine:
                 "parameters": task.params, "parameter_origin": task.param_origin,
             },
         }
+
+    def _required_outputs(self, task: Task) -> list[str]:
+        """A wider refiner must write each member exposure's refined file (its readers read
+        them by name)."""
+        if not self.registry.widens(task.stage):
+            return []
+        stage = self.registry[task.stage]
+        target, suffix = stage.refines
+        conn = next(i for i in stage.inputs if i.stage == target and i.suffix == suffix and i.relation == "members")
+        return [(r.get("member") or r["task"].split("/", 1)[1]) + suffix for r in task.inputs[conn.name]]
 
     def task_keys(self) -> dict[str, str]:
         """Every task's cache key, computed from the inputs and the manifest alone (nothing runs)."""

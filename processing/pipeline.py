@@ -34,7 +34,8 @@ class Task:
     instrument: str | None
     exposure: str | None = None
     deps: list[str] = field(default_factory=list)
-    #: input name -> [{"task": id, "suffix": s}] (upstream outputs) or [{"file": path}]
+    #: input name -> [{"task": id, "suffix": s}] (upstream outputs; with "member": exposure
+    #: when a wider task refined the exposure's output) or [{"file": path}]
     inputs: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     param_origin: dict[str, Any] = field(default_factory=dict)
@@ -230,8 +231,19 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
             raise BadInput(f"{stage.name}/{unit.id(stage.unit)} needs {conn.stage}/{uid}, which is not in this run "
                            "(widen --targets/--bands or the patch)")
         # a stage that refines this output in place (for this unit's instrument) is read instead
-        source = registry.source(stage.name, conn.stage, conn.suffix, ups[uid].instrument)
-        return {"task": f"{source}/{uid}", "suffix": conn.suffix}
+        member = ups[uid]
+        source = registry.source(stage.name, conn.stage, conn.suffix, member.instrument)
+        if not registry.widens(source):
+            return {"task": f"{source}/{uid}", "suffix": conn.suffix}
+        # refined by a wider unit (e.g. every exposure of a target and band at once): that
+        # task's file for this exposure, if the exposure is one of its members
+        wide = registry[source]
+        wide_uid = Unit(member.target, member.band, member.instrument).id(wide.unit)
+        wide_units = units_of.get(source, {})
+        if wide_uid in wide_units and member.exposure is not None and member.exposure.name in _science_names(selected, member):
+            return {"task": f"{source}/{wide_uid}", "suffix": conn.suffix, "member": uid}
+        before = registry.source(source, conn.stage, conn.suffix, member.instrument)
+        return {"task": f"{before}/{uid}", "suffix": conn.suffix}
 
     if conn.relation == "same":
         if up.unit != stage.unit:

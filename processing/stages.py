@@ -35,6 +35,12 @@ upstream output without changing what it is (destriping the rate files of detect
 image2 reads them) declares so; every other reader of that output then reads the refined one,
 for the refiner's instruments, with no change to the readers' declarations. Several refiners
 of one output chain in registry order.
+
+A refiner may have a wider unit than the output it refines when the output is an exposure's
+and the refiner reads all of them (``members``): multi-tile destriping or level matching
+need every exposure of a target and band at once and write each exposure's corrected file
+back, named ``<exposure><suffix>``. A reader of one exposure's output then reads that
+exposure's file from the wider task (the engine checks that the task wrote one per member).
 """
 
 from __future__ import annotations
@@ -206,10 +212,15 @@ class Registry:
             target, suffix = s.refines
             if target not in self.stages:
                 raise RegistryError(f"stage '{s.name}' refines '{target}', which is not declared")
-            if self.stages[target].unit != s.unit:
-                raise RegistryError(f"stage '{s.name}' refines '{target}' but their units differ")
-            if not any(i.stage == target and i.suffix == suffix and i.relation == "same" for i in s.inputs):
-                raise RegistryError(f"stage '{s.name}' refines {target} *{suffix} but does not read it ('same')")
+            if self.stages[target].unit == s.unit:
+                relation = "same"
+            elif self.stages[target].unit == "exposure":
+                relation = "members"  # a wider refiner: one output per member exposure
+            else:
+                raise RegistryError(f"stage '{s.name}' refines '{target}' but their units differ "
+                                    "(only exposure outputs can be refined by a wider unit)")
+            if not any(i.stage == target and i.suffix == suffix and i.relation == relation for i in s.inputs):
+                raise RegistryError(f"stage '{s.name}' refines {target} *{suffix} but does not read it ('{relation}')")
             if suffix not in s.outputs:
                 raise RegistryError(f"stage '{s.name}' refines *{suffix} but does not write it")
             self.refiners.setdefault((target, suffix), []).append(s)
@@ -226,6 +237,11 @@ class Registry:
             chain = chain[: names.index(reader)]
         applicable = [r for r in chain if instrument is None or instrument in r.instruments]
         return applicable[-1].name if applicable else stage
+
+    def widens(self, stage: str) -> bool:
+        """Whether ``stage`` refines an exposure output from a wider unit (one file per member)."""
+        s = self.stages[stage]
+        return s.refines is not None and self.stages[s.refines[0]].unit != s.unit
 
     def effective_upstream(self, name: str) -> set[str]:
         """The stages ``name`` may read, refiners of its inputs included."""

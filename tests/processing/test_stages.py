@@ -397,3 +397,56 @@ def test_a_stage_that_refines_an_output_in_place_is_read_by_every_reader(toy):
     with pytest.raises(RegistryError, match="does not read it"):
         Registry([reg["toy_a"], Stage("bad", "exposure", (), ("_toya.fits",), "m:f", ("m",), fix.parameters,
                                       refines=("toy_a", "_toya.fits"))])
+
+
+def test_a_wider_stage_refines_every_member_exposure_and_each_reader_gets_its_own_file(toy):
+    """Multi-tile work (level matching, multi-tile destriping) reads every exposure of a
+    target and band and writes each one back: declared as a target_band refiner of an
+    exposure output, each exposure reader gets that exposure's file from the wide task."""
+    (toy["mods"] / "toy_wide.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+        import numpy as np
+        from astropy.io import fits
+
+        def run(inputs, outdir, params, context):
+            data = [fits.getdata(p) for p in inputs["members"]]
+            mean = np.mean(data, axis=0)
+            out = []
+            for p, d in zip(inputs["members"], data):
+                if params.get("forget_one") and out:
+                    break
+                out.append(Path(outdir) / Path(p).name)
+                fits.PrimaryHDU(d - mean).writeto(out[-1])
+            return out
+    '''))
+    from pydantic import BaseModel
+
+    class WideParams(BaseModel):
+        forget_one: bool = False
+
+    wide = Stage("toy_wide", "target_band", (Input("members", "members", "toy_a", "_toya.fits"),), ("_toya.fits",),
+                 "toy_wide:run", ("toy_wide",), ModelParameters(WideParams), instruments=("nircam",),
+                 refines=("toy_a", "_toya.fits"), memory_gb=0.1)
+    reg = _registry([wide])
+    assert reg.widens("toy_wide") and not reg.widens("toy_a")
+    graph = build_graph(toy["lm"], registry=reg)
+    assert graph.tasks["toy_visit/jw09001alphaf200w001"].inputs["rate"] == [
+        {"task": "toy_wide/alpha/F200W", "suffix": "_toya.fits", "member": "jw09001alphaf200w001"}]
+    assert graph.tasks["toy_wide/alpha/F200W"].inputs["members"][0]["task"] == "toy_a/jw09001alphaf200w001"
+    assert {r["task"] for r in graph.tasks["toy_b/alpha/F770W"].inputs["members"]} == {
+        "toy_a/jw09001alphaf770w001", "toy_a/jw09001alphaf770w002"}  # MIRI is not refined
+    eng, _ = _run_all(toy, reg, workers=2)
+    entries, _ = eng.product_index()
+    by = {(e.target, e.band): fits.getdata(e.path) for e in entries}
+    assert np.allclose(by[("alpha", "F200W")], 0.5)  # members minus their mean, averaged: 0, plus the catalogue's 0.5
+    visit = eng.cache.entry(eng.task_keys()["toy_visit/jw09001alphaf200w002"])
+    assert np.allclose(fits.getdata(visit / "jw09001alphaf200w002_toyv.fits"), 1.0)  # one file per reader, one reference
+    # a wide refiner that leaves a member out fails naming the file, and nothing downstream runs on half the data
+    graph = build_graph(toy["lm"], registry=reg)
+    for t in graph.tasks.values():
+        if t.stage == "toy_wide":
+            t.params = {"forget_one": True}
+    summary = Engine(toy["lm"], graph, toy["root"] / "work2").run()
+    failed = {t: r.error for t, r in summary.results.items() if r.status == "failed"}
+    assert failed and all("did not write jw09001" in e and "one refined file per member" in e for e in failed.values())
+    assert summary.results["toy_b/alpha/F200W"].status == "skipped"
