@@ -4,7 +4,7 @@ connections (processing/stages.py)."""
 
 from __future__ import annotations
 
-from processing import jwst_stages
+from processing import destripe, destripe_multi, jwst_stages
 from processing.stages import Registry
 
 REGISTRY = Registry(
@@ -12,8 +12,10 @@ REGISTRY = Registry(
         jwst_stages.DETECTOR1,
         jwst_stages.IMAGE2,
         jwst_stages.IMAGE3,
+        destripe.STAGE,          # refines lv1's rate files (NIRCam)
+        destripe_multi.STAGE,    # refines lv2's cal files (NIRCam), every exposure of a band at once
     ],
     # the PHANGS stages of reference/pipeline.md not in this version yet: a manifest that
     # sets their parameters is told so instead of being silently ignored
-    planned=("destripe", "lyot", "level_match", "astrometry", "anchoring", "psf_matching"),
+    planned=("lyot", "level_match", "astrometry", "anchoring", "psf_matching"),
 )
