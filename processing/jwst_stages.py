@@ -246,8 +246,36 @@ def run_lv2(inputs: dict[str, list[str]], outdir: Path, params: dict, context: d
 
 
 def run_lv3(inputs: dict[str, list[str]], outdir: Path, params: dict, context: dict) -> list[Path]:
-    i2d = run_image3([Path(p) for p in inputs["cal"]], outdir, context["product"], params)
+    cals = [Path(p) for p in inputs["cal"]]
+    i2d = run_image3(cals, outdir, context["product"], params)
+    carry_exposure_records(cals, i2d)
     return [i2d] + sorted(outdir.glob("*_crf.fits"))
+
+
+#: Prefix of the primary-header keywords in which the PHANGS stages record what they did to
+#: one exposure (e.g. HLSPDS1, the 1/f stripes removed by single-tile destriping).
+EXPOSURE_RECORD_PREFIX = "HLSPD"
+
+
+def carry_exposure_records(cals: list[Path], mosaic: Path) -> None:
+    """Summarise the per-exposure records (keywords ``HLSPD*``) of the exposures of a mosaic
+    in its primary header: the mean over the exposures that carry each keyword, so the mosaic
+    (and the released img.fits) says what was done to its inputs."""
+    from astropy.io import fits
+
+    values: dict[str, list[float]] = {}
+    comments: dict[str, str] = {}
+    for cal in cals:
+        h = fits.getheader(cal, 0)
+        for key in h:
+            if key.startswith(EXPOSURE_RECORD_PREFIX) and isinstance(h[key], (int, float)) and not isinstance(h[key], bool):
+                values.setdefault(key, []).append(float(h[key]))
+                comments[key] = h.comments[key]
+    if not values:
+        return
+    with fits.open(mosaic, mode="update") as hdul:
+        for key, v in sorted(values.items()):
+            hdul[0].header[key] = (round(sum(v) / len(v), 6), f"mean of {len(v)}: {comments[key]}"[:47])
 
 
 def _parameters(stage: str, pipeline: str) -> JwstParameters:

@@ -212,6 +212,9 @@ def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simu
     for key in CARRY:
         if key in src_primary:
             h[key] = (src_primary[key], src_primary.comments[key])
+    for key in src_primary:  # what the PHANGS stages did to the exposures (processing/jwst_stages.py)
+        if key.startswith("HLSPD"):
+            h[key] = (src_primary[key], src_primary.comments[key])
     # the manifest of this release (the product was made by the recipe HLSPTASK names, which
     # the packaging matched against this manifest's task keys)
     h["HLSPMANI"] = m.content_hash()

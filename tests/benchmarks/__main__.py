@@ -74,7 +74,7 @@ def render(results: dict) -> str:
                      f"second run {d['second_run_s']} s")
     lines += ["", "| stage | tasks | total task time (s) | slowest task (s) | largest peak memory of one task (MB) |",
               "| --- | --- | --- | --- | --- |"]
-    for stage in ("lv1", "lv2", "lv3"):
+    for stage in ("lv1", "destripe", "lv2", "destripe_multi", "lv3"):
         st = e["stages"].get(stage)
         if st:
             lines.append(f"| {stage} | {st['tasks']} | {st['total_s']} | {st['max_s']} | {st['peak_rss_mb']:.0f} |")
@@ -84,6 +84,10 @@ def render(results: dict) -> str:
     for v, label in (("own", "own, 120 days later"), ("both", "own + lender"), ("borrowed", "lender's, 14 min before")):
         r = f[v]
         lines.append(f"| {label} | {r['background_error_rms_mjysr']} | {r['sky_rms_mjysr']} | {r['background_offset_mjysr']} |")
+    if results.get("destriping"):
+        from tests.benchmarks.destriping import render as render_destriping
+
+        lines += render_destriping(results["destriping"])
     lines += ["", END]
     return "\n".join(lines)
 
@@ -98,6 +102,9 @@ def main() -> None:
     results["engine"] = bench_engine(out, program)
     results["engine_dask"] = bench_engine(out, program, "dask")
     results["fig3_f2100w"] = bench_fig3(out, program, Path(results["engine"]["cache"]))
+    from tests.benchmarks.destriping import measure as measure_destriping
+
+    results["destriping"] = measure_destriping(program, Path(results["engine"]["cache"]))
     from processing.fileio import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))

@@ -186,3 +186,30 @@ def test_borrowed_background_beats_own_late_ones(engine_run, tmp_path):
     # both together: the late frames differ by 25% in level and the 1.5-sigma clip rejects
     # most of them, so 'both' lands near 'borrowed' (the paper's 0.46 sits between)
     assert err["borrowed"] <= err["both"] * 1.1 and err["both"] < err["own"], err
+
+
+def test_nircam_exposures_are_destriped_against_the_truth(engine_run, effects_program, demo_release):
+    """Both destriping stages run for NIRCam only, image3 reads their output, and against
+    the injected stripes the result never has more row structure than image2 alone, stays
+    near the per-row noise floor, and moves no flux."""
+    from astropy.io import fits
+
+    from tests.benchmarks.destriping import measure
+
+    lm = load_manifest(engine_run["manifest"])
+    graph = build_graph(lm)
+    counts = graph.stage_counts()
+    assert counts["destripe"] == 6 and counts["destripe_multi"] == 2  # NIRCam F200W: 4 + 2 exposures
+    assert {r["task"].split("/")[0] for r in graph.tasks["lv3/synth1/F200W"].inputs["cal"]} == {"destripe_multi"}
+    assert {r["task"].split("/")[0] for r in graph.tasks["lv3/synth1/F770W"].inputs["cal"]} == {"lv2"}
+    nircam = fits.getheader(product(engine_run["workdir"], "synth1", "f200w"))
+    miri = fits.getheader(product(engine_run["workdir"], "synth1", "f770w"))
+    assert nircam["HLSPDS2"] > 0 and "HLSPDS1" in nircam and "HLSPDS2" not in miri
+    released = fits.getheader(next(demo_release.glob("*synth1*f200w*_img.fits")))
+    assert released["HLSPDS2"] == nircam["HLSPDS2"]
+    result = measure(effects_program, engine_run["cache"])
+    assert len(result["exposures"]) == 6
+    for r in result["exposures"]:
+        assert r["both"] <= r["before"], r          # never more row structure than went in
+        assert r["both_over_floor"] < 1.5, r        # near the noise floor of a row median
+        assert abs(r["flux_change"]) < 0.005, r     # below 0.5% of the flux
