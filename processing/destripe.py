@@ -157,24 +157,20 @@ def masked_row_medians(image: np.ndarray, mask: np.ndarray, amps: list[slice], m
     counts : dict
         ``fallback_rows`` (full-row medians used) and ``skipped_rows`` (left at 0).
     """
+    import warnings
+
     data = np.where(mask, np.nan, image)
     out = np.zeros_like(image, dtype=np.float64)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
-            full = np.nanmedian(data, axis=1)
-            full_frac = np.mean(mask, axis=1)
-            full = np.where(full_frac > max_masked, 0.0, full)
-            fallback = 0
-            for s in amps:
-                part = data[:, s]
-                med = np.nanmedian(part, axis=1)
-                frac = np.mean(mask[:, s], axis=1)
-                use_full = frac > max_masked
-                fallback += int(np.sum(use_full & (full_frac <= max_masked)))
-                out[:, s] = np.where(use_full, full, med)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: handled below
+        full_frac = np.mean(mask, axis=1)
+        full = np.where(full_frac > max_masked, 0.0, np.nanmedian(data, axis=1))
+        fallback = 0
+        for s in amps:
+            frac = np.mean(mask[:, s], axis=1)
+            use_full = frac > max_masked
+            fallback += int(np.sum(use_full & (full_frac <= max_masked)))
+            out[:, s] = np.where(use_full, full, np.nanmedian(data[:, s], axis=1))[:, None]
     return np.nan_to_num(out), {"fallback_rows": fallback, "skipped_rows": int(np.sum(full_frac > max_masked))}
 
 

@@ -62,6 +62,29 @@ def bench_fig3(out: Path, program: Path, cache: Path) -> dict:
     return measure(program, mosaics, "F2100W")
 
 
+def bench_full_frames(out: Path) -> dict:
+    """Destriping on full 2048x2048 NIRCam frames (4 amplifiers): a full-size F200W program
+    (12 exposures: synth1 2 tiles x 4 dithers, synth2 4 dithers), the engine, the truth, and
+    jwst's clean_flicker_noise on synth2's exposures. About 25 minutes on 2 cores."""
+    from tests.benchmarks.destriping import measure, measure_clean_flicker_noise
+    from tests.conftest import write_manifest
+
+    program = out / f"program-full-{time.strftime('%Y%m%dT%H%M%S')}"
+    subprocess.run([sys.executable, "-m", "release.cli", "simulate", str(program), "--size", "full", "--bands", "F200W"],
+                   check=True, cwd=REPO)
+    manifest = write_manifest(out / "full.toml", program)
+    text = manifest.read_text()
+    manifest.write_text(text[: text.index("[targets.synth2.miri_background]")])  # no MIRI band to borrow
+    work = out / f"work-full-{time.strftime('%Y%m%dT%H%M%S')}"
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work)], check=True, cwd=REPO)
+    result = measure(program, work / "cache")
+    result["run_s"] = round(time.time() - t0, 1)
+    result["clean_flicker_noise"] = measure_clean_flicker_noise(program, work / "cache", work / "clean_flicker_noise",
+                                                                targets=("synth2",))
+    return result
+
+
 def render(results: dict) -> str:
     s, e, f = results["simulate"], results["engine"], results["fig3_f2100w"]
     d = results.get("engine_dask")
@@ -84,10 +107,16 @@ def render(results: dict) -> str:
     for v, label in (("own", "own, 120 days later"), ("both", "own + lender"), ("borrowed", "lender's, 14 min before")):
         r = f[v]
         lines.append(f"| {label} | {r['background_error_rms_mjysr']} | {r['sky_rms_mjysr']} | {r['background_offset_mjysr']} |")
-    if results.get("destriping"):
-        from tests.benchmarks.destriping import render as render_destriping
+    from tests.benchmarks.destriping import render as render_destriping
+    from tests.benchmarks.destriping import render_flicker
 
-        lines += render_destriping(results["destriping"])
+    if results.get("destriping"):
+        lines += ["", "### Destriping, demo (galaxy-filled subarrays)"] + render_destriping(results["destriping"])
+    if results.get("clean_flicker_noise"):
+        lines += render_flicker(results["clean_flicker_noise"])
+    if results.get("full_frames"):
+        lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
+        lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
     lines += ["", END]
     return "\n".join(lines)
 
@@ -95,7 +124,10 @@ def render(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--outdir", default=str(REPO / "bench-output"))
-    out = Path(ap.parse_args().outdir).resolve()
+    ap.add_argument("--full-frames", action="store_true", help="also destriping on a full-frame program (~25 min more)")
+    args = ap.parse_args()
+    out = Path(args.outdir).resolve()
+    full_frames = args.full_frames
     out.mkdir(parents=True, exist_ok=True)
     results = {"simulate": bench_simulate(out)}
     program = Path(results["simulate"]["program"])
@@ -105,6 +137,11 @@ def main() -> None:
     from tests.benchmarks.destriping import measure as measure_destriping
 
     results["destriping"] = measure_destriping(program, Path(results["engine"]["cache"]))
+    from tests.benchmarks.destriping import measure_clean_flicker_noise
+
+    results["clean_flicker_noise"] = measure_clean_flicker_noise(program, Path(results["engine"]["cache"]), out / "clean_flicker_noise")
+    if full_frames:
+        results["full_frames"] = bench_full_frames(out)
     from processing.fileio import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))

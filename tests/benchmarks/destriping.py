@@ -140,7 +140,8 @@ FLICKER_VARIANTS = {
 }
 
 
-def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manifest_crds: str = "jwst_9001.pmap") -> dict:
+def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manifest_crds: str = "jwst_9001.pmap",
+                                targets: tuple[str, ...] | None = None) -> dict:
     """jwst's CleanFlickerNoiseStep on each un-destriped NIRCam rate file, then image2, with
     the row-structure measure of :func:`measure` (and time and peak memory per exposure)."""
     import resource
@@ -171,8 +172,10 @@ def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manif
     for label, options in FLICKER_VARIANTS.items():
         rows = []
         for name, rate in sorted(raw_rate.items()):
-            if name not in raw_cal:
+            if targets and truth.planned(name).target not in targets:
                 continue
+            if name not in raw_cal:  # image2 on the un-destriped rate file, the reference
+                raw_cal[name] = jwst_stages.run_image2(rate, workdir / "image2-alone" / name, params)
             from jwst.clean_flicker_noise import CleanFlickerNoiseStep
 
             folder = workdir / label.split("(")[1].rstrip(")").replace(" ", "-") / name
@@ -199,3 +202,21 @@ def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manif
                          "after": round(after, 4), "flux_change": round(flux, 5), "elapsed_s": round(elapsed, 1)})
         out[label] = {"exposures": rows, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)}
     return out
+
+
+def render_flicker(result: dict) -> list[str]:
+    """jwst's clean_flicker_noise, per variant and band: mean row structure before/after
+    (MJy/sr, as in :func:`render`), the worst exposure, flux change range, time per exposure."""
+    lines = ["", "jwst's clean_flicker_noise on the same rate files, then image2 (same measure):", "",
+             "| variant | band | exposures | image2 alone | after | worst after / before | flux change | time per exposure |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for label, v in result.items():
+        if not isinstance(v, dict) or "exposures" not in v:
+            continue
+        for band in sorted({e["band"] for e in v["exposures"]}):
+            es = [e for e in v["exposures"] if e["band"] == band]
+            lines.append(f"| {label} | {band} | {len(es)} | {np.mean([e['before'] for e in es]):.4f} | "
+                         f"{np.mean([e['after'] for e in es]):.4f} | {max(e['after'] / e['before'] for e in es):.1f} | "
+                         f"{100 * min(e['flux_change'] for e in es):+.2f}% to {100 * max(e['flux_change'] for e in es):+.2f}% | "
+                         f"{max(e['elapsed_s'] for e in es)} s |")
+    return lines

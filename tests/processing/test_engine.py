@@ -205,7 +205,7 @@ def test_nircam_exposures_are_destriped_against_the_truth(engine_run, effects_pr
     nircam = fits.getheader(product(engine_run["workdir"], "synth1", "f200w"))
     miri = fits.getheader(product(engine_run["workdir"], "synth1", "f770w"))
     assert nircam["HLSPDS2"] > 0 and "HLSPDS1" in nircam and "HLSPDS2" not in miri
-    released = fits.getheader(next(demo_release.glob("*synth1*f200w*_img.fits")))
+    released = fits.getheader(next(demo_release.rglob("*synth1*f200w*_img.fits")))
     assert released["HLSPDS2"] == nircam["HLSPDS2"]
     result = measure(effects_program, engine_run["cache"])
     assert len(result["exposures"]) == 6
