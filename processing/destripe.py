@@ -174,17 +174,15 @@ def masked_row_medians(image: np.ndarray, mask: np.ndarray, amps: list[slice], m
     return np.nan_to_num(out), {"fallback_rows": fallback, "skipped_rows": int(np.sum(full_frac > max_masked))}
 
 
-def source_mask(hp: np.ndarray, bad: np.ndarray, amps: list[slice], sigma: float, min_pixels: int,
-                dilate: int) -> np.ndarray:
+def source_mask(res: np.ndarray, bad: np.ndarray, sigma: float, min_pixels: int, dilate: int) -> np.ndarray:
     """Sources that survive the high-pass filter (True = masked), bad pixels included.
 
-    A first, unmasked row-median correction keeps strong stripes themselves out of the mask;
-    only connected groups of ``min_pixels`` or more are kept (single noise peaks are not
-    sources), then dilated with a disk of diameter ``dilate`` pixels."""
+    ``res`` is the filtered image after a first, unmasked row-median correction (strong
+    stripes themselves stay out of the mask); only connected groups of ``min_pixels`` or more
+    are kept (single noise peaks are not sources), then dilated with a disk of diameter
+    ``dilate`` pixels."""
     from scipy import ndimage
 
-    rows, _ = masked_row_medians(hp, bad, amps, 1.0)
-    res = hp - rows
     s = robust_sigma(res[~bad])
     if s == 0:
         return bad.copy()
@@ -283,10 +281,11 @@ def stripe_model(image: np.ndarray, valid: np.ndarray, amps: list[slice], params
     fill = np.where(replace, low + rng.normal(0.0, sig0, img.shape), img)
     hp = butterworth_highpass(fill, p.cutoff_frequency_ratio, p.order)
     # 2. source mask
-    mask = source_mask(hp, ~valid | bright, amps, p.mask_sigma, p.mask_min_pixels, p.mask_dilate_pixels)
-    sigma_map = np.where(np.isfinite(noise) & valid, noise, sig0) if noise is not None else np.full(img.shape, sig0)
-    # the power is measured after a first, unmasked row correction: strong stripes are not emission
+    # both masks are measured after a first, unmasked row correction: strong stripes are
+    # neither sources nor emission
     rows0, _ = masked_row_medians(hp, ~valid | bright, amps, 1.0)
+    mask = source_mask(hp - rows0, ~valid | bright, p.mask_sigma, p.mask_min_pixels, p.mask_dilate_pixels)
+    sigma_map = np.where(np.isfinite(noise) & valid, noise, sig0) if noise is not None else np.full(img.shape, sig0)
     emission = structure_mask(hp - rows0, sigma_map, valid & ~mask, p.structure_box, p.structure_excess)
     mask |= emission
     # 3. stripes at increasing scales: rows per amplifier, then columns
@@ -338,7 +337,7 @@ def flat_of(model) -> np.ndarray:
 
 
 def readout_geometry(model) -> tuple[bool, list[slice]]:
-    """(fast axis along x, amplifier slices along the fast axis) of a NIRCam rate model."""
+    """(fast axis along x, amplifier slices along the fast axis) of a NIRCam rate or cal model."""
     along_x = fast_axis_is_x(model.meta.subarray.fastaxis)
     ny, nx = model.data.shape[-2:]
     n_fast = nx if along_x else ny

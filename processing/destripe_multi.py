@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from processing.destripe import _DO_NOT_USE, amplifier_slices, fast_axis_is_x
+from processing.destripe import _DO_NOT_USE, readout_geometry
 from processing.stages import Input, ModelParameters, Stage
 
 log = logging.getLogger(__name__)
@@ -229,6 +229,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     """Destripe every NIRCam cal file of a target and band against the others; writes each
     ``<exposure>_cal.fits`` and ``<exposure>_destripe2.fits`` (the two models, MJy/sr)."""
     from astropy.io import fits
+    from stdatamodels.jwst import datamodels
 
     from processing.fileio import save_model_atomic
 
@@ -237,14 +238,11 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     t0 = time.time()
     meta = []
     for path in paths:  # geometry only: the pixels are read when needed
-        m, data = _load(path)
-        meta.append({"path": path, "wcs": m.meta.wcs, "shape": data.shape,
-                     "fastx": fast_axis_is_x(m.meta.subarray.fastaxis),
-                     "amps": amplifier_slices(data.shape[1] if fast_axis_is_x(m.meta.subarray.fastaxis) else data.shape[0],
-                                              int((m.meta.subarray.xstart if fast_axis_is_x(m.meta.subarray.fastaxis) else m.meta.subarray.ystart) or 1),
-                                              getattr(m.meta.exposure, "noutputs", None))})
-        meta[-1]["corners"] = _footprint(m.meta.wcs, data.shape)
-        m.close()
+        with datamodels.open(path) as m:
+            fastx, amps = readout_geometry(m)
+            shape = m.data.shape
+            meta.append({"path": path, "wcs": m.meta.wcs, "shape": shape, "fastx": fastx, "amps": amps,
+                         "corners": _footprint(m.meta.wcs, shape)})
     neighbours = {
         i: [j for j in range(len(paths)) if j != i
             and _overlap(meta[i]["wcs"], meta[i]["shape"], meta[j]["corners"]) >= p.min_overlap]
@@ -274,8 +272,6 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     written = []
     summary = []
     for i, path in enumerate(paths):
-        from stdatamodels.jwst import datamodels
-
         total = _unoriented(sum(models[i]), meta[i])
         out = Path(outdir) / path.name
         with datamodels.open(path) as m:

@@ -341,10 +341,9 @@ class Engine:
                     files.append(r["file"])
                 else:
                     entry = self.cache.entry(keys[r["task"]])
-                    if "member" in r:  # one exposure's file of a wider refining task
-                        files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if n == r["member"] + r["suffix"]]
-                    else:
-                        files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if n.endswith(r["suffix"])]
+                    # "member": one exposure's file of a wider refining task
+                    wanted = (lambda n: n == r["member"] + r["suffix"]) if "member" in r else (lambda n: n.endswith(r["suffix"]))
+                    files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if wanted(n)]
             out[name] = files
         return out
 

@@ -26,6 +26,17 @@ def _records(cache: Path) -> list[dict]:
     return out
 
 
+def _truth_of(truth, name: str) -> tuple:
+    """(planned exposure, true sky + background on its pixels (MJy/sr), injected stripes
+    (rows x amplifiers, DN/s), amplifier column slices) of one exposure."""
+    from processing.simulate.exposures import amplifier_columns
+
+    exp = truth.planned(name)
+    inj = truth.injected(name)
+    sky = truth.exposure_sky(name) + inj["BKG"]
+    return exp, sky, inj["STRIPES"], amplifier_columns(sky.shape[1], inj["STRIPES"].shape[1])
+
+
 def _row_structure(img: np.ndarray, valid: np.ndarray, cols: list[slice]) -> float:
     import warnings
 
@@ -41,7 +52,6 @@ def measure(program: Path, cache: Path) -> dict:
     from stdatamodels.jwst import datamodels
 
     from processing.simulate import detectors as D
-    from processing.simulate.exposures import amplifier_columns
     from processing.simulate.truth import Truth
 
     truth = Truth(program)
@@ -74,16 +84,12 @@ def measure(program: Path, cache: Path) -> dict:
         if n not in single_cal:
             continue
         name = n[: -len("_cal.fits")]
-        exp = truth.planned(name)
+        exp, sky, stripes, cols = _truth_of(truth, name)
         det = D.FILTERS[exp.band]["detector"]
         sub = D.subarray(det, truth.data["size"])
         ys = slice(sub["ystart"] - 1, sub["ystart"] - 1 + sub["shape"][0])
         xs = slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1])
         flat = D.flat(det, exp.band)[ys, xs]
-        inj = truth.injected(name)
-        stripes = inj["STRIPES"]
-        sky = truth.exposure_sky(name) + inj["BKG"]
-        cols = amplifier_columns(flat.shape[1], stripes.shape[1])
         stripe_img = np.concatenate([np.repeat(stripes[:, a : a + 1], c.stop - c.start, 1) for a, c in enumerate(cols)], 1)
         stripe_img = stripe_img / flat * D.FILTERS[exp.band]["photmjsr"]
         from astropy.io import fits
@@ -151,8 +157,6 @@ def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manif
 
     from processing import jwst_stages
     from processing.jwst_stages import IMAGE2, apply_crds_environment, crds_environment
-    from processing.simulate import detectors as D
-    from processing.simulate.exposures import amplifier_columns
     from processing.simulate.truth import Truth
 
     apply_crds_environment(crds_environment(program / "crds", manifest_crds))
@@ -189,10 +193,7 @@ def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manif
                 cleaned.close()
             elapsed = time.time() - t0
             cal = jwst_stages.run_image2(path, folder, params)
-            exp = truth.planned(name)
-            inj = truth.injected(name)
-            sky = truth.exposure_sky(name) + inj["BKG"]
-            cols = amplifier_columns(sky.shape[1], inj["STRIPES"].shape[1])
+            exp, sky, _, cols = _truth_of(truth, name)
             with datamodels.open(raw_cal[name]) as a, datamodels.open(cal) as c:
                 valid = np.isfinite(a.data) & ((a.dq & 1) == 0) & np.isfinite(c.data)
                 after = _row_structure(c.data - sky, valid, cols)
