@@ -31,10 +31,11 @@ STAGE_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     "lv1": {"ramp_fit": {"suppress_one_group": False}},
     # no per-exposure i2d
     "lv2": {"resample": {"skip": True}},
-    # skymatch: one constant for all images, the lowest sigma-clipped level (matching between
-    # tiles is the level-matching stage's job); DQ in the mosaic; the catalogue is not a product
+    # skymatch off: the level-matching stage (processing/level_match.py) matches the exposures
+    # and subtracts one constant per group of tiles, the paper's section 3.7; DQ in the mosaic;
+    # the catalogue is not a product
     "lv3": {
-        "skymatch": {"skymethod": "global", "subtract": True},
+        "skymatch": {"skip": True},
         "source_catalog": {"skip": True},
         # north up (paper section 3.7), DQ in the mosaic
         "resample": {"propagate_dq": True, "rotation": 0.0},

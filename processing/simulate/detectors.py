@@ -67,9 +67,15 @@ SUBARRAYS = {
     ("MIRIMAGE", "full"): ("FULL", "MIRIM_FULL"),
 }
 
-#: MIRI Lyot coronagraph region in the full-frame imager (rows and columns, 0-based).
-LYOT_ROWS = slice(735, None)
-LYOT_COLS = slice(0, 290)
+
+
+def lyot_mask(shape: tuple[int, int] = (1024, 1032), xstart: int = 1, ystart: int = 1) -> np.ndarray:
+    """MIRI Lyot coronagraph region on an image (full frame by default): the SIAF footprint
+    the processing's Lyot separation uses (processing/lyot.py), so the two agree by
+    construction."""
+    from processing.lyot import lyot_region
+
+    return lyot_region(shape, xstart, ystart)
 
 #: Photometric conversion, MJy/sr per DN/s, and nominal PSF FWHM (arcsec, Table 2 of the paper).
 FILTERS = {

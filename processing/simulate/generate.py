@@ -171,7 +171,7 @@ def _render_exposure(outdir, exp: Exposure, index, size, seed, effects: Effects,
         rec.update(background_level_mjysr=float(level), background_epoch=epoch)
     if exp.instrument == "miri" and effects.lyot and sub["name"] == "FULL":
         lyot = LYOT_OFFSET.get(exp.band, 1.0) * (1 + rng.normal(0, 0.25))
-        bkg[D.LYOT_ROWS, D.LYOT_COLS] += lyot
+        bkg[D.lyot_mask(bkg.shape, sub["xstart"], sub["ystart"])] += lyot
         rec["lyot_offset_mjysr"] = float(lyot)
     if exp.instrument == "nircam" and effects.nircam_sky:
         level = NIRCAM_SKY.get(exp.band, 0.1) * (1 + rng.normal(0, 0.03))

@@ -94,8 +94,7 @@ def test_miri_background_and_lyot_levels_present(effects_program, effects_defaul
     sky = truth.exposure_sky(name)
     resid = cal.data - sky
     good = np.isfinite(resid) & (cal.dq & 1 == 0)
-    lyot = np.zeros_like(good)
-    lyot[D.LYOT_ROWS, D.LYOT_COLS] = True
+    lyot = D.lyot_mask(good.shape)
     imager = good & ~lyot
     bkg = truth.injected(name)["BKG"]
     # the imager background: level x pattern, recorded to 1%

@@ -127,7 +127,7 @@ BROKEN = [
     ("bad-jwst-param-value", [("parameters.default", {"lv1": {"ramp_fit": {"suppress_one_group": "maybe"}}})], "parameters.default.lv1.ramp_fit.suppress_one_group"),
     ("engine-owned-param", [("parameters.default", {"lv3": {"resample": {"output_dir": "/tmp"}}})], "decided by the engine"),
     ("unknown-stage", [("targets.ngc7496.parameters", {"default": {"lv4": {}}})], "targets.ngc7496.parameters.default.lv4: unknown stage"),
-    ("unavailable-stage", [("parameters.default", {"level_match": {"sigma": 3}})], "stage 'level_match' is not available in this version"),
+    ("unavailable-stage", [("parameters.default", {"anchoring": {"sigma": 3}})], "stage 'anchoring' is not available in this version"),
     ("destripe-parameter-misspelt", [("parameters.default", {"destripe": {"scale": [3, 7]}})], "unknown parameter (did you mean 'scales'?)"),
     ("destripe-parameter-quoted", [("parameters.default", {"destripe_multi": {"second_pass": "yes"}})], "destripe_multi.second_pass"),
     ("param-band-not-observed", [("targets.ngc0628.parameters", {"band": {"F2100W": {}}})], "targets.ngc0628.parameters.band.F2100W"),
