@@ -97,7 +97,7 @@ def render(results: dict) -> str:
                      f"second run {d['second_run_s']} s")
     lines += ["", "| stage | tasks | total task time (s) | slowest task (s) | largest peak memory of one task (MB) |",
               "| --- | --- | --- | --- | --- |"]
-    for stage in ("lv1", "destripe", "lv2", "destripe_multi", "lv3"):
+    for stage in ("lv1", "destripe", "lv2", "lyot", "level_match", "destripe_multi", "lv3"):
         st = e["stages"].get(stage)
         if st:
             lines.append(f"| {stage} | {st['tasks']} | {st['total_s']} | {st['max_s']} | {st['peak_rss_mb']:.0f} |")
@@ -114,6 +114,14 @@ def render(results: dict) -> str:
         lines += ["", "### Destriping, demo (galaxy-filled subarrays)"] + render_destriping(results["destriping"])
     if results.get("clean_flicker_noise"):
         lines += render_flicker(results["clean_flicker_noise"])
+    if results.get("level_matching"):
+        from tests.benchmarks.level_matching import render as render_levels
+        from tests.benchmarks.level_matching import render_offsets, render_scaling
+
+        lines += ["", "### Level matching and Lyot separation, demo"] + render_offsets(results["level_matching"])
+        lines += render_levels(results["level_matching"])
+        if results.get("level_matching_scaling"):
+            lines += render_scaling(results["level_matching_scaling"])
     if results.get("full_frames"):
         lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
         lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
@@ -140,6 +148,11 @@ def main() -> None:
     from tests.benchmarks.destriping import measure_clean_flicker_noise
 
     results["clean_flicker_noise"] = measure_clean_flicker_noise(program, Path(results["engine"]["cache"]), out / "clean_flicker_noise")
+    from tests.benchmarks.level_matching import measure as measure_levels
+    from tests.benchmarks.level_matching import measure_scaling
+
+    results["level_matching"] = measure_levels(program, Path(results["engine"]["cache"]), out / "level-matching")
+    results["level_matching_scaling"] = measure_scaling(Path(results["engine"]["cache"]), out / "level-matching")
     if full_frames:
         results["full_frames"] = bench_full_frames(out)
     from processing.fileio import atomic_write_text

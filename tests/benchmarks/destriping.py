@@ -107,7 +107,8 @@ def measure(program: Path, cache: Path) -> dict:
             floor = _row_structure(raw - sky - stripe_img, valid, cols)
             single = _row_structure(s.data - sky, valid, cols)
             both = _row_structure(f.data - sky, valid, cols)
-            flux = float(np.nansum(np.where(valid, f.data - raw, 0)) / np.nansum(np.where(valid, sky, 0)))
+            level = float(fits.getheader(final_cal[n], 0).get("HLSPDLV", 0.0))  # level matching's offset, not destriping's
+            flux = float(np.nansum(np.where(valid, f.data + level - raw, 0)) / np.nansum(np.where(valid, sky, 0)))
         # the stripe models themselves against the injected stripes (per row and amplifier)
         total = m1
         with fits.open(model2[n]) as hd:

@@ -201,7 +201,7 @@ def test_nircam_exposures_are_destriped_against_the_truth(engine_run, effects_pr
     counts = graph.stage_counts()
     assert counts["destripe"] == 6 and counts["destripe_multi"] == 2  # NIRCam F200W: 4 + 2 exposures
     assert {r["task"].split("/")[0] for r in graph.tasks["lv3/synth1/F200W"].inputs["cal"]} == {"destripe_multi"}
-    assert {r["task"].split("/")[0] for r in graph.tasks["lv3/synth1/F770W"].inputs["cal"]} == {"lv2"}
+    assert {r["task"].split("/")[0] for r in graph.tasks["lv3/synth1/F770W"].inputs["cal"]} == {"level_match"}
     nircam = fits.getheader(product(engine_run["workdir"], "synth1", "f200w"))
     miri = fits.getheader(product(engine_run["workdir"], "synth1", "f770w"))
     assert nircam["HLSPDS2"] > 0 and "HLSPDS1" in nircam and "HLSPDS2" not in miri
@@ -213,3 +213,41 @@ def test_nircam_exposures_are_destriped_against_the_truth(engine_run, effects_pr
         assert r["both"] <= r["before"], r          # never more row structure than went in
         assert r["both_over_floor"] < 1.5, r        # near the noise floor of a row median
         assert abs(r["flux_change"]) < 0.005, r     # below 0.5% of the flux
+
+
+def test_miri_is_lyot_separated_and_level_matched_against_the_truth(engine_run, effects_program, demo_release):
+    """MIRI full frames are split into imager and coronagraph parts, level matching (on for
+    both instruments) merges them back with their own offsets, image3 reads its output with
+    skymatch off, and against the truth the exposures' levels agree far better than level 2
+    left them and than jwst's skymatch makes them."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from tests.benchmarks.level_matching import measure
+
+    graph = build_graph(load_manifest(engine_run["manifest"]))
+    counts = graph.stage_counts()
+    assert counts["lyot"] == 6 and counts["level_match"] == 4  # MIRI exposures; every target and band
+    assert {r["task"].split("/")[0] for r in graph.tasks["level_match/synth1/F770W"].inputs["cal"]} == {"lyot"}
+    assert {r["task"].split("/")[0] for r in graph.tasks["destripe_multi/synth1/F200W"].inputs["cal"]} == {"level_match"}
+    assert graph.tasks["lv3/synth1/F770W"].params["skymatch"] == {"skip": True}
+    mosaic = fits.getheader(product(engine_run["workdir"], "synth1", "f770w"))
+    assert "HLSPDLV" in mosaic and "HLSPDLC" in mosaic and "HLSPDLK" in mosaic
+    released = fits.getheader(next(demo_release.rglob("*synth1*f770w*_img.fits")))
+    assert released["HLSPDLV"] == mosaic["HLSPDLV"]
+    tables = list(engine_run["cache"].glob("objects/*/*/synth1_f770w_levels.ecsv"))
+    assert tables and len(Table.read(tables[0])) == 8  # 4 exposures x (imager, coronagraph)
+    result = measure(effects_program, engine_run["cache"], engine_run["root"] / "bench-levels")
+    for key in ("synth1/F770W", "synth2/F770W"):
+        e = result[key]
+        # against the image itself (image - true sky per part): every part at one level
+        assert e["after"]["rms_all"] < 0.01 < e["before"]["rms_all"], (key, e)
+        assert e["after"]["rms_lyot_about_imager"] < 0.01 < e["before"]["rms_lyot_about_imager"], (key, e)
+        assert e["after"]["rms_all"] < 0.1 * e["skymatch"]["rms_all"], (key, e)
+        # against the injected offsets: the imager parts to a few 0.001 MJy/sr; all parts
+        # within what the coronagraph's thin overlaps and the reconstructed master background allow
+        assert e["offset_error"]["rms_imager"] < 0.005, (key, e)
+        assert e["offset_error"]["rms_all"] < 0.03 < e["true_offset"]["rms_all"], (key, e)
+        assert e["offset_error"]["rms_all"] < 0.25 * e["skymatch_offset_error"]["rms_all"], (key, e)
+    step = result["synth1/F770W"]["mosaic"]
+    assert step["step_over_noise"] < 0.1, step
