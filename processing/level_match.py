@@ -71,7 +71,7 @@ class LevelMatchParameters(BaseModel):
     rms_min_excess: float = Field(0.1, ge=0, description="... and by more than this fraction of that mean: where every pair has nearly the same RMS their standard deviation is tiny, and the sigma cut alone would drop good pairs (measured: a 930,000-pixel dither pair at RMS 0.526 against 0.514)")
     weighting: Literal["error", "rms"] = Field("error", description="weight of a pair in the least squares: 'error', n/RMS^2 (the inverse variance of its clipped median: a 500-pixel corner counts less than a full overlap), or 'rms', 1/RMS^2 (the paper's)")
     min_pixels: int = Field(100, ge=1, description="fewest overlapping pixels for a pair to be measured")
-    align_tiles: bool = Field(True, description="align each pair of tiles by phase correlation on the overlap before differencing (tiles of different visits carry different guide-star errors until relative astrometry runs first)")
+    align_tiles: bool = Field(True, description="align each pair of tiles of different visits on their overlap before differencing (masked cross-correlation, then Gauss-Newton; tiles of different visits carry different guide-star errors until relative astrometry runs first)")
     max_shift_pixels: float = Field(32.0, gt=0, description="a tile registration shift larger than this (pixels) is not trusted: that pair is dropped")
     subtract_lowest: bool = Field(True, description="subtract from each group of tiles its lowest sigma-clipped level (the sigma-clipped mode of each tile, as jwst skymatch's 'global' method; the paper's level-3 constant); off: the reference image keeps its level-2 background")
 

@@ -56,6 +56,7 @@ class LyotParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    separate: bool = Field(True, description="split each full-frame exposure into imager and coronagraph parts (false: pass every cal file through unchanged; level matching then treats the exposure as one image, as jwst's skymatch does)")
     aperture: Literal["MIRIM_MASKLYOT", "MIRIM_CORONLYOT"] = Field(
         "MIRIM_MASKLYOT", description="SIAF aperture whose detector footprint is the coronagraph part: MIRIM_MASKLYOT "
         "(the Lyot readout region, full-frame x 1-320, y 719-1022) or MIRIM_CORONLYOT (its 272x272 science field)")
@@ -194,10 +195,10 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     with datamodels.open(src) as m:
         region = region_of(m, p.aperture)
         science = (np.asarray(m.dq) & DO_NOT_USE) == 0
-        if not has_two_parts(region, science):
+        if not p.separate or not has_two_parts(region, science):
             shutil.copyfile(src, out_imager)
-            log.info("%s: no coronagraph region to separate (%s; subarray %s), passed through", src.name, p.aperture,
-                     m.meta.subarray.name)
+            log.info("%s: %s, passed through", src.name, "separation off (lyot.separate = false)" if not p.separate
+                     else f"no coronagraph region to separate ({p.aperture}; subarray {m.meta.subarray.name})")
             return [out_imager]
         dq_imager, dq_coron = split(m.dq, region)
         m.dq = dq_imager

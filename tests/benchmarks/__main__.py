@@ -43,15 +43,7 @@ def bench_engine(out: Path, program: Path, executor: str = "local") -> dict:
     subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work)], check=True, cwd=REPO,
                    stdout=subprocess.DEVNULL)
     second = time.time() - t0
-    per_stage: dict = defaultdict(lambda: {"tasks": 0, "total_s": 0.0, "max_s": 0.0, "peak_rss_mb": 0.0})
-    for rec_file in (work / "cache" / "objects").glob("*/*/task.json"):
-        rec = json.loads(rec_file.read_text())
-        st = per_stage[rec["stage"]]
-        st["tasks"] += 1
-        st["total_s"] = round(st["total_s"] + rec["elapsed_s"], 1)
-        st["max_s"] = max(st["max_s"], rec["elapsed_s"])
-        st["peak_rss_mb"] = max(st["peak_rss_mb"], rec["peak_rss_mb"])
-    return {"executor": executor, "first_run_s": round(first, 1), "second_run_s": round(second, 2), "stages": dict(per_stage),
+    return {"executor": executor, "first_run_s": round(first, 1), "second_run_s": round(second, 2), "stages": bench_stage_costs(work / "cache"),
             "cache": str(work / "cache")}
 
 
@@ -80,9 +72,40 @@ def bench_full_frames(out: Path) -> dict:
     subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work)], check=True, cwd=REPO)
     result = measure(program, work / "cache")
     result["run_s"] = round(time.time() - t0, 1)
+    from tests.benchmarks.level_matching import measure as measure_levels
+
+    result["level_matching"] = measure_levels(program, work / "cache", out / "level-matching-full")
+    result["level_match_task"] = {k: v for k, v in bench_stage_costs(work / "cache").items() if k == "level_match"}
     result["clean_flicker_noise"] = measure_clean_flicker_noise(program, work / "cache", work / "clean_flicker_noise",
                                                                 targets=("synth2",))
     return result
+
+
+def bench_lyot_off(out: Path, program: Path) -> dict:
+    """The MIRI mosaics of a run with the Lyot separation off: the coronagraph region's level
+    without separation (synth2 only: one tile, so the coronagraph is not covered by another
+    tile's imager)."""
+    from tests.benchmarks.level_matching import mosaic_lyot_of_run
+    from tests.conftest import write_manifest
+
+    manifest = write_manifest(out / "nolyot.toml", program, extra="\n[parameters.instrument.miri.lyot]\nseparate = false\n")
+    work = out / f"work-nolyot-{time.strftime('%Y%m%dT%H%M%S')}"
+    subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work), "--targets", "synth2",
+                    "--bands", "F770W,F1000W,F2100W"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    return mosaic_lyot_of_run(program, work / "cache")
+
+
+def bench_stage_costs(cache: Path) -> dict:
+    """Per stage: tasks, total and slowest time, largest peak memory, from the task records."""
+    per_stage: dict = defaultdict(lambda: {"tasks": 0, "total_s": 0.0, "max_s": 0.0, "peak_rss_mb": 0.0})
+    for rec_file in (cache / "objects").glob("*/*/task.json"):
+        rec = json.loads(rec_file.read_text())
+        st = per_stage[rec["stage"]]
+        st["tasks"] += 1
+        st["total_s"] = round(st["total_s"] + rec["elapsed_s"], 1)
+        st["max_s"] = max(st["max_s"], rec["elapsed_s"])
+        st["peak_rss_mb"] = max(st["peak_rss_mb"], rec["peak_rss_mb"])
+    return dict(per_stage)
 
 
 def render(results: dict) -> str:
@@ -120,11 +143,24 @@ def render(results: dict) -> str:
 
         lines += ["", "### Level matching and Lyot separation, demo"] + render_offsets(results["level_matching"])
         lines += render_levels(results["level_matching"])
+        from tests.benchmarks.level_matching import render_lyot
+
+        lines += render_lyot(results["level_matching"], results.get("lyot_off", {}))
         if results.get("level_matching_scaling"):
             lines += render_scaling(results["level_matching_scaling"])
     if results.get("full_frames"):
         lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
         lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
+        if results["full_frames"].get("level_matching"):
+            from tests.benchmarks.level_matching import render as render_levels
+            from tests.benchmarks.level_matching import render_offsets
+
+            lines += ["", "### Level matching, full frames (F200W, 2048x2048: synth1 2 tiles x 4 dithers, synth2 4 dithers)"]
+            lines += render_offsets(results["full_frames"]["level_matching"]) + render_levels(results["full_frames"]["level_matching"])
+            st = results["full_frames"].get("level_match_task", {}).get("level_match")
+            if st:
+                lines += ["", f"level_match on full frames: {st['tasks']} tasks, slowest {st['max_s']} s, "
+                          f"largest peak memory {st['peak_rss_mb']:.0f} MB"]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -152,6 +188,7 @@ def main() -> None:
     from tests.benchmarks.level_matching import measure_scaling
 
     results["level_matching"] = measure_levels(program, Path(results["engine"]["cache"]), out / "level-matching")
+    results["lyot_off"] = bench_lyot_off(out, program)
     results["level_matching_scaling"] = measure_scaling(Path(results["engine"]["cache"]), out / "level-matching")
     if full_frames:
         results["full_frames"] = bench_full_frames(out)

@@ -30,9 +30,38 @@ import numpy as np
 from tests.benchmarks.destriping import _records
 
 
-def _latest(records: list[dict], stage: str) -> dict[str, dict]:
-    """Task id -> its most recent record (a cache may hold older keys of the same task)."""
-    return {r["task"]: r for r in records if r["stage"] == stage}
+def _run_chain(cache: Path, records: list[dict]) -> list[tuple[dict, dict, dict[str, dict]]]:
+    """The level-matching tasks of the run that made the workdir's products (a cache may also
+    hold other runs' tasks, e.g. the Figure 3 variants): per product, (its lv3 record, the
+    level_match record it read, exposure -> the lv2 record level matching read)."""
+    by_key = {r["key"]: r for r in records}
+    index = json.loads((cache.parent / "products" / "index.json").read_text())
+
+    def upstream(rec: dict, stage: str) -> list[dict]:
+        found, frontier = [], [rec]
+        while frontier:
+            nxt = []
+            for r in frontier:
+                for ref in r["inputs"].get("cal", []):
+                    up = by_key[ref["task"]]
+                    if up["stage"] == stage:
+                        if up not in found:
+                            found.append(up)
+                    elif up not in nxt:
+                        nxt.append(up)
+            frontier = nxt
+        return found
+
+    out = []
+    for p in index["products"]:
+        if p["task"].split("/")[0] != "lv3":
+            continue
+        lv3 = by_key[p["key"]]
+        lm = upstream(lv3, "level_match")
+        if lm:
+            lv2 = {r["task"].split("/", 1)[1]: r for r in upstream(lm[0], "lv2")}
+            out.append((lv3, lm[0], lv2))
+    return out
 
 
 def _levels(data: np.ndarray, dq: np.ndarray, sky: np.ndarray, region: np.ndarray | None) -> tuple[float, float]:
@@ -120,17 +149,14 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
     truth = Truth(program)
     records = _records(cache)
     by_key = {r["key"]: r for r in records}
-    lv2 = _latest(records, "lv2")
-    lm = _latest(records, "level_match")
-    lv3 = _latest(records, "lv3")
     out: dict = {}
-    for tid, rec in sorted(lm.items()):
-        target, band = tid.split("/")[1:]
+    for lv3rec, rec, lv2 in sorted(_run_chain(cache, records), key=lambda c: c[1]["task"]):
+        target, band = rec["task"].split("/")[1:]
         exposures = sorted(n.replace("_cal.fits", "") for n in rec["outputs"] if n.endswith("_cal.fits"))
         rows = []
         raw_files = []
         for name in exposures:
-            raw = lv2[f"lv2/{name}"]
+            raw = lv2[name]
             raw_file = raw["dir"] / f"{name}_cal.fits"
             raw_files.append(raw_file)
             sky = truth.exposure_sky(name)
@@ -168,11 +194,11 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
                 "rms_lyot_about_imager": float(np.sqrt(np.mean((ly - imager.mean()) ** 2))) if ly.size else None,
                 "mean_level": float(np.mean(parts)),
             }
-        lv3rec = lv3.get(f"lv3/{target}/{band}")
-        if lv3rec is not None:
-            i2d = next(lv3rec["dir"] / n for n in lv3rec["outputs"] if n.endswith("_i2d.fits"))
-            entry["mosaic"] = mosaic_steps(truth, target, band, i2d,
-                                           {r["exposure"]: rec["dir"] / f"{r['exposure']}_cal.fits" for r in rows})
+        i2d = next(lv3rec["dir"] / n for n in lv3rec["outputs"] if n.endswith("_i2d.fits"))
+        cals = {r["exposure"]: rec["dir"] / f"{r['exposure']}_cal.fits" for r in rows}
+        entry["mosaic"] = mosaic_steps(truth, target, band, i2d, cals)
+        if truth.exposures[exposures[0]]["instrument"] == "miri":
+            entry["mosaic_lyot"] = mosaic_lyot(truth, target, band, i2d, cals)
         out[f"{target}/{band}"] = entry
     return out
 
@@ -234,6 +260,89 @@ def mosaic_steps(truth, target: str, band: str, i2d: Path, cal_files: dict[str, 
     step = float(max(vals) - min(vals)) if len(vals) > 1 else float("nan")
     return {"tiles": len(cover), "levels": levels, "pixel_noise": sigma, "step": step,
             "step_over_noise": step / sigma if sigma > 0 else float("nan")}
+
+
+def mosaic_lyot(truth, target: str, band: str, i2d: Path, cal_files: dict[str, Path]) -> dict:
+    """The coronagraph region's level in the mosaic against the imager's: median of (mosaic
+    - aligned truth) where only coronagraph parts cover the sky, minus the same where only
+    imager parts do (MJy/sr); 0 when the two are level-matched."""
+    from astropy.stats import sigma_clipped_stats
+    from matplotlib.path import Path as Polygon
+    from scipy import ndimage
+    from stdatamodels.jwst import datamodels
+
+    from processing import lyot
+    from processing.destripe_multi import _shifted
+    from processing.level_match import align_shift
+
+    with datamodels.open(i2d) as m:
+        data = np.asarray(m.data, dtype=np.float64)
+        wcs = m.meta.wcs
+        ny, nx = data.shape
+        yy, xx = np.mgrid[0:ny, 0:nx]
+        ra, dec = wcs(xx, yy)
+    pts = np.column_stack([xx.ravel(), yy.ravel()])
+    coron_any = np.zeros(data.shape, dtype=bool)
+    imager_any = np.zeros(data.shape, dtype=bool)
+    poly = lyot.aperture_polygon()
+    for name, path in cal_files.items():
+        with datamodels.open(path) as c:
+            h, w = c.data.shape
+            x0, y0 = int(c.meta.subarray.xstart or 1) - 1, int(c.meta.subarray.ystart or 1) - 1
+            frame = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+            cor = poly - np.array([x0, y0])
+            masks = []
+            for corners in (frame, cor):
+                r, d = c.meta.wcs(corners[:, 0], corners[:, 1])
+                px, py = wcs.invert(r, d)
+                masks.append(Polygon(np.column_stack([px, py])).contains_points(pts).reshape(data.shape))
+        coron_any |= masks[1]
+        imager_any |= masks[0] & ~masks[1]
+    sky = truth.sky(target, band, ra, dec)
+    out = {}
+    for label, mask in (("coron", coron_any & ~imager_any), ("imager", imager_any & ~coron_any)):
+        mask = ndimage.binary_erosion(mask & np.isfinite(data), iterations=5)
+        if mask.sum() < 500:
+            return {"coron_minus_imager": float("nan"), "pixels": int(mask.sum())}
+        a, b = np.where(mask, data, np.nan), np.where(mask, sky, np.nan)
+        s = align_shift(a, b) or (0.0, 0.0)
+        diff = (a - _shifted(b, *s))[mask]
+        _, med, std = sigma_clipped_stats(diff[np.isfinite(diff)], sigma=3, maxiters=10)
+        out[label] = (float(med), float(std), int(mask.sum()))
+    return {"coron_minus_imager": out["coron"][0] - out["imager"][0], "coron_pixels": out["coron"][2],
+            "pixel_noise": out["coron"][1]}
+
+
+def mosaic_lyot_of_run(program: Path, cache: Path) -> dict:
+    """``target/band -> mosaic_lyot`` for the MIRI mosaics of a run (e.g. one with the
+    separation off)."""
+    from processing.simulate.truth import Truth
+
+    truth = Truth(program)
+    out = {}
+    for lv3rec, rec, _ in _run_chain(cache, _records(cache)):
+        target, band = rec["task"].split("/")[1:]
+        names = sorted(n.replace("_cal.fits", "") for n in rec["outputs"] if n.endswith("_cal.fits"))
+        if truth.exposures[names[0]]["instrument"] != "miri":
+            continue
+        i2d = next(lv3rec["dir"] / n for n in lv3rec["outputs"] if n.endswith("_i2d.fits"))
+        out[f"{target}/{band}"] = mosaic_lyot(truth, target, band, i2d, {n: rec["dir"] / f"{n}_cal.fits" for n in names})
+    return out
+
+
+def render_lyot(result: dict, without: dict) -> list[str]:
+    lines = ["", "The coronagraph (Lyot) region in the final mosaic (MJy/sr): median of (mosaic - aligned truth) where only "
+             "coronagraph parts cover the sky minus the same where only imager parts do; without separation = the same "
+             "run with `[parameters.instrument.miri.lyot] separate = false` (level matching then moves each exposure as "
+             "one image, as skymatch does):", "",
+             "| target/band | with separation | without | pixel noise |", "| --- | --- | --- | --- |"]
+    for key, e in result.items():
+        w = e.get("mosaic_lyot", {})
+        if w.get("coron_minus_imager") != w.get("coron_minus_imager") or "coron_minus_imager" not in w:
+            continue
+        wo = without.get(key, {}).get("coron_minus_imager", float("nan"))
+        lines.append(f"| {key} | {w['coron_minus_imager']:+.4f} | {wo:+.4f} | {w['pixel_noise']:.3f} |")
+    return lines
 
 
 def render_offsets(result: dict) -> list[str]:

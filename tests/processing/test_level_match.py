@@ -211,3 +211,30 @@ def test_tiles_misaligned_by_a_pointing_error_are_aligned_before_differencing(tm
     aligned = L.match_levels(images, np.zeros(2), L.LevelMatchParameters(subtract_lowest=False), tmp_path)
     assert aligned.pairs2[0].shift == pytest.approx((-3.4, 2.6), abs=0.1)
     assert abs(aligned.total(1) - 0.5) < 0.01 < abs(unaligned.total(1) - 0.5)
+
+
+def test_lyot_stage_writes_two_parts_or_passes_through(tmp_path):
+    from stdatamodels.jwst import datamodels
+
+    m = datamodels.ImageModel((1024, 1032))
+    m.data = np.random.default_rng(0).normal(size=(1024, 1032)).astype(np.float32)
+    m.dq = np.zeros((1024, 1032), dtype=np.uint32)
+    m.meta.subarray.xstart, m.meta.subarray.ystart, m.meta.subarray.name = 1, 1, "FULL"
+    src = tmp_path / "in" / "jw01_mirimage_cal.fits"
+    src.parent.mkdir()
+    m.save(src)
+    out = tmp_path / "split"
+    out.mkdir()
+    written = lyot.run({"cal": [str(src)]}, out, {}, {})
+    assert sorted(p.name for p in written) == ["jw01_mirimage_cal.fits", "jw01_mirimage_coron_cal.fits"]
+    region = lyot.lyot_region((1024, 1032))
+    with datamodels.open(written[0]) as imager, datamodels.open(written[1]) as coron:
+        assert lyot.part_of(written[0]) == "imager" and lyot.part_of(written[1]) == "coron"
+        assert np.all(imager.dq[region] & lyot.SPLIT_FLAGS) and not np.any(imager.dq[~region])
+        assert np.all(coron.dq[~region] & lyot.SPLIT_FLAGS) and not np.any(coron.dq[region])
+        np.testing.assert_array_equal(imager.data, m.data)
+    assert {lyot.exposure_of(p) for p in written} == {"jw01_mirimage"}
+    off = tmp_path / "off"
+    off.mkdir()
+    written = lyot.run({"cal": [str(src)]}, off, {"separate": False}, {})
+    assert [p.name for p in written] == ["jw01_mirimage_cal.fits"] and lyot.part_of(written[0]) == "full"
