@@ -312,5 +312,5 @@ IMAGE3 = Stage(
     run="processing.jwst_stages:run_lv3", modules=_MODULES,
     parameters=_parameters("lv3", "jwst.pipeline:Image3Pipeline"),
     products=(Product("img", "_i2d.fits"),),
-    memory_gb=2.5, description="calwebb_image3: tweakreg, skymatch, outlier detection, resample to the mosaic",
+    memory_gb=2.5, description="calwebb_image3: tweakreg (NIRCam), outlier detection, resample to the mosaic (skymatch off: level matching replaces it)",
 )

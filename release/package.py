@@ -350,7 +350,14 @@ def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
     )
     flags = sorted(((int(np.log2(v)), k, v) for k, v in dqflags.pixel.items() if v), key=lambda x: x[2])
+    from processing.stages import default_registry
+
+    wanted = {i.lower() for i in m.program.instruments}
+    stages = [{"name": s.name, "description": s.description,
+               "instruments": "" if set(s.instruments) >= wanted else ", ".join(i for i in s.instruments if i in wanted)}
+              for s in default_registry().ordered() if wanted & set(s.instruments)]
     return env.get_template("README.txt.j2").render(
+        stages=stages,
         m=m, file_version=file_version(m.release.version), date=datetime.date.today().isoformat(),
         files=[{"name": f.path.name, "product": f.product, "target": f.target, "filter": f.filter} for f in files],
         targets=m.targets, flags=flags, simulated=simulated, not_in_version=NOT_IN_THIS_VERSION,
