@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -196,9 +196,10 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
             }
         i2d = next(lv3rec["dir"] / n for n in lv3rec["outputs"] if n.endswith("_i2d.fits"))
         cals = {r["exposure"]: rec["dir"] / f"{r['exposure']}_cal.fits" for r in rows}
-        entry["mosaic"] = mosaic_steps(truth, target, band, i2d, cals)
+        mosaic = Mosaic.load(truth, target, band, i2d)
+        entry["mosaic"] = mosaic_steps(truth, mosaic, cals)
         if truth.exposures[exposures[0]]["instrument"] == "miri":
-            entry["mosaic_lyot"] = mosaic_lyot(truth, target, band, i2d, cals)
+            entry["mosaic_lyot"] = mosaic_lyot(mosaic, cals)
         out[f"{target}/{band}"] = entry
     return out
 
@@ -223,58 +224,76 @@ def _register_to_truth(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return min(candidates, key=lambda c: pair_difference(a, _shifted(b, *c))[2])
 
 
-def mosaic_steps(truth, target: str, band: str, i2d: Path, cal_files: dict[str, Path]) -> dict:
-    """Median of (mosaic - truth) where only one tile covers the sky, per tile, and the
-    mosaic's pixel noise there; the step is the spread of the tiles' levels."""
-    from matplotlib.path import Path as Polygon
-    from stdatamodels.jwst import datamodels
+@dataclass
+class Mosaic:
+    """A final mosaic with the true sky on its pixels (evaluated once, shared by the measures)."""
 
-    from processing.level_match import align_shift
-    from processing.destripe_multi import _shifted
+    data: np.ndarray
+    wcs: object
+    sky: np.ndarray
+    points: np.ndarray  # (x, y) of every pixel, for footprint tests
 
-    with datamodels.open(i2d) as m:
-        data = np.asarray(m.data, dtype=np.float64)
-        wcs = m.meta.wcs
-        ny, nx = data.shape
-        yy, xx = np.mgrid[0:ny, 0:nx]
+    @classmethod
+    def load(cls, truth, target: str, band: str, i2d: Path) -> Mosaic:
+        from stdatamodels.jwst import datamodels
+
+        with datamodels.open(i2d) as m:
+            data = np.asarray(m.data, dtype=np.float64)
+            wcs = m.meta.wcs
+        yy, xx = np.mgrid[0:data.shape[0], 0:data.shape[1]]
         ra, dec = wcs(xx, yy)
-    visits: dict[str, list[str]] = defaultdict(list)
-    for name in cal_files:
-        visits[truth.exposures[name]["visit"]].append(name)
-    cover = {}
-    pts = np.column_stack([xx.ravel(), yy.ravel()])
-    for visit, names in visits.items():
-        mask = np.zeros(data.shape, dtype=bool)
-        for name in names:
-            with datamodels.open(cal_files[name]) as c:
-                h, w = c.data.shape
-                cx = np.array([0, w - 1, w - 1, 0]) 
-                cy = np.array([0, 0, h - 1, h - 1])
-                r, d = c.meta.wcs(cx, cy)
-            px, py = wcs.invert(r, d)
-            mask |= Polygon(np.column_stack([px, py])).contains_points(pts).reshape(data.shape)
-        cover[visit] = mask
-    if len(cover) < 2:
-        return {"tiles": len(cover)}
-    sky = truth.sky(target, band, ra, dec)
-    levels, noise = {}, {}
-    for visit, mask in cover.items():
-        only = mask & ~np.any([m for v, m in cover.items() if v != visit], axis=0) & np.isfinite(data)
-        # erode away the tile's edges (drizzle weights taper there)
+        return cls(data, wcs, truth.sky(target, band, ra, dec), np.column_stack([xx.ravel(), yy.ravel()]))
+
+    def footprint(self, cal_wcs, corners: np.ndarray) -> np.ndarray:
+        """Mosaic pixels inside a polygon given in a calibrated exposure's pixels (k, 2)."""
+        from matplotlib.path import Path as Polygon
+
+        r, d = cal_wcs(corners[:, 0], corners[:, 1])
+        px, py = self.wcs.invert(r, d)
+        return Polygon(np.column_stack([px, py])).contains_points(self.points).reshape(self.data.shape)
+
+    def level(self, mask: np.ndarray) -> tuple[float, float, int] | None:
+        """(sigma-clipped median of mosaic - aligned truth, its clipped std, pixels) over
+        ``mask`` eroded by 5 pixels (drizzle weights taper at footprint edges); None below
+        500 pixels."""
+        from astropy.stats import sigma_clipped_stats
         from scipy import ndimage
 
-        only = ndimage.binary_erosion(only, iterations=5)
-        if only.sum() < 500:
-            continue
-        a = np.where(only, data, np.nan)
-        b = np.where(only, sky, np.nan)
-        s = _register_to_truth(a, b)
-        diff = (a - _shifted(b, *s))[only]
-        diff = diff[np.isfinite(diff)]
-        from astropy.stats import sigma_clipped_stats
+        from processing.destripe_multi import _shifted
 
-        _, med, std = sigma_clipped_stats(diff, sigma=3, maxiters=10)
-        levels[visit], noise[visit] = float(med), float(std)
+        mask = ndimage.binary_erosion(mask & np.isfinite(self.data), iterations=5)
+        if mask.sum() < 500:
+            return None
+        a, b = np.where(mask, self.data, np.nan), np.where(mask, self.sky, np.nan)
+        diff = (a - _shifted(b, *_register_to_truth(a, b)))[mask]
+        _, med, std = sigma_clipped_stats(diff[np.isfinite(diff)], sigma=3, maxiters=10)
+        return float(med), float(std), int(mask.sum())
+
+
+def _frame(shape: tuple[int, int], edge: float) -> np.ndarray:
+    """Corners of an image of ``shape``: pixel edges (``edge`` 0.5) or centres (0)."""
+    h, w = shape
+    return np.array([[-edge, -edge], [w - 1 + edge, -edge], [w - 1 + edge, h - 1 + edge], [-edge, h - 1 + edge]])
+
+
+def mosaic_steps(truth, mosaic: Mosaic, cal_files: dict[str, Path]) -> dict:
+    """Median of (mosaic - truth) where only one tile covers the sky, per tile, and the
+    mosaic's pixel noise there; the step is the spread of the tiles' levels."""
+    from stdatamodels.jwst import datamodels
+
+    cover: dict[str, np.ndarray] = {}
+    for name, path in cal_files.items():
+        visit = truth.exposures[name]["visit"]
+        with datamodels.open(path) as c:
+            inside = mosaic.footprint(c.meta.wcs, _frame(c.data.shape, 0.0))
+        cover[visit] = cover[visit] | inside if visit in cover else inside
+    if len(cover) < 2:
+        return {"tiles": len(cover)}
+    levels, noise = {}, {}
+    for visit, mask in cover.items():
+        found = mosaic.level(mask & ~np.any([m for v, m in cover.items() if v != visit], axis=0))
+        if found is not None:
+            levels[visit], noise[visit] = found[0], found[1]
     vals = list(levels.values())
     sigma = float(np.median(list(noise.values()))) if noise else float("nan")
     step = float(max(vals) - min(vals)) if len(vals) > 1 else float("nan")
@@ -282,55 +301,28 @@ def mosaic_steps(truth, target: str, band: str, i2d: Path, cal_files: dict[str, 
             "step_over_noise": step / sigma if sigma > 0 else float("nan")}
 
 
-def mosaic_lyot(truth, target: str, band: str, i2d: Path, cal_files: dict[str, Path]) -> dict:
+def mosaic_lyot(mosaic: Mosaic, cal_files: dict[str, Path]) -> dict:
     """The coronagraph region's level in the mosaic against the imager's: median of (mosaic
     - aligned truth) where only coronagraph parts cover the sky, minus the same where only
     imager parts do (MJy/sr); 0 when the two are level-matched."""
-    from astropy.stats import sigma_clipped_stats
-    from matplotlib.path import Path as Polygon
-    from scipy import ndimage
     from stdatamodels.jwst import datamodels
 
     from processing import lyot
-    from processing.destripe_multi import _shifted
-    from processing.level_match import align_shift
 
-    with datamodels.open(i2d) as m:
-        data = np.asarray(m.data, dtype=np.float64)
-        wcs = m.meta.wcs
-        ny, nx = data.shape
-        yy, xx = np.mgrid[0:ny, 0:nx]
-        ra, dec = wcs(xx, yy)
-    pts = np.column_stack([xx.ravel(), yy.ravel()])
-    coron_any = np.zeros(data.shape, dtype=bool)
-    imager_any = np.zeros(data.shape, dtype=bool)
-    poly = lyot.aperture_polygon()
-    for name, path in cal_files.items():
+    coron_any = np.zeros(mosaic.data.shape, dtype=bool)
+    imager_any = np.zeros(mosaic.data.shape, dtype=bool)
+    for path in cal_files.values():
         with datamodels.open(path) as c:
-            h, w = c.data.shape
-            x0, y0 = int(c.meta.subarray.xstart or 1) - 1, int(c.meta.subarray.ystart or 1) - 1
-            frame = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
-            cor = poly - np.array([x0, y0])
-            masks = []
-            for corners in (frame, cor):
-                r, d = c.meta.wcs(corners[:, 0], corners[:, 1])
-                px, py = wcs.invert(r, d)
-                masks.append(Polygon(np.column_stack([px, py])).contains_points(pts).reshape(data.shape))
-        coron_any |= masks[1]
-        imager_any |= masks[0] & ~masks[1]
-    sky = truth.sky(target, band, ra, dec)
-    out = {}
-    for label, mask in (("coron", coron_any & ~imager_any), ("imager", imager_any & ~coron_any)):
-        mask = ndimage.binary_erosion(mask & np.isfinite(data), iterations=5)
-        if mask.sum() < 500:
-            return {"coron_minus_imager": float("nan"), "pixels": int(mask.sum())}
-        a, b = np.where(mask, data, np.nan), np.where(mask, sky, np.nan)
-        s = _register_to_truth(a, b)
-        diff = (a - _shifted(b, *s))[mask]
-        _, med, std = sigma_clipped_stats(diff[np.isfinite(diff)], sigma=3, maxiters=10)
-        out[label] = (float(med), float(std), int(mask.sum()))
-    return {"coron_minus_imager": out["coron"][0] - out["imager"][0], "coron_pixels": out["coron"][2],
-            "pixel_noise": out["coron"][1]}
+            corner = np.array([int(c.meta.subarray.xstart or 1) - 1, int(c.meta.subarray.ystart or 1) - 1])
+            frame = mosaic.footprint(c.meta.wcs, _frame(c.data.shape, 0.5))
+            coron = mosaic.footprint(c.meta.wcs, lyot.aperture_polygon() - corner)
+        coron_any |= coron
+        imager_any |= frame & ~coron
+    c_level = mosaic.level(coron_any & ~imager_any)
+    i_level = mosaic.level(imager_any & ~coron_any)
+    if c_level is None or i_level is None:
+        return {"coron_minus_imager": float("nan")}
+    return {"coron_minus_imager": c_level[0] - i_level[0], "coron_pixels": c_level[2], "pixel_noise": c_level[1]}
 
 
 def mosaic_lyot_of_run(program: Path, cache: Path) -> dict:
@@ -346,7 +338,7 @@ def mosaic_lyot_of_run(program: Path, cache: Path) -> dict:
         if truth.exposures[names[0]]["instrument"] != "miri":
             continue
         i2d = next(lv3rec["dir"] / n for n in lv3rec["outputs"] if n.endswith("_i2d.fits"))
-        out[f"{target}/{band}"] = mosaic_lyot(truth, target, band, i2d, {n: rec["dir"] / f"{n}_cal.fits" for n in names})
+        out[f"{target}/{band}"] = mosaic_lyot(Mosaic.load(truth, target, band, i2d), {n: rec["dir"] / f"{n}_cal.fits" for n in names})
     return out
 
 
