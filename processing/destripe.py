@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,7 +52,7 @@ _REFERENCE_PIXEL = 2**31
 class SingleTileParameters(BaseModel):
     """Single-tile destriping (paper §3.6.1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     cutoff_frequency_ratio: float = Field(0.005, gt=0, lt=0.5, description="Butterworth high-pass cut-off, cycles per pixel (0.005: structure larger than ~200 px is kept out of the stripe model)")
     order: float = Field(2.0, gt=0, description="Butterworth filter order")
@@ -61,7 +62,7 @@ class SingleTileParameters(BaseModel):
     mask_dilate_pixels: int = Field(11, ge=1, description="diameter of the dilation of the source mask, pixels")
     structure_box: int = Field(31, ge=3, description="box (pixels) over which the filtered image's power is compared with the noise to find extended emission")
     structure_excess: float = Field(0.15, ge=0, description="emission is masked where the filtered image's mean square exceeds the noise's by this fraction (0.15 = 15%, ~3 sigma for a 31-pixel box)")
-    scales: list[int] = Field([3, 7, 15, 31, 63, 127], min_length=1, description="median-filter lengths across the stripes, pixels")
+    scales: list[Annotated[int, Field(ge=1, le=4096)]] = Field([3, 7, 15, 31, 63, 127], min_length=1, description="median-filter lengths across the stripes, pixels")
     max_masked_fraction: float = Field(0.8, gt=0, le=1, description="above this masked fraction of an amplifier row, the full-row median is used")
     columns: bool = Field(True, description="also remove column medians after the rows")
 

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 class MultiTileParameters(BaseModel):
     """Multi-tile destriping (paper §3.6.2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sigma: float = Field(3.0, gt=0, description="clip of the median stack and of the row medians, sigma")
     iterations: int = Field(5, ge=1, description="sigma-clipping iterations")

@@ -89,10 +89,14 @@ _MAPPING_RE = re.compile(r"'([A-Za-z0-9_.-]+\.(?:pmap|imap|rmap))'")
 _REFERENCE_RE = re.compile(r"'([A-Za-z0-9_.-]+\.(?:fits|asdf|json|yaml|txt))'")
 
 
-def crds_fingerprint(crds_path: str | Path | None, context: str, hashes) -> str:
-    """The CRDS context by content: its mapping files and every reference file of it present in
-    the local cache (by sha256, remembered by ``hashes``). A reference not yet downloaded
-    counts by name (CRDS never reuses a name). Without a local cache, the context name."""
+def crds_fingerprint(crds_path: str | Path | None, context: str, hashes, references_by_content: bool = True) -> str:
+    """The CRDS context by content: its mapping files and every reference file it names.
+
+    References count by sha256 (remembered by ``hashes``) where ``references_by_content``
+    (``crds_mode = "local"``: a context built or copied by hand, whose files nothing else
+    guarantees), else by name: the real CRDS never reuses a name, and a key that changed when
+    a reference was downloaded (or differed between two machines' caches) would rerun
+    everything. Without a local cache, the context name."""
     if crds_path is None:
         return context
     mappings = Path(crds_path) / "mappings" / "jwst"
@@ -117,6 +121,9 @@ def crds_fingerprint(crds_path: str | Path | None, context: str, hashes) -> str:
         refs.update(_REFERENCE_RE.findall(text))
     references = Path(crds_path) / "references" / "jwst"
     for ref in sorted(refs):
+        if not references_by_content:
+            h.update(ref.encode() + b"\0")
+            continue
         found = sorted(references.glob(f"*/{ref}")) if references.is_dir() else []
         h.update(ref.encode() + b"\0" + (hashes.sha256(found[0]).encode() if found else b"not local"))
     return f"{context}:{h.hexdigest()[:16]}"
@@ -329,7 +336,8 @@ class Engine:
 
     @functools.cached_property
     def crds(self) -> str:
-        return crds_fingerprint(self.crds_path, self.lm.manifest.pins.crds_context, self.hashes)
+        pins = self.lm.manifest.pins
+        return crds_fingerprint(self.crds_path, pins.crds_context, self.hashes, references_by_content=pins.crds_mode == "local")
 
     # -- keys ------------------------------------------------------------------------------
     def _input_files(self, task: Task, keys: dict[str, str], records: dict[str, dict]) -> dict[str, list[str]]:
@@ -481,6 +489,7 @@ class Engine:
             log.info("removed %d scratch folder(s) left by interrupted runs", stale)
         pending = {t.id: t for t in self.graph.order()}
         running: dict[Any, tuple[Task, str, float]] = {}
+        attempts: dict[str, int] = {}  # tasks run again after their worker died
 
         def unfinished(task: Task) -> str | None:
             return next((d for d in task.deps if summary.results.get(d) and summary.results[d].status in ("failed", "skipped")), None)
@@ -524,6 +533,11 @@ class Engine:
                         _tick(progress, task, "failed")
                     except Exception as exc:  # a worker that died (memory, kill) or an unexpected bug
                         reason = pool.describe_failure(exc)
+                        if pool.retryable(exc) and attempts.get(task.id, 0) < 1:
+                            attempts[task.id] = attempts.get(task.id, 0) + 1
+                            log.warning("%s: %s; running it once more", task.id, reason)
+                            pending[task.id] = task
+                            continue
                         summary.results[task.id] = TaskResult(task, "failed", key, error=f"{task.stage} failed on {task.id}: {reason}")
                         log.error("%s: %s", task.id, reason)
                         _tick(progress, task, "failed")

@@ -36,23 +36,41 @@ class LocalExecutor:
         self.workers, self.env = workers, env
 
     def __enter__(self) -> "LocalExecutor":
+        self._start()
+        return self
+
+    def _start(self) -> None:
         from processing.jwst_stages import worker_init
 
         self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=worker_init,
                                            initargs=(self.env,))
-        return self
 
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0) -> cf.Future:
-        return self.pool.submit(fn, spec)
+        """Submit a task; a pool broken by a worker that died (killed, out of memory) is
+        replaced, so the remaining tasks still run (the tasks that were running in it fail,
+        named, and a rerun resumes them)."""
+        try:
+            return self.pool.submit(fn, spec)
+        except cf.process.BrokenProcessPool:
+            log.warning("a worker process died: a new pool runs the remaining tasks")
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._start()
+            return self.pool.submit(fn, spec)
 
     @staticmethod
     def describe_failure(exc: BaseException) -> str:
         if isinstance(exc, cf.process.BrokenProcessPool):
             return "a worker process died (killed, or out of memory)"
         return f"{type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def retryable(exc: BaseException) -> bool:
+        """A worker that died fails every task of its pool, the innocent with the culprit: each
+        is run once more (in a new pool); a task that kills its worker twice fails."""
+        return isinstance(exc, cf.process.BrokenProcessPool)
 
 
 class HlspWorkerPlugin(_WorkerPluginBase):
@@ -100,6 +118,10 @@ class DaskExecutor:
         self.client.register_plugin(HlspWorkerPlugin(self.env), name=HlspWorkerPlugin.name)
         workers = self.client.scheduler_info().get("workers", {})
         self.use_resources = bool(workers) and all("MEMORY" in w.get("resources", {}) for w in workers.values())
+        #: the largest MEMORY a worker offers: a task asking for more could never be placed (the
+        #: run would wait forever), so its hint is capped there, with a warning
+        self.max_memory = max((w["resources"]["MEMORY"] for w in workers.values()), default=0.0) if self.use_resources else 0.0
+        self._warned: set[float] = set()
         if workers and not self.use_resources:
             log.info("the dask workers declare no MEMORY resource: tasks carry no memory hint "
                      "(start workers with --resources MEMORY=<bytes> to use them)")
@@ -111,7 +133,16 @@ class DaskExecutor:
             self.cluster.close()
 
     def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0) -> cf.Future:
-        resources = {"MEMORY": memory_gb * 2**30} if self.use_resources and memory_gb else None
+        resources = None
+        if self.use_resources and memory_gb:
+            want = memory_gb * 2**30
+            if want > self.max_memory:
+                if memory_gb not in self._warned:
+                    self._warned.add(memory_gb)
+                    log.warning("tasks of %.1f GB run on dask workers offering at most %.1f GB (MEMORY): they may run out "
+                                "of memory; give the workers more", memory_gb, self.max_memory / 2**30)
+                want = self.max_memory
+            resources = {"MEMORY": want}
         future = self.client.submit(fn, spec, key=f"{spec['task']}-{spec['key'][:16]}", pure=False, resources=resources)
         out: cf.Future = cf.Future()
 
@@ -131,3 +162,7 @@ class DaskExecutor:
         if name == "KilledWorker":
             return "the dask workers running it died repeatedly (killed, or out of memory)"
         return f"{name}: {exc}"
+
+    @staticmethod
+    def retryable(exc: BaseException) -> bool:
+        return False  # the scheduler already retries a task whose worker died

@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 class LevelMatchParameters(BaseModel):
     """Tile background level matching (paper §3.5)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sigma: float = Field(3.0, gt=0, description="clip of the pixel-by-pixel differences of a pair, sigma")
     iterations: int = Field(10, ge=1, description="sigma-clipping iterations per pair")

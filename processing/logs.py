@@ -59,8 +59,11 @@ def setup_console(console, verbose: bool = False) -> None:
 
 
 def attach_log_file(folder: Path, command: str) -> Path:
-    """Send every record (all libraries, all levels from INFO) to a new log file in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Send every record (all libraries, all levels from INFO) to a new log file in ``folder``
+    (a folder of the work folder: a symbolic link out of it is refused, never written through)."""
+    from processing.fileio import inside
+
+    folder = inside(Path(folder), Path(folder).parent, "the log folder")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{command}-{stamp}-{os.getpid()}.log"
     handler = logging.FileHandler(path)

@@ -54,7 +54,7 @@ APERTURES = ("MIRIM_MASKLYOT", "MIRIM_CORONLYOT")
 class LyotParameters(BaseModel):
     """MIRI coronagraph separation (paper §3.4)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     separate: bool = Field(True, description="split each full-frame exposure into imager and coronagraph parts (false: pass every cal file through unchanged; level matching then treats the exposure as one image, as jwst's skymatch does)")
     aperture: Literal["MIRIM_MASKLYOT", "MIRIM_CORONLYOT"] = Field(

@@ -276,6 +276,11 @@ def test_crds_context_content_enters_the_keys(tmp_path):
     c = executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h3.json"))
     assert len({a, b, c}) == 3 and all(x.startswith("jwst_9001.pmap:") for x in (a, b, c))
     assert executor_mod.crds_fingerprint(None, "jwst_9001.pmap", hashes) == "jwst_9001.pmap"
+    # a real CRDS (remote/auto modes): references by name, so a download changes no key
+    remote = executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h4.json"), references_by_content=False)
+    (refs / "jwst_miri_flat_0002.fits").write_bytes(b"downloaded now")
+    assert executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h5.json"), references_by_content=False) == remote
+    assert remote != c  # the mappings still count by content
 
 
 # -- running toy stages -------------------------------------------------------------------------
@@ -343,6 +348,53 @@ def test_dask_executor_gives_the_local_executors_results(toy):
     assert dask_eng.task_keys() == local.task_keys()
     for (e1, e2) in zip(*(sorted(e.product_index()[0], key=lambda x: x.task) for e in (local, dask_eng))):
         assert e1.task == e2.task and np.array_equal(fits.getdata(e1.path), fits.getdata(e2.path))
+
+
+def test_a_local_worker_that_dies_fails_its_task_named_and_the_rest_still_run(toy):
+    """A worker killed mid-task (the kernel's OOM killer, kill -9) breaks the process pool and
+    fails every task in it: each is run once more in a new pool; a task that kills its worker
+    twice fails with the reason (no traceback), the rest complete, and a rerun resumes."""
+    (toy["mods"] / "toy_die.py").write_text(textwrap.dedent('''
+        import os, signal
+        from pathlib import Path
+        from astropy.io import fits
+
+        def run(inputs, outdir, params, context):
+            marker = Path(params["marker"])
+            if (context["target"], context["band"]) == ("alpha", "F200W"):
+                deaths = len(marker.read_text()) if marker.exists() else 0
+                if deaths < 2:  # dies on its first two attempts
+                    marker.write_text("x" * (deaths + 1))
+                    os.kill(os.getpid(), signal.SIGKILL)
+            out = Path(outdir) / (context["target"] + "_" + context["band"].lower() + "_die.fits")
+            fits.PrimaryHDU(fits.getdata(inputs["mosaic"][0])).writeto(out)
+            return [out]
+    '''))
+    from pydantic import BaseModel
+
+    class Marker(BaseModel):
+        marker: str = str(toy["root"] / "deaths")
+
+    die = Stage("toy_die", "target_band", (Input("mosaic", "same", "toy_b", "_toyb.fits"),), ("_die.fits",), "toy_die:run",
+                ("toy_die",), ModelParameters(Marker), memory_gb=0.1)
+    reg = _registry([die])
+    summary = _engine(toy, reg, workers=2).run()
+    failed = {t: r.error for t, r in summary.results.items() if r.status == "failed"}
+    assert list(failed) == ["toy_die/alpha/F200W"] and "worker process died" in failed["toy_die/alpha/F200W"]
+    assert all(r.status == "ran" for t, r in summary.results.items() if t != "toy_die/alpha/F200W")
+    again = _engine(toy, reg, workers=2).run()
+    assert again.ok and [t for t, r in again.results.items() if r.status == "ran"] == ["toy_die/alpha/F200W"]
+
+
+def test_dask_caps_a_memory_hint_at_what_the_workers_offer():
+    """A task asking for more MEMORY than any worker declares would wait forever: its hint is
+    capped at the largest worker's (with a warning) and it runs."""
+    from processing.executors import DaskExecutor
+
+    with DaskExecutor(1, {}, memory_gb_per_worker=1.0) as ex:
+        assert ex.use_resources and ex.max_memory == 2**30
+        fut = ex.submit(len, {"task": "t", "key": "k" * 16}, memory_gb=5.0)
+        assert fut.result(timeout=120) == 2
 
 
 def test_processing_never_imports_release():

@@ -95,6 +95,19 @@ def test_run_never_empties_a_link_in_the_cache_scratch(engine_run, tmp_path):
     assert not planted.is_symlink()
 
 
+def test_a_log_folder_linked_out_of_the_work_folder_is_refused(engine_run, tmp_path):
+    """`hlsp run` writes its log in WORKDIR/logs: a link there to another place is refused
+    (exit 2, named), never written through."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "logs").symlink_to(elsewhere)
+    proc = hlsp("run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(engine_run["cache"]), check_code=2)
+    assert "is a symbolic link out of" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_concurrent_run_and_package_are_refused_cleanly(engine_run, tmp_path):
     work = engine_run["workdir"]
     with folder_lock(work, "the work folder", "run"):
