@@ -39,9 +39,13 @@ from processing.simulate.detectors import FILTERS
 from processing.simulate.sky import (
     _FWHM_TO_SIGMA,
     DUST_SED,
+    DUSTY_CLUSTER,
+    RED_SUPERGIANT,
+    STELLAR,
     STELLAR_SED,
     Galaxy,
     _bg_components,
+    point_source_sed,
 )
 
 log = logging.getLogger(__name__)
@@ -64,9 +68,6 @@ SAMPLES_PER_FWHM = 6
 #: Beam truncation of the convolution, in beam sigmas.
 BEAM_TRUNCATE = 5.0
 
-#: Reference catalogue: a radius (arcsec) that must hold at least REFCAT_MIN_INNER sources.
-REFCAT_INNER_RADIUS = 100.0
-REFCAT_MIN_INNER = 60
 #: 1 MJy/sr * arcsec^2 in Jy, and the AB zero point (Jy).
 _MJYSR_ARCSEC2_JY = 1e6 * (np.pi / 180.0 / 3600.0) ** 2
 _AB_ZERO_JY = 3631.0
@@ -201,7 +202,7 @@ def split_sky(galaxy: Galaxy, band: str):
     for kx, ky, ks, kp in galaxy.knots:
         var = ks**2 + psf_var
         comps.append((kx, ky, var, var, s_dust * kp * ks**2 / var))
-    colour = np.where(galaxy.star_colour > 0, s_dust, s_star)
+    colour = point_source_sed(galaxy.star_colour, band)
     for (sx, sy, flux), c in zip(galaxy.stars, colour):
         comps.append((sx, sy, psf_var, psf_var, c * flux / (2 * np.pi * psf_var)))
     comps += _bg_components(galaxy.bg_galaxies, 0.3 * (s_star + s_dust), math.sqrt(psf_var))
@@ -387,16 +388,27 @@ def write_external_images(outdir: Path, name: str, galaxy: Galaxy, rng: np.rando
 
 
 # -- 2. astrometric reference catalogue ------------------------------------------------------
-def write_reference_catalog(outdir: Path, name: str, galaxy: Galaxy, rng: np.random.Generator,
-                            position_error_mas: float = 8.0) -> dict:
-    """Write an HST-like astrometric reference catalogue of one target.
+#: Per-axis catalogue position errors (mas): well-measured isolated stars, crowded or flagged
+#: ones, extended clusters (centroid of a resolved source), faint catalogue-only detections.
+REFCAT_ERROR_MAS = {"good": 5.0, "crowded": 40.0, "cluster": 30.0, "faint": 20.0}
+#: Catalogue-only faint detections (not in the sky model), as a fraction of the red supergiants.
+REFCAT_FAINT_FRACTION = 0.05
+#: F814W - F200W (AB) of each point-source population, and their F555W - F814W colours (mean, sd).
+_I_MINUS_K = {STELLAR: 0.3, DUSTY_CLUSTER: 0.0, RED_SUPERGIANT: 1.2}
+_V_MINUS_I = {STELLAR: (0.8, 0.3), DUSTY_CLUSTER: (1.0, 0.4), RED_SUPERGIANT: (2.8, 0.4)}
 
-    Sources are the sky model's point sources with a stellar SED (``star_colour == 0``, the
-    "red supergiant / AGB" sample); if fewer than REFCAT_MIN_INNER lie within
-    REFCAT_INNER_RADIUS of the centre, faint extra stars (uniform in that disk) make up the
-    number. The extras are NOT part of the sky model (column IN_SKY is False): JWST images do
-    not show them. Each catalogue position is the true one moved by a Gaussian error of
-    ``position_error_mas`` per axis (east and north, in the tangent plane).
+
+def write_reference_catalog(outdir: Path, name: str, galaxy: Galaxy, rng: np.random.Generator) -> dict:
+    """Write an HST/DOLPHOT-like astrometric reference catalogue of one target.
+
+    Every point source of the sky model is in it (red supergiants and AGB stars, foreground
+    stars, dusty clusters), with the DOLPHOT quality columns the paper's selection uses
+    (section 3.8): most red supergiants pass the cuts; crowded or flagged ones, the clusters
+    (extended: negative sharpness, blue colour) and the foreground stars (blue) do not, and
+    their positions are worse, as in a real catalogue. Faint catalogue-only detections (not in
+    the sky model, IN_SKY False, S/N < 10) are added. Each catalogue position is the true one
+    moved by a Gaussian error (east, north; REFCAT_ERROR_MAS by kind); the true position is
+    kept (RA_TRUE, DEC_TRUE).
 
     Parameters
     ----------
@@ -407,64 +419,103 @@ def write_reference_catalog(outdir: Path, name: str, galaxy: Galaxy, rng: np.ran
     galaxy : Galaxy
         The target's true sky.
     rng : numpy.random.Generator
-        Draws the extras (positions, then fluxes) and then the position errors (east, north).
-    position_error_mas : float
-        Per-axis RMS position error, milliarcsec.
+        Draws the faint extras, the quality columns and the position errors.
 
     Returns
     -------
     dict
-        ``{"file", "n_sources", "n_extra", "position_error_mas"}``.
+        ``{"file", "n_sources", "n_in_sky", "n_pass_cuts", "trgb_f814w", "position_error_mas"}``.
 
     Notes
     -----
-    Columns: ID, RA, DEC (catalogue, deg), RA_TRUE, DEC_TRUE (deg), MAG (AB-like magnitude
-    from the F200W flux), FLUX_F200W (MJy/sr arcsec^2), IN_SKY (bool). tweakreg's
-    ``abs_refcat`` reads RA and DEC.
+    Columns: ID, RA, DEC (catalogue, deg), RA_TRUE, DEC_TRUE (deg), KIND (rsg, star, cluster,
+    faint), MAG_F814W (Vega-like), COLOR_F555W_F814W (mag), SNR_F814W, CROWD_F814W (mag),
+    SHARP_F814W, ROUND_F814W, FLAG_F814W, OBJTYPE, FLUX_F200W (MJy/sr * arcsec^2; 0 for the
+    extras), POS_ERR_MAS (per axis), IN_SKY. The meta holds the TRGB magnitude (red supergiants
+    sit 3-5 mag above it). tweakreg's ``abs_refcat`` reads RA and DEC.
     """
     from astropy import units as u
     from astropy.table import Table
 
     from processing.fileio import atomic_path
 
-    stellar = np.asarray(galaxy.star_colour) == 0
-    x, y, flux = (np.asarray(galaxy.stars, float)[stellar].T if stellar.any() else np.zeros((3, 0)))
-    n_inner = int(np.count_nonzero(np.hypot(x, y) < REFCAT_INNER_RADIUS))
-    n_extra = max(0, REFCAT_MIN_INNER - n_inner)
-    if n_extra:
-        r = REFCAT_INNER_RADIUS * np.sqrt(rng.random(n_extra))
-        phi = rng.uniform(0.0, 2 * np.pi, n_extra)
-        fx = rng.lognormal(np.log(0.5), 0.5, n_extra)
-        x = np.concatenate([x, r * np.sin(phi)])
-        y = np.concatenate([y, r * np.cos(phi)])
-        flux = np.concatenate([flux, fx])
-    in_sky = np.arange(x.size) < x.size - n_extra
-    err = position_error_mas / 1000.0
-    dx, dy = rng.normal(0.0, err, (2, x.size))
+    x, y, flux = np.asarray(galaxy.stars, float).reshape(-1, 3).T
+    colour = np.asarray(galaxy.star_colour, int)
+    n_rsg = int(np.count_nonzero(colour == RED_SUPERGIANT))
+    n_faint = int(round(REFCAT_FAINT_FRACTION * n_rsg))
+    n_sky = x.size
+    # faint extras follow the red supergiants' positions (a random subset, moved by ~2")
+    pick = rng.integers(0, max(n_sky, 1), n_faint) if n_sky else np.zeros(0, int)
+    fx = x[pick] + rng.normal(0, 2.0, n_faint)
+    fy = y[pick] + rng.normal(0, 2.0, n_faint)
+    m200 = -2.5 * np.log10(np.maximum(flux, 1e-12) * _MJYSR_ARCSEC2_JY / _AB_ZERO_JY)
+    m814 = m200 + np.array([_I_MINUS_K[c] for c in colour])
+    rsg = colour == RED_SUPERGIANT
+    trgb = float(np.median(m814[rsg]) + 4.0) if rsg.any() else 25.0
+    m814_faint = trgb - rng.uniform(0.0, 1.5, n_faint)
+    vi = np.array([rng.normal(*_V_MINUS_I[c]) for c in colour])
+    # S/N ~ flux, the median red supergiant at 80
+    snr = 80.0 * 10 ** (-0.4 * (m814 - (np.median(m814[rsg]) if rsg.any() else 20.0)))
+    crowded = rng.random(n_sky) < 0.15
+    crowd = np.where(crowded, rng.uniform(0.02, 0.3, n_sky), rng.exponential(0.002, n_sky).clip(0, 0.0099))
+    flag = np.where(rng.random(n_sky) < 0.05, 2, 0)
+    cluster = colour == DUSTY_CLUSTER
+    sharp = np.where(cluster, rng.normal(-0.15, 0.05, n_sky), rng.normal(-0.007, 0.005, n_sky))
+    rnd = np.where(cluster, rng.normal(0.3, 0.2, n_sky), rng.normal(0.1, 0.08, n_sky))
+    kind = np.where(cluster, "cluster", np.where(rsg, "rsg", "star")).astype("<U7")
+    err = np.where(cluster, REFCAT_ERROR_MAS["cluster"],
+                   np.where(crowded | (flag > 0), REFCAT_ERROR_MAS["crowded"], REFCAT_ERROR_MAS["good"]))
+    # the extras
+    x, y = np.concatenate([x, fx]), np.concatenate([y, fy])
+    m814, vi = np.concatenate([m814, m814_faint]), np.concatenate([vi, rng.normal(2.5, 0.6, n_faint)])
+    snr = np.concatenate([snr, rng.uniform(3.0, 9.5, n_faint)])
+    crowd = np.concatenate([crowd, rng.uniform(0.0, 0.2, n_faint)])
+    flag = np.concatenate([flag, np.zeros(n_faint, int)])
+    sharp = np.concatenate([sharp, rng.normal(-0.01, 0.03, n_faint)])
+    rnd = np.concatenate([rnd, rng.normal(0.1, 0.2, n_faint)])
+    kind = np.concatenate([kind, np.full(n_faint, "faint")])
+    err = np.concatenate([err, np.full(n_faint, REFCAT_ERROR_MAS["faint"])])
+    flux = np.concatenate([flux, np.zeros(n_faint)])
+    in_sky = np.arange(x.size) < n_sky
+    dx, dy = rng.normal(0.0, 1.0, (2, x.size)) * err / 1000.0
     ra_true, dec_true = offsets_to_radec(x, y, galaxy.ra, galaxy.dec)
     ra, dec = offsets_to_radec(x + dx, y + dy, galaxy.ra, galaxy.dec)
-    mag = -2.5 * np.log10(np.maximum(flux, 1e-12) * _MJYSR_ARCSEC2_JY / _AB_ZERO_JY)
     t = Table()
     t["ID"] = np.arange(1, x.size + 1, dtype=np.int64)
     t["RA"] = ra * u.deg
     t["DEC"] = dec * u.deg
     t["RA_TRUE"] = ra_true * u.deg
     t["DEC_TRUE"] = dec_true * u.deg
-    t["MAG"] = mag * u.mag
+    t["KIND"] = kind
+    t["MAG_F814W"] = m814 * u.mag
+    t["COLOR_F555W_F814W"] = vi * u.mag
+    t["SNR_F814W"] = snr
+    t["CROWD_F814W"] = crowd * u.mag
+    t["SHARP_F814W"] = sharp
+    t["ROUND_F814W"] = rnd
+    t["FLAG_F814W"] = flag.astype(np.int16)
+    t["OBJTYPE"] = np.where(kind == "cluster", 2, 1).astype(np.int16)
     t["FLUX_F200W"] = flux
+    t["POS_ERR_MAS"] = err
     t["IN_SKY"] = in_sky
-    t["MAG"].description = "AB-like magnitude made up from the F200W flux"
+    t["KIND"].description = "truth: rsg (red supergiant/AGB), star (foreground), cluster (dusty, extended), faint (catalogue-only)"
+    t["MAG_F814W"].description = "Vega-like F814W magnitude made up from the sky model's F200W flux"
+    t["CROWD_F814W"].description = "DOLPHOT crowding: how much brighter without neighbours removed"
     t["FLUX_F200W"].description = "F200W flux of the sky model, MJy/sr * arcsec^2"
-    t["IN_SKY"].description = "source is part of the sky model (False: catalogue-only extra)"
+    t["POS_ERR_MAS"].description = "truth: per-axis RMS of the catalogue position error, mas"
+    t["IN_SKY"].description = "truth: source is part of the sky model (False: catalogue-only)"
     t.meta["target"] = name
     t.meta["simulated"] = True
-    t.meta["position_error_mas"] = float(position_error_mas)
-    t.meta["comment"] = ["Synthetic HST-like astrometric reference (stellar point sources)."]
+    t.meta["trgb_f814w"] = trgb
+    t.meta["comment"] = ["Synthetic HST/DOLPHOT-like astrometric reference catalogue (paper section 3.8)."]
+    passing = ((snr >= 10) & (crowd <= 0.01) & (flag == 0) & (t["OBJTYPE"] == 1) & (sharp > -0.025) & (sharp <= 0.01)
+               & (rnd > -0.15) & (rnd <= 0.4) & (vi >= 2) & (vi < 4))
     rel = f"external/{name}_refcat.ecsv"
     with atomic_path(Path(outdir) / rel) as tmp:
         t.write(tmp, format="ascii.ecsv", overwrite=True)
-    log.info("%s refcat: %d sources (%d extra), %.1f mas", name, x.size, n_extra, position_error_mas)
-    return {"file": rel, "n_sources": int(x.size), "n_extra": int(n_extra), "position_error_mas": float(position_error_mas)}
+    log.info("%s refcat: %d sources (%d in the sky), %d pass the paper's cuts", name, x.size, n_sky, int(passing.sum()))
+    return {"file": rel, "n_sources": int(x.size), "n_in_sky": int(n_sky), "n_pass_cuts": int(passing.sum()),
+            "trgb_f814w": trgb, "position_error_mas": dict(REFCAT_ERROR_MAS)}
 
 
 # -- 3. PSF models ---------------------------------------------------------------------------

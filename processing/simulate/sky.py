@@ -31,6 +31,18 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 #: Relative spectra (per band) of the two extended components.
 STELLAR_SED = {"F200W": 1.0, "F300M": 0.55, "F335M": 0.45, "F360M": 0.40, "F770W": 0.12, "F1000W": 0.07, "F1130W": 0.06, "F2100W": 0.03}
 DUST_SED = {"F200W": 0.02, "F300M": 0.05, "F335M": 0.25, "F360M": 0.08, "F770W": 1.0, "F1000W": 0.35, "F1130W": 0.8, "F2100W": 0.9}
+#: Red supergiants and AGB stars (cool photospheres with circumstellar dust): bright from 2 um
+#: into the mid-infrared, the point sources PHANGS aligns to (paper section 3.8).
+RSG_SED = {"F200W": 1.0, "F300M": 0.75, "F335M": 0.7, "F360M": 0.65, "F770W": 0.45, "F1000W": 0.4, "F1130W": 0.35, "F2100W": 0.2}
+#: ``Galaxy.star_colour`` codes: which spectrum a point source has.
+STELLAR, DUSTY_CLUSTER, RED_SUPERGIANT = 0, 1, 2
+
+
+def point_source_sed(colour: np.ndarray, band: str) -> np.ndarray:
+    """Relative brightness in ``band`` of point sources of colour code ``colour`` (STELLAR,
+    DUSTY_CLUSTER or RED_SUPERGIANT); shape of ``colour``, dimensionless (1 = F200W of a star)."""
+    colour = np.asarray(colour)
+    return np.select([colour == DUSTY_CLUSTER, colour == RED_SUPERGIANT], [DUST_SED[band], RSG_SED[band]], STELLAR_SED[band])
 
 
 def tangent_offsets(ra, dec, ra0: float, dec0: float):
@@ -62,13 +74,16 @@ class Galaxy:
     n_arms: int = 2
     knots: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))      # x, y, sigma, peak(F770W)
     stars: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))      # x, y, flux_F200W (MJy/sr * arcsec^2)
-    star_colour: np.ndarray = field(default_factory=lambda: np.zeros(0))     # 0 = stellar SED, 1 = dusty cluster
+    star_colour: np.ndarray = field(default_factory=lambda: np.zeros(0))     # STELLAR, DUSTY_CLUSTER or RED_SUPERGIANT
     bg_galaxies: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))  # x, y, sigma, axis ratio, peak
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def random(cls, ra: float, dec: float, rng: np.random.Generator, extent: float = 120.0, n_knots: int = 60,
-               n_stars: int = 150, n_bg: int = 25, **kwargs) -> "Galaxy":
+               n_stars: int = 150, n_bg: int = 25, n_rsg: int = 800, **kwargs) -> "Galaxy":
+        """A random galaxy; ``n_rsg`` red supergiants / AGB stars follow the exponential disk
+        (surface density ~ exp(-r / disk_scale) in the disk plane, as the HST catalogues PHANGS
+        aligns to: hundreds per galaxy, ~0.1 per arcsec^2 in the inner disk)."""
         g = cls(ra=ra, dec=dec, pa=float(rng.uniform(0, 180)), inclination=float(rng.uniform(20, 50)), **kwargs)
         # knots along the arms
         r = rng.uniform(5.0, extent * 0.8, n_knots)
@@ -81,6 +96,14 @@ class Galaxy:
         g.star_colour = (rng.random(n_stars) < 0.3).astype(float)
         bx, by = rng.uniform(-1.5 * extent, 1.5 * extent, (2, n_bg))
         g.bg_galaxies = np.column_stack([bx, by, rng.uniform(0.3, 1.2, n_bg), rng.uniform(0.3, 1.0, n_bg), rng.uniform(0.2, 2.0, n_bg)])
+        # red supergiants / AGB stars: radius ~ Gamma(2, h) gives a surface density ~ exp(-r/h)
+        rr = rng.gamma(2.0, g.disk_scale, n_rsg)
+        phi = rng.uniform(0.0, 2 * np.pi, n_rsg)
+        rx, ry = g._disk_to_sky(rr * np.cos(phi), rr * np.sin(phi))
+        keep = (np.abs(rx) < extent) & (np.abs(ry) < extent) & (np.hypot(rx, ry) > 1.5)  # not on the nucleus
+        rflux = rng.lognormal(np.log(2.0), 0.6, n_rsg)[keep]
+        g.stars = np.vstack([g.stars, np.column_stack([rx[keep], ry[keep], rflux])])
+        g.star_colour = np.concatenate([g.star_colour, np.full(rflux.size, float(RED_SUPERGIANT))])
         return g
 
     # -- geometry ----------------------------------------------------------------------------
@@ -133,7 +156,7 @@ class Galaxy:
         for kx, ky, ks, kp in self.knots:
             var = ks**2 + psf_sigma**2
             comps.append((kx, ky, var, var, s_dust * kp * ks**2 / var))
-        colour = np.where(self.star_colour > 0, s_dust, s_star)
+        colour = point_source_sed(self.star_colour, band)
         for (sx, sy, flux), c in zip(self.stars, colour):
             comps.append((sx, sy, psf_sigma**2, psf_sigma**2, c * flux / (2 * np.pi * psf_sigma**2)))
         comps += _bg_components(self.bg_galaxies, 0.3 * (s_star + s_dust), psf_sigma)

@@ -23,7 +23,7 @@ from astropy.wcs import WCS
 from processing.simulate import external as E
 from processing.simulate.detectors import FILTERS
 from processing.simulate.generate import hash_str
-from processing.simulate.sky import _FWHM_TO_SIGMA, Galaxy, add_gaussians, tangent_offsets
+from processing.simulate.sky import _FWHM_TO_SIGMA, RED_SUPERGIANT, Galaxy, add_gaussians, tangent_offsets
 from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 
 NAME = "NGC9999"
@@ -249,23 +249,32 @@ def test_reference_catalog(ext):
     assert [c.upper() for c in cat.colnames].count("RA") == 1 and [c.upper() for c in cat.colnames].count("DEC") == 1
     for col in ("RA", "DEC", "RA_TRUE", "DEC_TRUE"):
         assert cat[col].unit == "deg" and cat[col].dtype == np.float64
-    assert "MAG" in cat.colnames and cat["MAG"].unit is not None
-    assert len(cat) == t["n_sources"]
-    stellar = g.stars[g.star_colour == 0]
-    assert cat["IN_SKY"].sum() == len(stellar) and len(cat) == len(stellar) + t["n_extra"]
-    # true positions are the sky model's point sources
+    assert len(cat) == t["n_sources"] and cat["IN_SKY"].sum() == t["n_in_sky"] == len(g.stars)
+    # true positions are the sky model's point sources, kinds by their colour code
     x, y = tangent_offsets(cat["RA_TRUE"][cat["IN_SKY"]], cat["DEC_TRUE"][cat["IN_SKY"]], g.ra, g.dec)
-    assert np.abs(x - stellar[:, 0]).max() < 1e-6 and np.abs(y - stellar[:, 1]).max() < 1e-6
-    # at least REFCAT_MIN_INNER sources within 100"
-    xa, ya = tangent_offsets(cat["RA_TRUE"], cat["DEC_TRUE"], g.ra, g.dec)
-    assert (np.hypot(xa, ya) < E.REFCAT_INNER_RADIUS).sum() >= E.REFCAT_MIN_INNER
-    # catalogue errors: per-axis RMS = position_error_mas
+    assert np.abs(x - g.stars[:, 0]).max() < 1e-6 and np.abs(y - g.stars[:, 1]).max() < 1e-6
+    kinds = np.asarray(cat["KIND"][cat["IN_SKY"]])
+    assert ((kinds == "rsg") == (g.star_colour == RED_SUPERGIANT)).all()
+    # HST-like density: hundreds of red supergiants, ~0.1 per arcsec^2 within 20" of the centre
+    rsg = g.stars[g.star_colour == RED_SUPERGIANT]
+    assert len(rsg) > 500
+    assert 0.05 < (np.hypot(rsg[:, 0], rsg[:, 1]) < 20).sum() / (np.pi * 20**2) < 0.5
+    # the paper's cuts keep most red supergiants and no cluster, foreground star or faint extra
+    passing = ((cat["SNR_F814W"] >= 10) & (cat["CROWD_F814W"] <= 0.01) & (cat["FLAG_F814W"] == 0) & (cat["OBJTYPE"] == 1)
+               & (cat["SHARP_F814W"] > -0.025) & (cat["SHARP_F814W"] <= 0.01) & (cat["ROUND_F814W"] > -0.15)
+               & (cat["ROUND_F814W"] <= 0.4) & (cat["COLOR_F555W_F814W"] >= 2) & (cat["COLOR_F555W_F814W"] < 4))
+    assert passing.sum() == t["n_pass_cuts"]
+    assert set(np.asarray(cat["KIND"][passing])) == {"rsg"} and passing.sum() > 0.6 * len(rsg)
+    # red supergiants sit 3-5 mag above the TRGB
+    m = np.asarray(cat["MAG_F814W"][passing])
+    assert np.mean((m > cat.meta["trgb_f814w"] - 5) & (m < cat.meta["trgb_f814w"] - 3)) > 0.9
+    # catalogue errors: per-axis RMS = the recorded error of each source (good ones 5 mas)
     d_east = (cat["RA"] - cat["RA_TRUE"]) * np.cos(np.deg2rad(cat["DEC_TRUE"])) * 3.6e6
     d_north = (cat["DEC"] - cat["DEC_TRUE"]) * 3.6e6
-    rms = np.sqrt(np.mean(np.concatenate([d_east, d_north]) ** 2))
-    assert rms == pytest.approx(t["position_error_mas"], rel=0.2)
-    assert abs(np.mean(d_east)) < 3 * 8.0 / np.sqrt(len(cat)) and abs(np.mean(d_north)) < 3 * 8.0 / np.sqrt(len(cat))
-    assert np.isfinite(cat["MAG"]).all() and 10 < np.median(cat["MAG"]) < 30
+    z = np.concatenate([d_east / cat["POS_ERR_MAS"], d_north / cat["POS_ERR_MAS"]])
+    assert np.sqrt(np.mean(z**2)) == pytest.approx(1.0, rel=0.1)
+    good = np.concatenate([d_east[passing], d_north[passing]])
+    assert np.sqrt(np.mean(good**2)) == pytest.approx(E.REFCAT_ERROR_MAS["good"], rel=0.15)
 
 
 # -- (c) PSF models --------------------------------------------------------------------------
