@@ -14,6 +14,7 @@ The engine, not the stage, decides where files live and whether a cached result 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from processing.errors import BadInput
@@ -181,11 +182,12 @@ def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: lis
     }
     tasks: dict[str, Task] = {}
     units_of: dict[str, dict[str, Unit]] = {}
+    observed = {key for key, tb in inputs.items() if tb.science}  # (target, band) with science exposures
     for stage in registry.ordered():
         units = _units(stage, selected, lm)
         units_of[stage.name] = {u.id(stage.unit): u for u in units}
         for unit in units:
-            task = _task(lm, registry, stage, unit, selected, units_of)
+            task = _task(lm, registry, stage, unit, selected, units_of, observed)
             tasks[task.id] = task
     if not tasks:
         raise BadInput(f"{lm.path.name}: nothing to process for the targets and bands asked for")
@@ -193,7 +195,8 @@ def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: lis
 
 
 def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
-          selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]]) -> Task:
+          selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]],
+          observed: set[tuple[str, str]] = frozenset()) -> Task:
     defaults = {stage.name: stage.parameters.default_values(unit.instrument or "")}
     resolved = resolve_parameters(lm.manifest, unit.target, unit.band, defaults, instrument=unit.instrument)
     params, origin = resolved.stage(stage.name), resolved.origin.get(stage.name, {})
@@ -204,7 +207,7 @@ def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
     task = Task(tid, stage.name, unit.target, unit.band, unit.instrument,
                 exposure=unit.exposure.name if unit.exposure else None, params=params, param_origin=origin, context=context)
     for conn in stage.inputs:
-        refs = _resolve_input(lm, registry, stage, conn, unit, params, selected, units_of)
+        refs = _resolve_input(lm, registry, stage, conn, unit, params, selected, units_of, observed)
         if not refs and not conn.optional:
             raise BadInput(f"{tid}: input '{conn.name}' ({conn.relation}"
                            + (f" of {conn.stage}" if conn.stage else "") + ") selects nothing in this run")
@@ -216,13 +219,18 @@ def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
 
 
 def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, params: dict,
-                   selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]]) -> list[dict[str, str]]:
+                   selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]],
+                   observed: set[tuple[str, str]] = frozenset()) -> list[dict[str, str]]:
     if conn.relation == "raw":
         if unit.exposure is None:
             raise BadInput(f"stage {stage.name}: a 'raw' input needs an exposure unit")
         return [{"file": unit.exposure.path}]
     if conn.relation == "manifest_file":
-        return [{"file": str(p)} for p in resolve(conn.files)(lm, unit.as_dict())]
+        files = [Path(p) for p in resolve(conn.files)(lm, unit.as_dict())]
+        for p in files:
+            if not p.is_file():
+                raise BadInput(f"{stage.name}/{unit.id(stage.unit)}: input '{conn.name}' names {p}, which is not a file")
+        return [{"file": str(p)} for p in files]
     up = registry[conn.stage]
     ups = units_of.get(conn.stage, {})
 
@@ -255,7 +263,11 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
     if conn.relation == "background":
         tb = selected.get((unit.target, unit.band))
         return [ref(e.name) for e in (tb.background if tb else [])]
+    if conn.optional and not params.get("reference_band"):
+        return []  # an optional reference with no reference band set: the unit is its own reference
     ref_band = _reference_band(stage, params, unit)
+    if conn.optional and (unit.target, ref_band) not in observed:
+        return []  # an optional reference the target was never observed in: the stage falls back (and says so)
     if conn.relation == "reference_band":
         return [ref(f"{unit.target}/{ref_band}")]
     if conn.relation == "visit_reference":

@@ -5,6 +5,7 @@ connections (processing/stages.py)."""
 from __future__ import annotations
 
 from processing import destripe, destripe_multi, jwst_stages, level_match, lyot
+from processing.astrometry import absolute, relative
 from processing.stages import Registry
 
 REGISTRY = Registry(
@@ -13,11 +14,13 @@ REGISTRY = Registry(
         jwst_stages.IMAGE2,
         jwst_stages.IMAGE3,
         destripe.STAGE,          # refines lv1's rate files (NIRCam)
+        relative.STAGE,          # refines lv2's cal files, every band of an instrument at once: one shift per visit
         lyot.STAGE,              # refines lv2's cal files (MIRI): imager and coronagraph parts
         level_match.STAGE,       # refines lv2's cal files, every exposure of a band at once (parts merged)
         destripe_multi.STAGE,    # refines lv2's cal files (NIRCam), every exposure of a band at once
+        absolute.STAGE,          # refines lv3's mosaic; back-propagates to the exposures (tweakback)
     ],
     # the PHANGS stages of reference/pipeline.md not in this version yet: a manifest that
     # sets their parameters is told so instead of being silently ignored
-    planned=("astrometry", "anchoring", "psf_matching"),
+    planned=("anchoring", "psf_matching"),
 )

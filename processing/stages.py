@@ -27,6 +27,11 @@ Relations of an input (:data:`RELATIONS`), from the task's unit to the upstream 
   applied to every NIRCam band of the visit;
 - ``reference_band``: the upstream ``target_band`` task of the same target in the stage's
   reference band, e.g. anchoring every band against the anchored reference band;
+- an optional ``reference_band`` or ``visit_reference`` input selects nothing when the
+  stage's ``reference_band`` parameter is empty (the unit is its own reference, e.g. NIRCam
+  absolute astrometry per band) or when the target has no science exposure in that band
+  (the stage falls back and records it); a reference band observed but left out of the run
+  (``--bands``, a patch) is an error naming it;
 - ``manifest_file``: files the manifest names for the unit, returned by the input's ``files``
   function (an external image, a catalogue, a PSF); they enter the cache key by content.
 

@@ -111,6 +111,21 @@ def _check_target_name(value: str) -> str:
     return value
 
 
+#: Catalogue services tweakreg can query by name (abs_refcat): they need the network.
+_CATALOG_SERVICES = re.compile(r"^(gaia\w*|gsc\w*|2mass|sdss\w*|panstarrs\w*)$", re.IGNORECASE)
+
+
+def _check_catalog(value: str) -> str:
+    if _CATALOG_SERVICES.match(value.strip()):
+        raise PydanticCustomError(
+            "astrometry_catalog",
+            "'{value}' names a catalogue service, which needs the network; this system runs offline: "
+            "give a local catalogue file with RA and DEC columns (e.g. a Gaia query saved as ECSV or FITS)",
+            {"value": value},
+        )
+    return value
+
+
 def _normalise_band(value: Any) -> Any:
     return value.strip().upper() if isinstance(value, str) else value
 
@@ -209,7 +224,7 @@ class StrictModel(BaseModel):
     TOML type of the field (``ra = "150.1"`` or ``previews = "false"`` is refused, never
     converted; an integer is accepted for a float)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True, strict=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -353,7 +368,7 @@ class Target(StrictModel):
     miri_background: MiriBackground = Field(default_factory=MiriBackground, description="Where the MIRI off-field exposures come from.")
     parameters: ParameterLayers = Field(default_factory=ParameterLayers, description="Step parameters for this target only (highest precedence).")
     anchoring: Anchoring = Field(default_factory=Anchoring, description="Wide-field images for background anchoring.")
-    astrometry_catalog: str | None = Field(
+    astrometry_catalog: Annotated[str, AfterValidator(_check_catalog)] | None = Field(
         default=None, description="Absolute astrometric reference catalogue (file with RA/DEC columns, relative to the manifest)."
     )
     notes: list[str] = Field(default_factory=list, description="Changelog notes for this target in this release.")

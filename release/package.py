@@ -11,8 +11,9 @@ The release is written to a staging folder beside its final place and moved ther
 rename; a published version is never overwritten; an interrupted packaging leaves only the
 staging folder (named ``.staging-*``), never a partial release.
 
-Products whose stage is not in this version (tweakback tarballs, PSF-matched images) are not
-written; the README and the command say so.
+Per target and band also the tweakback tarball (the exposures with the absolute astrometry
+back-propagated) when the manifest's ``products.tweakback`` asks for it. Products whose stage is
+not in this version (PSF-matched images) are not written; the README and the command say so.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ EXT_COMMENT = {
 CARRY = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "PUPIL", "CAL_VER", "CRDS_VER", "CRDS_CTX",
          "HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS", "HLSPVMIS")
 NOT_IN_THIS_VERSION = {
-    "tweakback": "tweakback tarballs need the absolute-astrometry stage, which is not in this version",
     "convolved": "PSF-matched (convolved) products need the PSF-matching stage, which is not in this version",
 }
 
@@ -140,8 +140,26 @@ def _write_img_product(lm: LoadedManifest, entry, staging: Path, simulated: bool
     return files
 
 
+def _write_tweakback_product(lm: LoadedManifest, entry, staging: Path, simulated: bool) -> list[PackagedFile]:
+    """The tweakback tarball of a target and band, as the astrometry stage wrote it (every
+    exposure with the absolute astrometry back-propagated, under one folder); absent when the
+    manifest's ``products.tweakback`` is false."""
+    import shutil
+
+    from processing.instruments import instrument_of
+
+    m = lm.manifest
+    if not m.products.tweakback:
+        return []
+    inst = instrument_of(entry.band)
+    out = staging / entry.target / make_name(m.release.project, inst, entry.target, entry.band, file_version(m.release.version), "tweakback", "tar.gz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(entry.path, out)
+    return [PackagedFile(out, "tweakback", entry.target, inst, entry.band.lower())]
+
+
 #: Release product type (as stages declare them) -> the function that writes it into a release.
-PRODUCT_WRITERS = {"img": _write_img_product}
+PRODUCT_WRITERS = {"img": _write_img_product, "tweakback": _write_tweakback_product}
 
 
 def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: bool) -> list[PackagedFile]:

@@ -217,6 +217,8 @@ def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool
     for rel, p in rels.items():
         if p.name.endswith(".png"):
             _check_png(report, rel, p)
+        elif p.name.endswith("_tweakback.tar.gz"):
+            _check_tweakback(report, rel, p)
 
     flags: dict[str, bool | None] = {}
     for rel, p in rels.items():
@@ -242,11 +244,11 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
 
     fv = file_version(m.release.version)
     wanted = {(t, b.lower()) for t in m.targets for b in m.target_bands(t)}
-    products = ["img"] + (["img-preview"] if m.products.previews else [])
+    products = ["img"] + (["img-preview"] if m.products.previews else []) + (["tweakback"] if m.products.tweakback else [])
+    ext = {"img-preview": "png", "tweakback": "tar.gz"}
     for target, band in sorted(wanted):
         for product in products:
-            name = HlspName(m.release.project, instrument_of(band.upper()), target, band, fv, product,
-                            "png" if product == "img-preview" else "fits")
+            name = HlspName(m.release.project, instrument_of(band.upper()), target, band, fv, product, ext.get(product, "fits"))
             rel = f"{target}/{name}"
             report.add(rel, "release manifest coverage", None if rel in rels else
                        f"{target} {band.upper()} is in the release manifest {toml_rel} but its {product} file is missing")
@@ -274,6 +276,55 @@ def _check_readme(report: Report, rel: str, path: Path, m) -> None:
         report.add(rel, "README content", None if fv in text else f"the README does not name the version {fv}")
     else:
         report.add(rel, "README content")
+
+
+def _check_tweakback(report: Report, rel: str, path: Path) -> None:
+    """A tweakback tarball opens; its members are regular files in one folder (no absolute
+    path, no '..', no link: nothing can land outside the folder it is unpacked in); each is a
+    readable FITS exposure with a celestial WCS and the astrometry record (HLSPDAST)."""
+    import tarfile
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    try:
+        tar = tarfile.open(path, mode="r:gz")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        report.add(rel, "tweakback tarball", f"does not open as a gzipped tar archive ({type(exc).__name__}: {exc})")
+        return
+    problems: list[str] = []
+    folders: set[str] = set()
+    n = 0
+    with tar:
+        try:
+            for member in tar:
+                name = member.name
+                parts = Path(name).parts
+                if name.startswith(("/", "\\")) or ".." in parts or len(parts) != 2:
+                    problems.append(f"member {name!r} is not a file in the archive's one folder (absolute path, '..' or nesting)")
+                    continue
+                if not member.isfile():
+                    problems.append(f"member {name!r} is not a regular file (link or special file)")
+                    continue
+                folders.add(parts[0])
+                n += 1
+                try:
+                    with fits.open(tar.extractfile(member), memmap=False) as hdul:
+                        h0 = hdul[0].header
+                        if "HLSPDAST" not in h0:
+                            problems.append(f"{name}: no HLSPDAST (astrometry record)")
+                        if "SCI" not in hdul or not WCS(hdul["SCI"].header).has_celestial:
+                            problems.append(f"{name}: no SCI extension with a celestial WCS")
+                except Exception as exc:  # noqa: BLE001 - any reader error is the member's problem
+                    problems.append(f"{name}: not a readable FITS file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            problems.append(f"the archive is damaged ({type(exc).__name__}: {exc})")
+    if n == 0 and not problems:
+        problems.append("holds no exposure")
+    if len(folders) > 1:
+        problems.append(f"members are spread over {len(folders)} folders ({', '.join(sorted(folders)[:3])})")
+    report.add(rel, "tweakback tarball", "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+               if problems else None)
 
 
 def _check_png(report: Report, rel: str, path: Path) -> None:
@@ -356,7 +407,8 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
                     report.add(rel, "FITS standard (astropy)", " ".join(str(exc).split()))
                 parsed = parse_name(path.name)
                 if parsed and parsed.product.startswith("img") and path.name.endswith(".fits"):
-                    simulated = _check_img(report, rel, hdul, names, parsed)
+                    simulated = _check_img(report, rel, hdul, names, parsed,
+                                           designated=m is not None and parsed.target in m.targets)
                 if m is not None:
                     _check_against_manifest(report, rel, hdul[0].header, parsed, m)
     except Exception as exc:
@@ -382,7 +434,10 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
     return simulated
 
 
-def _check_img(report: Report, rel: str, hdul, names: list[str], parsed) -> bool | None:
+def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designated: bool = False) -> bool | None:
+    """``designated``: the release manifest names the target, so HLSPTARG is checked against
+    its designation there (a designation like 'M 74' for ngc0628 is the user's choice),
+    otherwise against the file name's target."""
     from astropy.wcs import WCS
 
     report.add(rel, "extension layout", None if tuple(names) == IMG_LAYOUT else f"extensions are {names}, expected {list(IMG_LAYOUT)}")
@@ -412,7 +467,7 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed) -> bool
             problems.append(f"FILTER {h0['FILTER']!r} differs from the file name's {parsed.filter!r}")
         if h0["INSTRUME"].lower() != parsed.instrument:
             problems.append(f"INSTRUME {h0['INSTRUME']!r} differs from the file name's {parsed.instrument!r}")
-        if _same_target(h0["HLSPTARG"]) != _same_target(parsed.target):
+        if not designated and _same_target(h0["HLSPTARG"]) != _same_target(parsed.target):
             problems.append(f"HLSPTARG {h0['HLSPTARG']!r} is not the file name's target {parsed.target!r}")
     report.add(rel, "required primary keywords", "; ".join(problems) if problems else None)
     missing_rec = [k for k in RECOMMENDED_PRIMARY if k not in h0]

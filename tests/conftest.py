@@ -97,9 +97,11 @@ path = "{program}"
 [targets.synth1]
 ra = 150.10
 dec = 2.20
+astrometry_catalog = "{program / 'external' / 'synth1_refcat.ecsv'}"
 [targets.synth2]
 ra = 150.60
 dec = 2.45
+astrometry_catalog = "{program / 'external' / 'synth2_refcat.ecsv'}"
 [targets.synth2.miri_background]
 source = "{borrow}"
 {'borrow_from = "synth1"' if borrow != 'own' else ''}

@@ -120,7 +120,7 @@ def render(results: dict) -> str:
                      f"second run {d['second_run_s']} s")
     lines += ["", "| stage | tasks | total task time (s) | slowest task (s) | largest peak memory of one task (MB) |",
               "| --- | --- | --- | --- | --- |"]
-    for stage in ("lv1", "destripe", "lv2", "lyot", "level_match", "destripe_multi", "lv3"):
+    for stage in ("lv1", "destripe", "lv2", "relative_astrometry", "lyot", "level_match", "destripe_multi", "lv3", "astrometry"):
         st = e["stages"].get(stage)
         if st:
             lines.append(f"| {stage} | {st['tasks']} | {st['total_s']} | {st['max_s']} | {st['peak_rss_mb']:.0f} |")
@@ -148,6 +148,11 @@ def render(results: dict) -> str:
         lines += render_lyot(results["level_matching"], results.get("lyot_off", {}))
         if results.get("level_matching_scaling"):
             lines += render_scaling(results["level_matching_scaling"])
+    if results.get("astrometry"):
+        from tests.benchmarks.astrometry import render as render_astrometry
+
+        lines += ["", "### Astrometry, demo (WCS error against the truth, RMS over the exposures of a band, mas)", ""]
+        lines += render_astrometry(results["astrometry"])
     if results.get("full_frames"):
         lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
         lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
@@ -190,6 +195,9 @@ def main() -> None:
     results["level_matching"] = measure_levels(program, Path(results["engine"]["cache"]), out / "level-matching")
     results["lyot_off"] = bench_lyot_off(out, program)
     results["level_matching_scaling"] = measure_scaling(Path(results["engine"]["cache"]), out / "level-matching")
+    from tests.benchmarks.astrometry import measure as measure_astrometry
+
+    results["astrometry"] = measure_astrometry(program, Path(results["engine"]["cache"]), out / "astrometry")
     if full_frames:
         results["full_frames"] = bench_full_frames(out)
     from processing.fileio import atomic_write_text

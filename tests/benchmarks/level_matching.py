@@ -54,9 +54,11 @@ def _run_chain(cache: Path, records: list[dict]) -> list[tuple[dict, dict, dict[
 
     out = []
     for p in index["products"]:
-        if p["task"].split("/")[0] != "lv3":
+        if p["product"] != "img":
             continue
         lv3 = by_key[p["key"]]
+        while lv3["stage"] != "lv3":  # a stage refining the mosaic (absolute astrometry): the lv3 it read
+            lv3 = by_key[lv3["inputs"]["mosaic"][0]["task"]]
         lm = upstream(lv3, "level_match")
         if lm:
             lv2 = {r["task"].split("/", 1)[1]: r for r in upstream(lm[0], "lv2")}

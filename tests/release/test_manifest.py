@@ -167,6 +167,13 @@ BROKEN = [
     ("quoted-product-flag", [("products", {"tweakback": "false"})], "products.tweakback: 'false' is str; a boolean (true or false) is needed"),
     ("quoted-proposal-id", [("program.proposal_ids", ["2107"])], "program.proposal_ids[0]: '2107' is str; an integer is needed"),
     ("non-ascii-reference", [("release.references", ["2024ApJS..273...13W", "Williams et al. \u00e9"])], "release.references[1]"),
+    # offline by design: a catalogue service by name would need the network
+    ("catalog-service-by-name", [("targets.ngc0628.astrometry_catalog", "GAIADR3")], "targets.ngc0628.astrometry_catalog: 'GAIADR3' names a catalogue service, which needs the network"),
+    # bespoke stages' parameters: finite, in the science's bounds
+    ("infinite-stage-parameter", [("parameters.default", {"level_match": {"sigma": float("inf")}})], "parameters.default.level_match.sigma"),
+    ("destripe-scale-zero", [("parameters.default", {"destripe": {"scales": [0, 7]}})], "parameters.default.destripe.scales.0"),
+    ("astrometry-negative-tolerance", [("parameters.instrument", {"nircam": {"astrometry": {"tolerance_strict_arcsec": -0.1}}})], "parameters.instrument.nircam.astrometry.tolerance_strict_arcsec"),
+    ("astrometry-quoted-flag", [("parameters.default", {"astrometry": {"rotation": "no"}})], "parameters.default.astrometry.rotation"),
 ]
 
 

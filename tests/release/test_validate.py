@@ -291,6 +291,85 @@ def duplicate_manifest_row(rel):
     return lines[1].split(",")[0], "listed 2 times"
 
 
+def _rewrite_tweakback(rel, edit):
+    """Rewrite the smallest tweakback tarball of the release with ``edit(members) -> members``
+    (``members``: list of (TarInfo, bytes)), as a new file (the original may be hard-linked)."""
+    import io
+    import tarfile
+
+    p = min(rel.rglob("*_tweakback.tar.gz"), key=lambda q: q.stat().st_size)
+    with tarfile.open(p) as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else b"") for m in tar.getmembers()]
+    tmp = p.with_suffix(".tmp")
+    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        for info, data in edit(members):
+            tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    tmp.replace(p)
+    return p
+
+
+def tweakback_member_escapes(rel):
+    import tarfile
+
+    def edit(members):
+        info, data = members[0]
+        evil = tarfile.TarInfo("../../evil_cal.fits")
+        evil.size = len(data)
+        return members + [(evil, data)]
+
+    return _rewrite_tweakback(rel, edit).name, "is not a file in the archive's one folder"
+
+
+def tweakback_member_not_fits(rel):
+    def edit(members):
+        info, _ = members[0]
+        info.size = 12
+        return [(info, b"not a FITS!\n")] + members[1:]
+
+    return _rewrite_tweakback(rel, edit).name, "not a readable FITS file"
+
+
+def tweakback_member_is_a_link(rel):
+    import tarfile
+
+    def edit(members):
+        link = tarfile.TarInfo(members[0][0].name.rsplit("/", 1)[0] + "/passwd_cal.fits")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        return members + [(link, b"")]
+
+    return _rewrite_tweakback(rel, edit).name, "is not a regular file"
+
+
+def tweakback_member_without_astrometry(rel):
+    def edit(members):
+        info, data = members[0]
+        hdul = fits.HDUList.fromstring(data)
+        del hdul[0].header["HLSPDAST"]
+        import io
+
+        buf = io.BytesIO()
+        hdul.writeto(buf)
+        info.size = len(buf.getvalue())
+        return [(info, buf.getvalue())] + members[1:]
+
+    return _rewrite_tweakback(rel, edit).name, "no HLSPDAST"
+
+
+def tweakback_truncated(rel):
+    p = min(rel.rglob("*_tweakback.tar.gz"), key=lambda q: q.stat().st_size)
+    data = p.read_bytes()
+    p.unlink()  # a new file: the original may be hard-linked
+    p.write_bytes(data[: len(data) // 2])
+    return p.name, "tweakback tarball"
+
+
+def tweakback_missing(rel):
+    p = min(rel.rglob("*_tweakback.tar.gz"), key=lambda q: q.stat().st_size)
+    p.unlink()
+    _drop_csv_rows(rel, p.name)
+    return p.name, "its tweakback file is missing"
+
+
 def _header_break(name, ext, key, value=None, problem="", delete=False):
     """A break that edits one header card of a mosaic (checksums updated), and what must be reported."""
     def brk(rel):
@@ -310,7 +389,7 @@ HEADER_BREAKS = [
     _header_break('version_mismatch_in_header', 0, "HLSPVER", "v2p0", "HLSPVER 'v2p0' differs"),
     _header_break('bad_date', 0, "DATE-BEG", "25/02/2023", "DATE-BEG '25/02/2023' is not ISO-8601"),
     _header_break('simulated_flag_removed', 0, "SIMULATD", delete=True, problem="SIMULATD missing or F in a release made from simulated data"),
-    _header_break('header_of_another_target', 0, "HLSPTARG", "SYNTH 2", "HLSPTARG 'SYNTH 2' is not the file name's target 'synth1'"),
+    _header_break('header_of_another_target', 0, "HLSPTARG", "SYNTH 2", "HLSPTARG 'SYNTH 2' is not the manifest's designation 'synth1'"),
     _header_break('coordinates_of_another_target', 0, "RA_TARG", 150.60, "off the"),
     _header_break('filter_disagrees', 0, "FILTER", "F300M", "FILTER 'F300M' differs"),
     _header_break('instrument_disagrees', 0, "INSTRUME", "MIRI", "INSTRUME 'MIRI' differs"),
@@ -324,13 +403,27 @@ BREAKS = HEADER_BREAKS + [
     band_not_in_manifest, release_manifest_missing, date_in_future, empty_readme, preview_not_an_image,
     duplicate_manifest_row, flip_byte, flip_header_byte, wrong_name, extra_file, missing_extension, truncated_file,
     stale_manifest_entry, sci_all_nan, wrong_dtype, missing_readme,
+    tweakback_member_escapes, tweakback_member_not_fits, tweakback_member_is_a_link, tweakback_member_without_astrometry,
+    tweakback_truncated, tweakback_missing,
 ]
+
+
+def _copy_release(src: Path, dest: Path) -> None:
+    """A copy to break; the tweakback tarballs are hard-linked (large, and a break replaces
+    them rather than editing them in place)."""
+    def copy(a, b):
+        if str(a).endswith("_tweakback.tar.gz"):
+            os.link(a, b)
+        else:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dest, copy_function=copy, symlinks=True)
 
 
 @pytest.mark.parametrize("brk", BREAKS, ids=[b.__name__ for b in BREAKS])
 def test_validate_catches_a_broken_release(demo_release, tmp_path, brk):
     rel = tmp_path / "v1p0"
-    shutil.copytree(demo_release, rel)
+    _copy_release(demo_release, rel)
     try:
         fname, problem = brk(rel)
         proc = hlsp("validate", str(rel), "--junit", str(tmp_path / "j.xml"), check_code=1)
