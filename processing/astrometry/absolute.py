@@ -85,29 +85,36 @@ def residuals(found: dict, catalog: dict, sol: Solution, ra0: float, dec0: float
             "before": 1000 * (ref_xy[j] - src[i]), "after": 1000 * (ref_xy[j] - after[i]), "snr": found["snr"][i]}
 
 
+def write_corrected(src: Path, out: Path, correct, sol: Solution, ra0: float, dec0: float, record: dict) -> None:
+    """``src`` with the solution applied by ``correct`` (processing/astrometry/wcs.py; nothing
+    when there is no solution) and the record in its primary header, written to ``out``."""
+    from astropy.io import fits
+    from stdatamodels.jwst import datamodels
+
+    from processing.fileio import save_model_atomic
+
+    with datamodels.open(src) as m:
+        if sol.ok:
+            correct(m, sol.theta_rad, sol.shift_arcsec, ra0, dec0)
+        save_model_atomic(m, out)
+    with fits.open(out, mode="update") as hdul:
+        for k, v in record.items():
+            hdul[0].header[k] = v
+
+
 def write_tweakback(cals: list[Path], tarball: Path, folder: str, sol: Solution, ra0: float, dec0: float,
                     record: dict, scratch: Path) -> list[str]:
     """Every exposure with the solution applied, in one gzipped tarball under ``folder/``
     (members in name order, owner and times zeroed: the same files give the same bytes).
     Returns the member names."""
-    from astropy.io import fits
-    from stdatamodels.jwst import datamodels
-
     from processing.astrometry.wcs import correct_exposure
-    from processing.fileio import save_model_atomic
 
     work = scratch / folder
     work.mkdir(parents=True, exist_ok=True)
     names = []
     for cal in sorted(cals, key=lambda c: Path(c).name):
         out = work / Path(cal).name
-        with datamodels.open(cal) as m:
-            if sol.ok:
-                correct_exposure(m, sol.theta_rad, sol.shift_arcsec, ra0, dec0)
-            save_model_atomic(m, out)
-        with fits.open(out, mode="update") as hdul:
-            for k, v in record.items():
-                hdul[0].header[k] = v
+        write_corrected(Path(cal), out, correct_exposure, sol, ra0, dec0, record)
         names.append(f"{folder}/{out.name}")
     with open(tarball, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -169,12 +176,9 @@ def plot_residuals(path: Path, res: dict, sol: Solution, title: str) -> None:
 def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     """Solve (or take the reference band's solution), apply to the mosaic and the exposures,
     write the QA table and figure."""
-    from astropy.io import fits
     from astropy.table import Table
-    from stdatamodels.jwst import datamodels
 
     from processing.astrometry.wcs import correct_mosaic
-    from processing.fileio import save_model_atomic
 
     t0 = time.time()
     outdir = Path(outdir)
@@ -197,13 +201,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         log.warning("astrometry %s %s: %s", target, band, sol.status)
     record = header_record(sol, solve_band)
     out_mosaic = outdir / f"{product}_i2d.fits"
-    with datamodels.open(mosaic) as m:
-        if sol.ok:
-            correct_mosaic(m, sol.theta_rad, sol.shift_arcsec, ra0, dec0)
-        save_model_atomic(m, out_mosaic)
-    with fits.open(out_mosaic, mode="update") as hdul:
-        for k, v in record.items():
-            hdul[0].header[k] = v
+    write_corrected(mosaic, out_mosaic, correct_mosaic, sol, ra0, dec0, record)
     # QA on this band's own sources (for MIRI bands other than F1000W: the transferred solution)
     res = {"ra": np.zeros(0), "dec": np.zeros(0), "ra_ref": np.zeros(0), "dec_ref": np.zeros(0),
            "before": np.zeros((0, 2)), "after": np.zeros((0, 2)), "snr": np.zeros(0)}

@@ -33,8 +33,14 @@ def run_variants(program: Path, workdir: Path, band: str, cache: Path | None = N
         summary = engine.run()
         if not summary.ok:
             raise RuntimeError(f"{variant}: " + "; ".join(r.error or "" for r in summary.results.values() if r.error))
-        out[variant] = summary.products[0]
+        out[variant] = next(p for p in summary.products if p.name.endswith("_i2d.fits"))
     return out
+
+
+def _absolute(path: Path) -> bool:
+    from astropy.io import fits
+
+    return fits.getheader(path, 0).get("HLSPDAST") == "absolute"
 
 
 def measure(program: Path, mosaics: dict[str, Path], band: str) -> dict:
@@ -50,11 +56,13 @@ def measure(program: Path, mosaics: dict[str, Path], band: str) -> dict:
     ny, nx = ref.data.shape
     y, x = np.mgrid[0:ny, 0:nx]
     ra, dec = ref.meta.wcs(x, y)
-    # no astrometric correction exists yet (MIRI tweakreg is off): evaluate the truth where each
-    # pixel really looked, i.e. at its nominal position plus the visit's pointing error
+    # the truth where each pixel really looked: at its position if the astrometry stages
+    # corrected the mosaic, else at its nominal position plus the visit's pointing error
     visits = {e["visit"] for e in truth.exposures.values() if e["target"] == "synth2" and e["band"] == band and e["kind"] == "science"}
     (visit,) = visits
     de, dn = truth.data["visits"][visit]["pointing_error_arcsec"]
+    if _absolute(mosaics["borrowed"]):
+        de = dn = 0.0
     true = truth.sky("synth2", band, ra + de / 3600 / np.cos(np.deg2rad(dec)), dec + dn / 3600)
     # the paper's source mask: from the close-in-time (borrowed-only) mosaic
     _, med, std = sigma_clipped_stats(ref.data[np.isfinite(ref.data)], sigma=3)

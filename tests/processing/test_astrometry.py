@@ -305,7 +305,7 @@ def test_band_mapping_miri_solves_on_f1000w_nircam_per_band(tmp_path):
     the reference band falls back (no reference input) instead of failing."""
     from processing.pipeline import build_graph
     from release.manifest import load_manifest
-    from tests.processing.test_stages import _exposure
+    from tests.processing.test_stages import _exposure, toy_manifest
 
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -317,23 +317,7 @@ def test_band_mapping_miri_solves_on_f1000w_nircam_per_band(tmp_path):
     for band in ("F770W", "F1000W", "F2100W"):
         _exposure(raw / f"jw09001alphabkg{band.lower()}_uncal.fits", "alpha", "miri", band, "003", 60000.5, parallel=True)
     (tmp_path / "cat.ecsv").write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: RA, datatype: float64}\n# - {name: DEC, datatype: float64}\nRA DEC\n10.0 1.0\n")
-    (tmp_path / "m.toml").write_text("""
-[release]
-project = "toy"
-title = "toy"
-version = "1.0.0"
-doi = "10.17909/toy"
-lead = "T"
-pi = "T"
-contact = { name = "T", email = "t@example.org" }
-[pins]
-jwst = "3.0.0"
-crds_context = "jwst_9001.pmap"
-[program]
-proposal_ids = [9001]
-instruments = ["nircam", "miri"]
-bands = ["F200W", "F300M", "F770W", "F1000W", "F2100W"]
-data = { source = "local", path = "raw" }
+    (tmp_path / "m.toml").write_text(toy_manifest(["F200W", "F300M", "F770W", "F1000W", "F2100W"], """
 [targets.alpha]
 ra = 10.0
 dec = 1.0
@@ -342,10 +326,7 @@ astrometry_catalog = "cat.ecsv"
 ra = 20.0
 dec = 2.0
 bands = ["F200W", "F770W", "F2100W"]
-[targets.beta.miri_background]
-source = "borrowed"
-borrow_from = "alpha"
-""")
+"""))
     g = build_graph(load_manifest(tmp_path / "m.toml"))
 
     def ref(task):

@@ -265,9 +265,10 @@ def test_reference_catalog(ext):
                & (cat["ROUND_F814W"] <= 0.4) & (cat["COLOR_F555W_F814W"] >= 2) & (cat["COLOR_F555W_F814W"] < 4))
     assert passing.sum() == t["n_pass_cuts"]
     assert set(np.asarray(cat["KIND"][passing])) == {"rsg"} and passing.sum() > 0.6 * len(rsg)
-    # red supergiants sit 3-5 mag above the TRGB
+    # most red supergiants sit 3-5 mag above the TRGB (the paper's magnitude window; the
+    # fluxes spread by 0.65 mag, so the window is a real cut on the tails)
     m = np.asarray(cat["MAG_F814W"][passing])
-    assert np.mean((m > cat.meta["trgb_f814w"] - 5) & (m < cat.meta["trgb_f814w"] - 3)) > 0.9
+    assert 0.8 < np.mean((m > cat.meta["trgb_f814w"] - 5) & (m < cat.meta["trgb_f814w"] - 3)) < 1.0
     # catalogue errors: per-axis RMS = the recorded error of each source (good ones 5 mas)
     d_east = (cat["RA"] - cat["RA_TRUE"]) * np.cos(np.deg2rad(cat["DEC_TRUE"])) * 3.6e6
     d_north = (cat["DEC"] - cat["DEC_TRUE"]) * 3.6e6

@@ -72,6 +72,35 @@ def _exposure(path: Path, target: str, inst: str, band: str, visit: str, mjd: fl
     fits.PrimaryHDU(np.full((4, 4), value, dtype=np.float32), header=h).writeto(path)
 
 
+def toy_manifest(bands: list[str], targets: str) -> str:
+    """A manifest for a fake program in ``raw/`` (beside it): the release and pins, ``bands``,
+    the ``targets`` tables given, and beta borrowing alpha's MIRI off-fields."""
+    import json
+
+    return f"""
+[release]
+project = "toy"
+title = "toy"
+version = "1.0.0"
+doi = "10.17909/toy"
+lead = "T"
+pi = "T"
+contact = {{ name = "T", email = "t@example.org" }}
+[pins]
+jwst = "3.0.0"
+crds_context = "jwst_9001.pmap"
+[program]
+proposal_ids = [9001]
+instruments = ["nircam", "miri"]
+bands = {json.dumps(bands)}
+data = {{ source = "local", path = "raw" }}
+{targets}
+[targets.beta.miri_background]
+source = "borrowed"
+borrow_from = "alpha"
+"""
+
+
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
     """A fake program (2 targets, NIRCam F200W/F300M in two visits, MIRI F770W with off-fields),
@@ -96,23 +125,7 @@ def toy(tmp_path, monkeypatch):
         _exposure(raw / f"jw09001{target}bkg_uncal.fits", target, "miri", "F770W", "003", 60001, parallel=True)
     (tmp_path / "cat.txt").write_text("0.5")
     manifest = tmp_path / "m.toml"
-    manifest.write_text("""
-[release]
-project = "toy"
-title = "toy"
-version = "1.0.0"
-doi = "10.17909/toy"
-lead = "T"
-pi = "T"
-contact = { name = "T", email = "t@example.org" }
-[pins]
-jwst = "3.0.0"
-crds_context = "jwst_9001.pmap"
-[program]
-proposal_ids = [9001]
-instruments = ["nircam", "miri"]
-bands = ["F200W", "F300M", "F770W"]
-data = { source = "local", path = "raw" }
+    manifest.write_text(toy_manifest(["F200W", "F300M", "F770W"], """
 [targets.alpha]
 ra = 10.0
 dec = 1.0
@@ -121,10 +134,7 @@ astrometry_catalog = "cat.txt"
 ra = 20.0
 dec = 2.0
 astrometry_catalog = "cat.txt"
-[targets.beta.miri_background]
-source = "borrowed"
-borrow_from = "alpha"
-""")
+"""))
     return {"root": tmp_path, "manifest": manifest, "mods": mods, "lm": load_manifest(manifest)}
 
 
