@@ -60,14 +60,15 @@ def mosaic_sources(path: Path, band: str, params: dict) -> tuple[dict, float, fl
     return found, ra0, dec0, float(np.hypot(x, y).max())
 
 
-def solve_mosaic(path: Path, band: str, catalog: dict, p: AbsoluteParameters, params: dict) -> tuple[Solution, float, float]:
-    """The two-pass solution of one mosaic against the catalogue, about the mosaic's CRVAL."""
+def solve_mosaic(path: Path, band: str, catalog: dict, p: AbsoluteParameters, params: dict) -> tuple[Solution, float, float, dict]:
+    """The two-pass solution of one mosaic against the catalogue, about the mosaic's CRVAL;
+    also returns the mosaic's sources."""
     found, ra0, dec0, radius = mosaic_sources(path, band, params)
     ref_xy, _ = reference_in(catalog, ra0, dec0, radius + p.search_radius_arcsec)
     src_xy = np.column_stack(to_tangent(found["ra"], found["dec"], ra0, dec0)) if len(found["ra"]) else np.zeros((0, 2))
     sol, *_ = solve(src_xy, ref_xy, p.search_radius_arcsec, p.tolerance_wide_arcsec, p.tolerance_strict_arcsec,
                     rotate=p.rotation, min_matches=p.min_matches, clip=p.clip_sigma)
-    return sol, ra0, dec0
+    return sol, ra0, dec0, found
 
 
 def residuals(found: dict, catalog: dict, sol: Solution, ra0: float, dec0: float, tolerance: float) -> dict:
@@ -189,10 +190,13 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     solve_band = p.reference_band.upper() if inputs.get("reference_mosaic") else band
     catalog = read_catalog(inputs["catalog"][0], cuts_from(params)) if inputs.get("catalog") else None
     ra0 = dec0 = float("nan")
+    found = None  # the solved mosaic's sources, reused for the QA when it is this band's own
     if catalog is None:
         sol = Solution(status="no reference catalogue (targets.%s.astrometry_catalog): relative astrometry only" % target)
     else:
-        sol, ra0, dec0 = solve_mosaic(solve_on, solve_band, catalog, p, params)
+        sol, ra0, dec0, found = solve_mosaic(solve_on, solve_band, catalog, p, params)
+        if solve_on != mosaic:
+            found = None
         if not sol.ok:
             sol.status = f"{sol.status}: relative astrometry only"
     if not sol.ok:
@@ -206,7 +210,8 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     res = {"ra": np.zeros(0), "dec": np.zeros(0), "ra_ref": np.zeros(0), "dec_ref": np.zeros(0),
            "before": np.zeros((0, 2)), "after": np.zeros((0, 2)), "snr": np.zeros(0)}
     if catalog is not None:
-        found, mra0, mdec0, _ = mosaic_sources(mosaic, band, params)
+        if found is None or not sol.ok:
+            found, mra0, mdec0, _ = mosaic_sources(mosaic, band, params)
         if sol.ok:  # the solution is about (ra0, dec0); evaluate the residuals in that plane
             mra0, mdec0 = ra0, dec0
         res = residuals(found, catalog, sol, mra0, mdec0, p.tolerance_strict_arcsec if sol.ok else p.tolerance_wide_arcsec)

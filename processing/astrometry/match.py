@@ -84,7 +84,8 @@ def detect_sources(data: np.ndarray, err: np.ndarray, bad: np.ndarray, fwhm_pix:
     A smooth background (photutils Background2D, boxes of ~8 FWHM) is removed; sources are
     found by DAOStarFinder on the S/N map ``(data - background) / err`` above ``nsigma``, with
     its sharpness and roundness limits (stars, not knots of emission); each centroid is then
-    refined by a 2-D Gaussian fit on the background-subtracted data. Sources within 2 FWHM of
+    refined by a 2-D Gaussian fit on the background-subtracted data (:func:`gaussian_centroids`;
+    a source it cannot fit, a blend or an extended one, is dropped). Sources within 2 FWHM of
     a bad pixel (saturated cores, edges, masked regions) are dropped.
 
     Parameters
@@ -109,7 +110,6 @@ def detect_sources(data: np.ndarray, err: np.ndarray, bad: np.ndarray, fwhm_pix:
         units) as arrays of shape (n,).
     """
     from photutils.background import Background2D, MedianBackground
-    from photutils.centroids import centroid_2dg, centroid_sources
     from photutils.detection import DAOStarFinder
     from scipy import ndimage
 
@@ -146,15 +146,95 @@ def detect_sources(data: np.ndarray, err: np.ndarray, bad: np.ndarray, fwhm_pix:
     if max_sources:
         order = order[:max_sources]
     x, y, peak, flux = x[order], y[order], peak[order], flux[order]
-    if x.size:
-        size = int(2 * np.ceil(1.5 * fwhm_pix) + 1)
-        size = max(size, 5)
-        with warnings.catch_warnings():  # a fit that does not converge is dropped below
-            warnings.simplefilter("ignore")
-            cx, cy = centroid_sources(sub, x, y, box_size=size, centroid_func=centroid_2dg, mask=bad)
+    if x.size:  # sources whose Gaussian fit fails (blends, extended, near the edge) are dropped
+        cx, cy = gaussian_centroids(sub, x, y, fwhm_pix, bad)
         ok = np.isfinite(cx) & np.isfinite(cy) & (np.hypot(cx - x, cy - y) < 0.5 * fwhm_pix + 0.5)
-        x, y = np.where(ok, cx, x), np.where(ok, cy, y)
+        x, y, peak, flux = cx[ok], cy[ok], peak[ok], flux[ok]
     return {"x": x, "y": y, "snr": peak, "flux": flux}
+
+
+def gaussian_centroids(image: np.ndarray, x: np.ndarray, y: np.ndarray, fwhm_pix: float, bad: np.ndarray | None = None,
+                       iterations: int = 10, max_width: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel centroids: a circular 2-D Gaussian plus a constant fitted by least squares to
+    the (2h+1)^2 stamp around each source (h = 1.5 FWHM), all sources at once (damped
+    Gauss-Newton, vectorised: ~1 ms per 100 sources; photutils' centroid_2dg fits one source at
+    a time through astropy.modeling, 22 ms each, which made it the stages' main cost). On
+    Gaussian stars of FWHM 2-3 pixels over a gradient with noise: 0.014-0.05 pixel RMS, against
+    0.06-0.09 for centroid_2dg and DAOStarFinder (tests/processing/test_astrometry.py).
+
+    Parameters
+    ----------
+    image : ndarray, shape (ny, nx)
+        Background-subtracted (or not: the constant absorbs a local level) image.
+    x, y : ndarray, shape (n,)
+        Starting positions, 0-based pixels.
+    fwhm_pix : float
+        PSF FWHM, pixels (the fit's starting width and stamp size).
+    bad : ndarray of bool, shape (ny, nx), optional
+        Pixels left out of the fit.
+
+    max_width : float
+        Fits wider than this many times the PSF's sigma are blends or extended sources: NaN.
+
+    Returns
+    -------
+    cx, cy : ndarray, shape (n,)
+        Centroids; NaN where the stamp leaves the image or the fit fails (non-positive
+        amplitude, centre off the stamp, too wide).
+    """
+    image = np.asarray(image, float)
+    ny, nx = image.shape
+    h = max(2, int(np.ceil(1.5 * fwhm_pix)))
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ix, iy = np.round(x).astype(int), np.round(y).astype(int)
+    inside = (ix >= h) & (iy >= h) & (ix < nx - h) & (iy < ny - h)
+    cx, cy = np.full(x.size, np.nan), np.full(x.size, np.nan)
+    if not inside.any():
+        return cx, cy
+    off = np.arange(-h, h + 1)
+    gy, gx = np.meshgrid(off, off, indexing="ij")
+    rows, cols = iy[inside, None, None] + gy, ix[inside, None, None] + gx
+    w = np.ones(rows.shape) if bad is None else (~np.asarray(bad, bool)[rows, cols]).astype(float)
+    # each source fits only the pixels nearer to it than to any other source (a neighbour
+    # inside the stamp would pull a single Gaussian towards it)
+    seeds = np.zeros(image.shape, np.int64)
+    seeds[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)] = np.arange(1, x.size + 1)
+    from scipy.ndimage import distance_transform_edt
+
+    ny_i, nx_i = distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
+    owner = seeds[ny_i, nx_i]
+    w = w * (owner[rows, cols] == (np.nonzero(inside)[0] + 1)[:, None, None])
+    d = np.where(w > 0, image[rows, cols], 0.0)
+    m = d.shape[0]
+    d2, w2 = d.reshape(m, -1), w.reshape(m, -1)
+    gx2, gy2 = gx.ravel().astype(float), gy.ravel().astype(float)
+    s0 = fwhm_pix / 2.3548
+    masked = np.where(w2 > 0, d2, np.nan)
+    with warnings.catch_warnings():  # an all-bad stamp: NaN, dropped below
+        warnings.simplefilter("ignore")
+        bkg = np.nan_to_num(np.nanpercentile(masked, 20, axis=1))
+    p = np.column_stack([d[:, h, h] - bkg, x[inside] - ix[inside], y[inside] - iy[inside], np.full(m, s0), bkg])
+    with np.errstate(all="ignore"):
+        for _ in range(iterations):
+            a, dx, dy, s, b = p.T
+            ex, ey = gx2 - dx[:, None], gy2 - dy[:, None]
+            r2 = ex**2 + ey**2
+            g = np.exp(-0.5 * r2 / s[:, None] ** 2)
+            res = (d2 - (a[:, None] * g + b[:, None])) * w2
+            jac = np.stack([g, a[:, None] * g * ex / s[:, None] ** 2, a[:, None] * g * ey / s[:, None] ** 2,
+                            a[:, None] * g * r2 / s[:, None] ** 3, np.ones_like(g)], axis=2) * w2[:, :, None]
+            jtj = np.einsum("mki,mkj->mij", jac, jac)
+            jtj += 1e-6 * np.eye(5) * np.trace(jtj, axis1=1, axis2=2)[:, None, None] + 1e-12 * np.eye(5)
+            jtr = np.einsum("mki,mk->mi", jac, res)
+            p = p + np.linalg.solve(jtj, jtr[:, :, None])[:, :, 0]
+            p[:, 3] = np.clip(p[:, 3], 0.3 * s0, 3 * s0)
+            p[:, 1:3] = np.clip(p[:, 1:3], -h, h)
+    # a width far from the PSF's is a blend or an extended source, not a star to centroid
+    good = (np.all(np.isfinite(p), axis=1) & (p[:, 0] > 0) & (np.abs(p[:, 1]) < h - 0.5) & (np.abs(p[:, 2]) < h - 0.5)
+            & (p[:, 3] < max_width * s0))
+    cx[inside] = np.where(good, ix[inside] + p[:, 1], np.nan)
+    cy[inside] = np.where(good, iy[inside] + p[:, 2], np.nan)
+    return cx, cy
 
 
 # -- catalogue cuts --------------------------------------------------------------------------

@@ -39,9 +39,11 @@ class DetectionParameters(CatalogCuts):
 
 class RelativeParameters(DetectionParameters):
     reference_band: str = Field("", description="band the per-visit shifts are solved on (NIRCam F300M, MIRI F1000W: the paper's)")
+    max_sources: int = Field(300, ge=10, description="brightest sources kept per exposure (each dither is matched on its own: 300 per exposure put a visit's shift far below the catalogue's errors; their 2-D Gaussian centroids are the stage's main cost)")
 
 
 class AbsoluteParameters(DetectionParameters):
+    max_sources: int = Field(1500, ge=10, description="brightest sources kept per mosaic")
     reference_band: str = Field("", description="band the solution is solved on and taken from; empty: each band its own (NIRCam); MIRI: F1000W for every band")
     rotation: bool = Field(True, description="strict pass fits shift and rotation (tweakreg's rshift); off: shift only")
     require_solution: bool = Field(False, description="fail the task when there is no catalogue or too few matches (default: keep the relative-only astrometry and record why)")

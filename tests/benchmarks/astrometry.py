@@ -232,8 +232,8 @@ def render(result: dict) -> list[str]:
         def c(s):
             return f"{s['rms_mas']:.1f}" if s else "-"
         mos = r.get("mosaic") or {}
-        mos_cell = (f"({mos['median_mas'][0]:.1f}, {mos['median_mas'][1]:.1f}), {mos['tile_rms_mas']} ({mos['n']})"
-                    if mos else "-")
+        tile_rms = "-" if mos.get("tile_rms_mas") is None else mos["tile_rms_mas"]
+        mos_cell = f"({mos['median_mas'][0]:.1f}, {mos['median_mas'][1]:.1f}), {tile_rms} ({mos['n']})" if mos else "-"
         lines.append(f"| {r['target']} | {r['band']} | {r['solved_on']} | {r['n_matches']} | {c(r['level2'])} | {c(r['relative'])} | "
                      f"{c(r['tweakback'])} | {c(r.get('tweakreg_default'))} | {mos_cell} | {r['seconds']:.0f} s |")
     return lines
