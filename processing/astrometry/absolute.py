@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -109,6 +108,7 @@ def write_tweakback(cals: list[Path], tarball: Path, folder: str, sol: Solution,
     (members in name order, owner and times zeroed: the same files give the same bytes).
     Returns the member names."""
     from processing.astrometry.wcs import correct_exposure
+    from processing.fileio import remove_scratch
 
     work = scratch / folder
     work.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def write_tweakback(cals: list[Path], tarball: Path, folder: str, sol: Solution,
             info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "", ""
             with open(path, "rb") as fh:
                 tar.addfile(info, fh)
-    shutil.rmtree(work)
+    remove_scratch(work)  # the package's own scratch removal: links removed as links
     return names
 
 
