@@ -18,7 +18,8 @@ from tests.conftest import REPO, hlsp
 
 pytestmark = pytest.mark.slow
 
-PRODUCTS = [("synth1", "f200w"), ("synth1", "f770w"), ("synth2", "f200w"), ("synth2", "f770w")]
+# one target: the scheduler, the kill and the resume are what is tested, not the whole graph again
+PRODUCTS = [("synth2", "f200w"), ("synth2", "f770w")]
 
 
 def _done(cache) -> int:
@@ -34,7 +35,8 @@ def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(
     try:
         addr = cluster.scheduler_address
         cache, work = tmp_path / "cache", tmp_path / "work"
-        args = ["run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache), "--scheduler", addr]
+        args = ["run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache), "--scheduler", addr,
+                "--targets", "synth2"]
         t0 = time.time()
         proc = subprocess.Popen([sys.executable, "-m", "release.cli", *args], cwd=REPO, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "400"})
@@ -48,11 +50,11 @@ def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(
         out, err = proc.communicate(timeout=1200)
         elapsed = time.time() - t0
         assert "Traceback" not in out + err, err[-3000:]
-        assert 6 <= killed_at < 32, killed_at
         if proc.returncode != 0:  # failed cleanly: exit 1, the task named; the rerun resumes
             assert proc.returncode == 1 and "what did not complete" in out, out + err
             hlsp(*args, check_code=0)
         rerun = hlsp(*args, check_code=0)
+        assert 6 <= killed_at < _done(cache), (killed_at, _done(cache))  # killed mid-run
         assert all(line.split("│")[3].strip() == "0" for line in rerun.stdout.splitlines() if line.startswith("│ lv")), rerun.stdout
         for target, band in PRODUCTS:
             a = work / "products" / target / band / f"{target}_{band}_i2d.fits"

@@ -82,7 +82,9 @@ def test_parameter_change_reruns_only_that_target(engine_run, tmp_path):
 
 def test_kill_9_then_resume_gives_identical_products(engine_run, tmp_path):
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "release.cli", "run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache)]
+    # one target and band: what is tested is the kill and the resume, not the whole graph again
+    only = ["--targets", "synth1", "--bands", "f770w"]
+    cmd = [sys.executable, "-m", "release.cli", "run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache), *only]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -93,14 +95,14 @@ def test_kill_9_then_resume_gives_identical_products(engine_run, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the command and its workers, mid-stage
     proc.wait()
     killed_with = len(list((cache / "objects").glob("*/*/task.json")))
-    assert 6 <= killed_with < 32, killed_with
     assert not (tmp_path / "work" / "products").exists() or not any((tmp_path / "work" / "products").rglob("*.fits"))
     # every published entry is whole
     for entry in (cache / "objects").glob("*/*"):
         assert (entry / "task.json").exists(), entry
-    hlsp("run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache), check_code=0)
+    hlsp("run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache), *only, check_code=0)
     assert not any((cache / "tmp").iterdir())  # the dead run's scratch is gone
-    for target, band in PRODUCTS:
+    assert 6 <= killed_with < len(list((cache / "objects").glob("*/*/task.json"))), killed_with  # killed mid-run
+    for target, band in [("synth1", "f770w")]:
         a, b = product(tmp_path / "work", target, band), product(engine_run["workdir"], target, band)
         assert fits_fingerprint(a) == fits_fingerprint(b)
         wa, wb = _open(a).meta.wcs, _open(b).meta.wcs  # the WCS in the ASDF extension
