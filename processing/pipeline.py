@@ -212,6 +212,8 @@ def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
             raise BadInput(f"{tid}: input '{conn.name}' ({conn.relation}"
                            + (f" of {conn.stage}" if conn.stage else "") + ") selects nothing in this run")
         task.inputs[conn.name] = refs
+        if any("facts" in r for r in refs):  # in the context: part of the task's key
+            context.setdefault("facts", {})[conn.name] = [r.get("facts", {}) for r in refs]
         for r in refs:
             if "task" in r and r["task"] not in task.deps:
                 task.deps.append(r["task"])
@@ -226,11 +228,15 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
             raise BadInput(f"stage {stage.name}: a 'raw' input needs an exposure unit")
         return [{"file": unit.exposure.path}]
     if conn.relation == "manifest_file":
-        files = [Path(p) for p in resolve(conn.files)(lm, unit.as_dict())]
-        for p in files:
-            if not p.is_file():
+        # each item: a path, or (path, facts): what the manifest says about the file (e.g. an
+        # external image's beam), given to the stage in context["facts"][input name]
+        items = [(i, None) if isinstance(i, (str, Path)) else i for i in resolve(conn.files)(lm, unit.as_dict())]
+        out = []
+        for p, facts in items:
+            if not Path(p).is_file():
                 raise BadInput(f"{stage.name}/{unit.id(stage.unit)}: input '{conn.name}' names {p}, which is not a file")
-        return [{"file": str(p)} for p in files]
+            out.append({"file": str(p), **({"facts": dict(facts)} if facts is not None else {})})
+        return out
     up = registry[conn.stage]
     ups = units_of.get(conn.stage, {})
 

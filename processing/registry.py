@@ -5,6 +5,7 @@ connections (processing/stages.py)."""
 from __future__ import annotations
 
 from processing import destripe, destripe_multi, jwst_stages, level_match, lyot
+from processing.anchoring import stage as anchoring
 from processing.astrometry import absolute, relative
 from processing.stages import Registry
 
@@ -19,8 +20,9 @@ REGISTRY = Registry(
         level_match.STAGE,       # refines lv2's cal files, every exposure of a band at once (parts merged)
         destripe_multi.STAGE,    # refines lv2's cal files (NIRCam), every exposure of a band at once
         absolute.STAGE,          # refines lv3's mosaic; back-propagates to the exposures (tweakback)
+        anchoring.STAGE,         # refines lv3's mosaic (after astrometry) and the tweakback exposures: absolute level
     ],
     # the PHANGS stages of reference/pipeline.md not in this version yet: a manifest that
     # sets their parameters is told so instead of being silently ignored
-    planned=("anchoring", "psf_matching"),
+    planned=("psf_matching",),
 )

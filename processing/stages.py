@@ -33,7 +33,10 @@ Relations of an input (:data:`RELATIONS`), from the task's unit to the upstream 
   (the stage falls back and records it); a reference band observed but left out of the run
   (``--bands``, a patch) is an error naming it;
 - ``manifest_file``: files the manifest names for the unit, returned by the input's ``files``
-  function (an external image, a catalogue, a PSF); they enter the cache key by content.
+  function (an external image, a catalogue, a PSF); they enter the cache key by content. The
+  function may return ``(path, facts)`` pairs: what the manifest says about each file (an
+  external image's survey and beam) reaches the stage as ``context["facts"][input name]``
+  (one dict per file, in order) and enters the key with the rest of the context.
 
 Refining a stage's output in place (``refines=(stage, suffix)``): a stage that corrects an
 upstream output without changing what it is (destriping the rate files of detector1 before
@@ -138,10 +141,16 @@ class Input:
 
 @dataclass(frozen=True)
 class Product:
-    """A release product a stage provides: its MAST product type and the output it is made from."""
+    """A release product a stage provides: its MAST product type and the output it is made from.
+
+    ``per``: ``"band"``, one file per target and band (a mosaic, a tarball); ``"target"``, a
+    table (``.ecsv``) each band's task writes one part of, packaged as one table per target
+    (filter field ``multi``), e.g. the anchoring offsets of every band.
+    """
 
     type: str
     suffix: str
+    per: str = "band"
 
 
 @dataclass(frozen=True)
@@ -288,6 +297,10 @@ class Registry:
 
     def ordered(self) -> list[Stage]:
         return [self.stages[n] for n in self.order]
+
+    def target_tables(self) -> dict[str, Product]:
+        """Product type -> declaration, of the per-target table products of these stages."""
+        return {p.type: p for s in self.ordered() for p in s.products if p.per == "target"}
 
     def product_providers(self) -> dict[str, Stage]:
         """Release product type -> the stage that provides it (the most downstream one wins,

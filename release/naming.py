@@ -105,7 +105,7 @@ def check_name(name: str) -> list[str]:
 
 def collection_instrument(instruments) -> str:
     """Instrument field of the collection files: the release's instruments joined, ``miri-nircam``."""
-    return "-".join(sorted({i.lower() for i in instruments}))
+    return "-".join(sorted({part for i in instruments for part in i.lower().split("-")}))
 
 
 def release_names(manifest, version: str) -> list[tuple[str, str]]:

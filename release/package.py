@@ -86,7 +86,7 @@ def package_release(lm: LoadedManifest, products: list, releases_root: Path, sim
     m = lm.manifest
     check_packageable(lm)
     dest = release_dir(releases_root, lm)
-    unknown = sorted({e.product for e in products} - set(PRODUCT_WRITERS))
+    unknown = sorted({e.product for e in products} - set(PRODUCT_WRITERS) - set(_target_tables()))
     if unknown:
         raise WorkFailed(f"the run provides product type(s) {', '.join(unknown)} that this version cannot package")
     mosaics = {(e.target, e.band): e.path for e in products if e.product == "img"}
@@ -162,12 +162,50 @@ def _write_tweakback_product(lm: LoadedManifest, entry, staging: Path, simulated
 PRODUCT_WRITERS = {"img": _write_img_product, "tweakback": _write_tweakback_product}
 
 
+def _target_tables() -> dict:
+    from processing.stages import default_registry
+
+    return default_registry().target_tables()
+
+
+def _write_target_table(lm: LoadedManifest, ptype: str, target: str, entries: list, staging: Path) -> list[PackagedFile]:
+    """One table per target of a per-target product (e.g. the anchoring offsets): the bands'
+    tables stacked in band order, each row with its band, the metadata of each band kept
+    under its name."""
+    from astropy.table import Table, vstack
+
+    from processing.instruments import instrument_of
+
+    m = lm.manifest
+    parts, meta = [], {}
+    for entry in sorted(entries, key=lambda e: e.band or ""):
+        t = Table.read(entry.path, format="ascii.ecsv")
+        t.add_column([entry.band] * len(t), name="band", index=0)
+        parts.append(t)
+        meta[entry.band] = dict(t.meta)
+    table = vstack(parts, metadata_conflicts="silent") if parts else Table()
+    table.meta.clear()
+    table.meta.update({"release": m.release.project, "version": m.release.version, "target": target, "product": ptype, "bands": meta})
+    inst = collection_instrument(instrument_of(e.band) for e in entries)
+    out = staging / target / make_name(m.release.project, inst, target, "multi", file_version(m.release.version), ptype, "ecsv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.write(out, format="ascii.ecsv", overwrite=True)
+    return [PackagedFile(out, ptype, target, inst, "multi")]
+
+
 def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: bool) -> list[PackagedFile]:
     m = lm.manifest
     fv = file_version(m.release.version)
     files: list[PackagedFile] = []
+    tables = _target_tables()
+    grouped: dict[tuple[str, str], list] = {}
     for entry in sorted(products, key=lambda e: (e.product, e.target, e.band or "", e.path.name)):
-        files += PRODUCT_WRITERS[entry.product](lm, entry, staging, simulated)
+        if entry.product in tables:
+            grouped.setdefault((entry.product, entry.target), []).append(entry)
+        else:
+            files += PRODUCT_WRITERS[entry.product](lm, entry, staging, simulated)
+    for (ptype, target), entries in sorted(grouped.items()):
+        files += _write_target_table(lm, ptype, target, entries, staging)
     insts = collection_instrument(f.instrument for f in files)
     readme = staging / make_name(m.release.project, insts, "all", "multi", fv, "readme", "txt")
     from processing.fileio import atomic_write_text
@@ -380,6 +418,7 @@ def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool
         files=[{"name": f.path.name, "product": f.product, "target": f.target, "filter": f.filter} for f in files],
         targets=m.targets, flags=flags, simulated=simulated, not_in_version=NOT_IN_THIS_VERSION,
         want_tweakback=m.products.tweakback, want_convolved=bool(m.products.convolved_fwhm_arcsec),
+        want_anchoring=any(f.product == "anchoring" for f in files),
     )
 
 

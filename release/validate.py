@@ -252,9 +252,24 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
             rel = f"{target}/{name}"
             report.add(rel, "release manifest coverage", None if rel in rels else
                        f"{target} {band.upper()} is in the release manifest {toml_rel} but its {product} file is missing")
+    # per-target tables (e.g. anchoring): one per target, filter 'multi', every band in it
+    from processing.stages import default_registry
+    from release.naming import collection_instrument
+
+    tables = default_registry().target_tables()
+    for target in sorted(m.targets):
+        inst = collection_instrument(instrument_of(b) for b in m.target_bands(target))
+        for ptype in sorted(tables):
+            rel = f"{target}/{HlspName(m.release.project, inst, target, 'multi', fv, ptype, 'ecsv')}"
+            if rel not in rels:
+                report.add(rel, "release manifest coverage", f"{target}: the {ptype} table is missing")
+            else:
+                _check_target_table(report, rel, rels[rel], {b.upper() for b in m.target_bands(target)}, ptype)
     for rel in rels:
         parsed = parse_name(Path(rel).name)
         if parsed is None or parsed.target == "all":
+            continue
+        if parsed.filter == "multi" and parsed.product in tables and parsed.target in m.targets:
             continue
         if (parsed.target, parsed.filter) not in wanted:
             report.add(rel, "release manifest coverage",
@@ -262,6 +277,24 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
         elif parsed.project != m.release.project or parsed.version != fv:
             report.add(rel, "release manifest coverage",
                        f"project/version '{parsed.project}' {parsed.version} differ from the release manifest's {m.release.project} {fv}")
+
+
+def _check_target_table(report: Report, rel: str, path: Path, bands: set[str], ptype: str) -> None:
+    """A per-target table opens and holds exactly the target's bands."""
+    from astropy.table import Table
+
+    try:
+        t = Table.read(path, format="ascii.ecsv")
+    except Exception as exc:  # noqa: BLE001 - any unreadable table is a finding
+        report.add(rel, f"{ptype} table", f"does not open as an ECSV table ({type(exc).__name__}: {exc})")
+        return
+    have = {str(b).upper() for b in t["band"]} if "band" in t.colnames else set()
+    meta = set((t.meta.get("bands") or {}).keys())
+    problem = None
+    if have | meta != bands:
+        problem = (f"bands {', '.join(sorted(have | meta)) or 'none'} differ from the release manifest's "
+                   f"{', '.join(sorted(bands))}")
+    report.add(rel, f"{ptype} table", problem)
 
 
 def _check_readme(report: Report, rel: str, path: Path, m) -> None:

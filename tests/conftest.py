@@ -65,6 +65,16 @@ def effects_default(effects_program, tmp_path_factory) -> dict:
     return result
 
 
+#: the wide-field images of the synthetic program, in the paper's order (survey, beam FWHM")
+ANCHORING_IMAGES = {"nircam": (("irac1", 1.7), ("wise1", 6.1)), "miri": (("irac4", 2.0), ("wise3", 6.5))}
+
+
+def anchoring_images(program: Path, target: str) -> str:
+    """The manifest tables naming a target's wide-field images for background anchoring."""
+    return "".join(f'[[targets.{target}.anchoring.{inst}]]\nsurvey = "{s}"\nfile = "{program / "external" / f"{target}_{s}.fits"}"\n'
+                   f"fwhm_arcsec = {fwhm}\n" for inst, images in ANCHORING_IMAGES.items() for s, fwhm in images)
+
+
 def write_manifest(path: Path, program: Path, extra: str = "", pins_jwst: str = "3.0.0", borrow: str = "borrowed") -> Path:
     """A release manifest for a synthetic program (bands taken from the program)."""
     import json
@@ -98,10 +108,12 @@ path = "{program}"
 ra = 150.10
 dec = 2.20
 astrometry_catalog = "{program / 'external' / 'synth1_refcat.ecsv'}"
+{anchoring_images(program, "synth1")}
 [targets.synth2]
 ra = 150.60
 dec = 2.45
 astrometry_catalog = "{program / 'external' / 'synth2_refcat.ecsv'}"
+{anchoring_images(program, "synth2")}
 [targets.synth2.miri_background]
 source = "{borrow}"
 {'borrow_from = "synth1"' if borrow != 'own' else ''}

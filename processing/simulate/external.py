@@ -14,7 +14,7 @@ A PHANGS-style release needs three things from outside JWST (``pipeline.md`` ite
 
 Output layout under OUTDIR::
 
-    external/<target>_<survey>.fits   survey image (MJy/sr), north-up TAN WCS, 8' x 8'
+    external/<target>_<survey>.fits   survey image (MJy/sr), north-up TAN WCS, 24' x 24'
     external/<target>_refcat.ecsv     reference catalogue (RA, DEC, RA_TRUE, DEC_TRUE, MAG, ...)
     psf/psf_<band>.fits               oversampled PSF (sum 1) of each JWST band
 
@@ -58,8 +58,14 @@ SURVEYS: dict[str, dict] = {
     "wise1": {"fwhm": 6.1, "pixel": 1.375, "proxy": ("F335M",), "noise": 0.01},
     "wise3": {"fwhm": 6.5, "pixel": 1.375, "proxy": ("F1130W",), "noise": 0.05},
 }
-#: Side of the (square) survey images in arcmin; the JWST footprint is ~2'.
-FIELD_ARCMIN = 8.0
+#: Side of the (square) survey images in arcmin; the JWST footprint is ~2'. Wide, as the real
+#: ones are: the diffuse dust (scale length 70") still adds ~0.1 MJy/sr at 4' and 0.002 at 9',
+#: and an anchoring reference needs galaxy-free sky to define its own zero.
+FIELD_ARCMIN = 24.0
+#: Central part (arcmin) convolved exactly on a fine grid; outside it the extended emission is
+#: smooth on beam scales (scale lengths >= 35") and sampled at the pixel centres (error ~1e-4
+#: of the local intensity), the compact components still exactly.
+EXACT_FIELD_ARCMIN = 8.0
 #: Ranges of the per-target slope (dimensionless) and background (MJy/sr) of a survey image.
 SLOPE_RANGE = (0.9, 1.1)
 BACKGROUND_RANGE = (-0.2, 0.5)
@@ -268,7 +274,8 @@ def _add_pixel_averaged(out: np.ndarray, xs: np.ndarray, ys: np.ndarray, pixel: 
 
 
 def convolved_sky(galaxy: Galaxy, band: str, fwhm_arcsec: float, pixel_arcsec: float, n: int,
-                  samples_per_fwhm: float = SAMPLES_PER_FWHM, rows_per_chunk: int = 256) -> np.ndarray:
+                  samples_per_fwhm: float = SAMPLES_PER_FWHM, rows_per_chunk: int = 256,
+                  exact_arcmin: float = EXACT_FIELD_ARCMIN) -> np.ndarray:
     """True sky of ``band`` convolved with a Gaussian beam and averaged into survey pixels.
 
     The extended part of the sky (:func:`split_sky`) is evaluated on a fine grid (``k`` x ``k``
@@ -297,6 +304,9 @@ def convolved_sky(galaxy: Galaxy, band: str, fwhm_arcsec: float, pixel_arcsec: f
         Minimum fine-grid points per beam FWHM.
     rows_per_chunk : int
         Fine rows evaluated at once (bounds the memory of the sky evaluation).
+    exact_arcmin : float
+        Side of the central part convolved on the fine grid; outside it the extended part is
+        sampled at the survey pixel centres (smooth there: see EXACT_FIELD_ARCMIN).
 
     Returns
     -------
@@ -309,14 +319,24 @@ def convolved_sky(galaxy: Galaxy, band: str, fwhm_arcsec: float, pixel_arcsec: f
     step = pixel_arcsec / k
     beam_sigma = fwhm_arcsec * _FWHM_TO_SIGMA
     pad = int(np.ceil(BEAM_TRUNCATE * beam_sigma / step)) + 1
-    xs, ys = grid_offsets(n, pixel_arcsec, k, pad)
+    # the central n_in x n_in pixels (same parity as n: the grids coincide) exactly
+    n_in = min(n, int(np.ceil(exact_arcmin * 60.0 / pixel_arcsec)))
+    n_in += (n - n_in) % 2
+    edge = (n - n_in) // 2
     extended, comps = split_sky(galaxy, band)
+    out = np.empty((n, n))
+    if edge:
+        xo, yo = grid_offsets(n, pixel_arcsec)
+        for j0 in range(0, n, rows_per_chunk):
+            yy, xx = np.meshgrid(yo[j0 : j0 + rows_per_chunk], xo, indexing="ij")
+            out[j0 : j0 + rows_per_chunk] = extended.surface_brightness_xy(band, xx, yy)
+    xs, ys = grid_offsets(n_in, pixel_arcsec, k, pad)
     fine = np.empty((ys.size, xs.size))
     for j0 in range(0, ys.size, rows_per_chunk):
         yy, xx = np.meshgrid(ys[j0 : j0 + rows_per_chunk], xs, indexing="ij")
         fine[j0 : j0 + rows_per_chunk] = extended.surface_brightness_xy(band, xx, yy)
     fine = gaussian_filter(fine, beam_sigma / step, mode="nearest", truncate=BEAM_TRUNCATE)
-    out = fine[pad:-pad, pad:-pad].reshape(n, k, n, k).mean(axis=(1, 3))
+    out[edge : edge + n_in, edge : edge + n_in] = fine[pad:-pad, pad:-pad].reshape(n_in, k, n_in, k).mean(axis=(1, 3))
     del fine
     _add_pixel_averaged(out, *grid_offsets(n, pixel_arcsec), pixel_arcsec, broaden(comps, beam_sigma**2))
     log.debug("convolved %s to %.2f\" on a %dx%d fine grid (%.3f\"/point)", band, fwhm_arcsec, ys.size, xs.size, step)
@@ -328,8 +348,8 @@ def write_external_images(outdir: Path, name: str, galaxy: Galaxy, rng: np.rando
                           surveys=("irac1", "irac4", "wise1", "wise3")) -> dict:
     """Write the wide-field survey images of one target.
 
-    Each image is ``slope * convolved_sky(proxy band) + background + noise`` on an
-    8' x 8' north-up grid centred on the galaxy, with ``slope`` ~ U(SLOPE_RANGE), ``background``
+    Each image is ``slope * convolved_sky(proxy band) + background + noise`` on a
+    FIELD_ARCMIN-wide north-up grid centred on the galaxy, with ``slope`` ~ U(SLOPE_RANGE), ``background``
     ~ U(BACKGROUND_RANGE) (MJy/sr) and white Gaussian noise of SURVEYS[survey]['noise'] MJy/sr,
     drawn from ``rng`` in that order, survey after survey.
 
