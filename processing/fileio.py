@@ -95,6 +95,26 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def reproducible_tarball(dest: str | Path):
+    """Write a gzipped tar archive whose bytes depend only on what is added: names, order and
+    contents (owner, times, mode and the gzip timestamp fixed). Yields ``add(name, path)``."""
+    import gzip
+    import tarfile
+
+    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+
+        def add(name: str, path: str | Path) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = Path(path).stat().st_size
+            info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "", ""
+            with open(path, "rb") as fh:
+                tar.addfile(info, fh)
+
+        yield add
+
+
 def remove_scratch(path: Path) -> None:
     """Remove a scratch folder this package made (a task's or a staging folder), never finished work.
 

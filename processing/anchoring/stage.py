@@ -30,7 +30,6 @@ missing is refused when the graph is built; one that does not open fails the tas
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
 import tarfile
@@ -300,15 +299,13 @@ def subtract(src: Path, out: Path, offset: float, record: dict) -> None:
 def rewrite_tweakback(src: Path, out: Path, offset: float, record: dict, scratch: Path) -> list[str]:
     """The tweakback tarball with ``offset`` subtracted from every member (same names, same
     order, owner and times zeroed: the same input gives the same bytes)."""
-    from processing.fileio import remove_scratch
+    from processing.fileio import remove_scratch, reproducible_tarball
 
     work = scratch / "tweakback-anchored"
     work.mkdir(parents=True, exist_ok=True)
     names = []
-    with tarfile.open(src, "r:gz") as tin, open(out, "wb") as raw, \
-            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tout:
-        for member in tin:
+    with tarfile.open(src, "r:gz") as tin, reproducible_tarball(out) as add:
+        for member in tin:  # one member at a time: the disk holds one exposure, not the tarball
             if not member.isfile():
                 raise WorkFailed(f"{src}: member {member.name} is not a regular file")
             local = work / Path(member.name).name
@@ -317,11 +314,7 @@ def rewrite_tweakback(src: Path, out: Path, offset: float, record: dict, scratch
                     dst.write(chunk)
             anchored = work / ("a_" + local.name)
             subtract(local, anchored, offset, record)
-            info = tarfile.TarInfo(member.name)
-            info.size = anchored.stat().st_size
-            info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "", ""
-            with open(anchored, "rb") as fh:
-                tout.addfile(info, fh)
+            add(member.name, anchored)
             local.unlink()
             anchored.unlink()
             names.append(member.name)

@@ -23,9 +23,7 @@ matched sources of this band before and after, with the solution in its meta) an
 
 from __future__ import annotations
 
-import gzip
 import logging
-import tarfile
 import time
 from pathlib import Path
 
@@ -108,7 +106,7 @@ def write_tweakback(cals: list[Path], tarball: Path, folder: str, sol: Solution,
     (members in name order, owner and times zeroed: the same files give the same bytes).
     Returns the member names."""
     from processing.astrometry.wcs import correct_exposure
-    from processing.fileio import remove_scratch
+    from processing.fileio import remove_scratch, reproducible_tarball
 
     work = scratch / folder
     work.mkdir(parents=True, exist_ok=True)
@@ -117,15 +115,9 @@ def write_tweakback(cals: list[Path], tarball: Path, folder: str, sol: Solution,
         out = work / Path(cal).name
         write_corrected(Path(cal), out, correct_exposure, sol, ra0, dec0, record)
         names.append(f"{folder}/{out.name}")
-    with open(tarball, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with reproducible_tarball(tarball) as add:
         for name in names:
-            path = scratch / name
-            info = tarfile.TarInfo(name)
-            info.size = path.stat().st_size
-            info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o644, 0, 0, 0, "", ""
-            with open(path, "rb") as fh:
-                tar.addfile(info, fh)
+            add(name, scratch / name)
     remove_scratch(work)  # the package's own scratch removal: links removed as links
     return names
 

@@ -120,7 +120,7 @@ def render(results: dict) -> str:
                      f"second run {d['second_run_s']} s")
     lines += ["", "| stage | tasks | total task time (s) | slowest task (s) | largest peak memory of one task (MB) |",
               "| --- | --- | --- | --- | --- |"]
-    for stage in ("lv1", "destripe", "lv2", "relative_astrometry", "lyot", "level_match", "destripe_multi", "lv3", "astrometry"):
+    for stage in ("lv1", "destripe", "lv2", "relative_astrometry", "lyot", "level_match", "destripe_multi", "lv3", "astrometry", "anchoring"):
         st = e["stages"].get(stage)
         if st:
             lines.append(f"| {stage} | {st['tasks']} | {st['total_s']} | {st['max_s']} | {st['peak_rss_mb']:.0f} |")
@@ -153,6 +153,10 @@ def render(results: dict) -> str:
 
         lines += ["", "### Astrometry, demo (WCS error against the truth, RMS over the exposures of a band, mas)", ""]
         lines += render_astrometry(results["astrometry"])
+    if results.get("anchoring"):
+        from tests.benchmarks.anchoring import render as render_anchoring
+
+        lines += ["", "### Background anchoring, demo"] + [""] + render_anchoring(results["anchoring"])
     if results.get("full_frames"):
         lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
         lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
@@ -198,6 +202,9 @@ def main() -> None:
     from tests.benchmarks.astrometry import measure as measure_astrometry
 
     results["astrometry"] = measure_astrometry(program, Path(results["engine"]["cache"]), out / "astrometry")
+    from tests.benchmarks.anchoring import measure as measure_anchoring
+
+    results["anchoring"] = measure_anchoring(program, Path(results["engine"]["cache"]).parent)
     if full_frames:
         results["full_frames"] = bench_full_frames(out)
     from processing.fileio import atomic_write_text

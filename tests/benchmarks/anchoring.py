@@ -90,15 +90,17 @@ def render(rows: list[dict]) -> list[str]:
              "| target | band | anchored to | level before | level after | sigma | within 2 sigma | sky error | time (s) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['band']} | {r['anchored_to'] or r['status']} | {r['level_before']:+.3f} | "
+        lines.append(f"| {r['target']} | {r['band']} | {r['anchored_to'] if r['status'] == 'anchored' else r['status']} | {r['level_before']:+.3f} | "
                      f"{r['level_after']:+.4f} | {r['uncertainty'] if r['uncertainty'] is not None else '-'} | "
                      f"{'yes' if r['within_2_sigma'] else 'no'} | {r['reference_sky_error'] if r['reference_sky_error'] is not None else '-'} | "
                      f"{r['seconds']:.1f} |")
     if rows:
-        err = np.array([abs(r["level_after"]) for r in rows])
-        lines += ["", f"{len(rows)} mosaics: |level after| median {np.median(err):.4f}, max {err.max():.4f} MJy/sr; "
-                  f"within 0.01: {int((err <= 0.01).sum())}/{len(rows)}; within 2 reported sigma: "
-                  f"{sum(r['within_2_sigma'] for r in rows)}/{len(rows)}."]
+        done = [r for r in rows if r["status"] == "anchored"]
+        err = np.array([abs(r["level_after"]) for r in done]) if done else np.zeros(0)
+        lines += ["", f"{len(done)} of {len(rows)} mosaics anchored"
+                  + (f": |level after| median {np.median(err):.4f}, max {err.max():.4f} MJy/sr; within 0.01: "
+                     f"{int((err <= 0.01).sum())}/{len(done)}; within 2 reported sigma: "
+                     f"{sum(r['within_2_sigma'] for r in done)}/{len(done)}." if done else ".")]
     return lines
 
 
