@@ -68,6 +68,19 @@ def test_a_curved_relation_is_seen_and_counted_in_the_uncertainty():
     assert g.offset == pytest.approx(0.3, abs=0.003) and g.curvature_shift == 0.0
 
 
+def test_a_non_linear_relation_is_refused_with_the_reason():
+    from processing.anchoring.stage import _fit
+
+    rng = np.random.default_rng(6)
+    x = rng.uniform(0.5, 3.0, 20000)
+    curved = 0.05 + 0.3 * (x - 0.5) ** 2 + rng.normal(0, 0.01, x.size)  # bends away from a line
+    p = AnchoringParameters(range_min_mjysr=0.5, range_max_mjysr=3.0, n_bootstrap=20)
+    with pytest.raises(F.AnchorFailed, match="not linear"):
+        _fit(x, curved, np.arange(x.size) // 50, p, "x")
+    fit = _fit(x, 0.9 * (x - 0.2) + rng.normal(0, 0.01, x.size), np.arange(x.size) // 50, p, "x")
+    assert fit.offset == pytest.approx(0.2, abs=0.01)
+
+
 def test_fit_range_from_percentiles_or_given():
     x = np.arange(101.0)
     assert F.fit_range(x, 0.0, 0.0, (2.0, 40.0)) == (2.0, 40.0)
@@ -251,6 +264,80 @@ def test_internal_fit_against_the_anchored_reference(tmp_path):
     assert a.ok, a.reason
     assert a.fit.offset == pytest.approx(-0.25, abs=0.01)
     assert a.fit.slope == pytest.approx(1.6, rel=0.02)
+
+
+def _tweakback(path, members):
+    from processing.fileio import reproducible_tarball
+
+    with reproducible_tarball(path) as add:
+        for m in members:
+            add(f"t_f300m_tweakback/{m.name}", m)
+    return path
+
+
+def test_stage_run_applies_one_offset_to_mosaic_and_exposures(tmp_path):
+    """The whole task on small files: the reference band anchored against a wide-field image,
+    the offset subtracted from the mosaic and from every tweakback member, table and figure."""
+    import tarfile
+
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from processing.anchoring.stage import run
+
+    mosaic = _mosaic(tmp_path / "m.fits", offset=0.8)
+    exposure = _mosaic(tmp_path / "jw_cal.fits", offset=0.8, n=100)
+    tb = _tweakback(tmp_path / "in.tar.gz", [exposure])
+    ext = _external(tmp_path / "irac1.fits", background=0.3)
+    out = tmp_path / "out"
+    out.mkdir()
+    context = {"target": "t", "band": "F300M", "instrument": "nircam", "product": "t_f300m",
+               "facts": {"external": [{"survey": "irac1", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC}]}}
+    written = run({"mosaic": [str(mosaic)], "tweakback": [str(tb)], "external": [str(ext)]}, out,
+                  {**PARAMS, "reference_band": "F300M"}, context)
+    assert sorted(p.name for p in written) == ["t_f300m_anchoring.ecsv", "t_f300m_anchoring.png", "t_f300m_i2d.fits", "t_f300m_tweakback.tar.gz"]
+    meta = Table.read(out / "t_f300m_anchoring.ecsv").meta
+    assert meta["status"] == "anchored" and meta["anchored_to"] == "irac1"
+    assert meta["offset_mjysr"] == pytest.approx(0.8, abs=0.02)
+    before, after = fits.getdata(mosaic, "SCI"), fits.getdata(out / "t_f300m_i2d.fits", "SCI")
+    assert np.nanmax(np.abs(before - after - np.float32(meta["offset_mjysr"]))) < 1e-5
+    assert np.isnan(after[0, 0])  # no data stays no data
+    with tarfile.open(out / "t_f300m_tweakback.tar.gz") as tar:
+        [member] = list(tar)
+        with fits.open(tar.extractfile(member)) as h:
+            assert h[0].header["HLSPDBO"] == pytest.approx(meta["offset_mjysr"], abs=1e-6)
+            assert np.nanmax(np.abs(fits.getdata(exposure, "SCI") - h["SCI"].data - np.float32(meta["offset_mjysr"]))) < 1e-5
+    assert not (out / "tweakback-anchored").exists()
+
+
+def test_nothing_to_anchor_to_keeps_the_level_or_fails_when_required(tmp_path):
+    from astropy.io import fits
+
+    from processing.anchoring.stage import run
+    from processing.errors import WorkFailed
+
+    mosaic = _mosaic(tmp_path / "m.fits", offset=0.8)
+    tb = _tweakback(tmp_path / "in.tar.gz", [_mosaic(tmp_path / "jw_cal.fits", offset=0.8, n=50)])
+    context = {"target": "t", "band": "F300M", "instrument": "nircam", "product": "t_f300m"}
+    inputs = {"mosaic": [str(mosaic)], "tweakback": [str(tb)]}
+    (tmp_path / "a").mkdir()
+    run(inputs, tmp_path / "a", {"reference_band": "F300M"}, context)
+    h = fits.getheader(tmp_path / "a" / "t_f300m_i2d.fits")
+    assert h["HLSPDBO"] == 0.0 and h["HLSPDBST"].startswith("not anchored: no wide-field image for nircam")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(WorkFailed, match="anchoring t F300M: not anchored: no wide-field image .*require_anchor"):
+        run(inputs, tmp_path / "b", {"reference_band": "F300M", "require_anchor": True}, context)
+
+
+def test_a_missing_wide_field_image_is_refused_before_any_work(effects_program, tmp_path):
+    from tests.conftest import hlsp, write_manifest
+
+    manifest = write_manifest(tmp_path / "m.toml", effects_program)
+    manifest.write_text(manifest.read_text().replace("synth2_wise3.fits", "synth2_wise3_missing.fits"))
+    proc = hlsp("plan", str(manifest), "--workdir", str(tmp_path / "w"), check_code=2)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "targets.synth2.anchoring.miri[1].file" in out and "synth2_wise3_missing.fits is not a file" in out, out
+    assert "Traceback" not in out
 
 
 # -- the engine run against the truth --------------------------------------------------------
