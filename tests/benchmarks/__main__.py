@@ -157,6 +157,10 @@ def render(results: dict) -> str:
         from tests.benchmarks.anchoring import render as render_anchoring
 
         lines += ["", "### Background anchoring, demo"] + [""] + render_anchoring(results["anchoring"])
+    if results.get("psf_kernels"):
+        from tests.benchmarks.psf_kernels import render as render_kernels
+
+        lines += ["", "### PSF-matching kernels (synthetic PSFs)", ""] + render_kernels(results["psf_kernels"])
     if results.get("full_frames"):
         lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
         lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
@@ -205,6 +209,9 @@ def main() -> None:
     from tests.benchmarks.anchoring import measure as measure_anchoring
 
     results["anchoring"] = measure_anchoring(program, Path(results["engine"]["cache"]).parent)
+    from tests.benchmarks.psf_kernels import measure as measure_kernels
+
+    results["psf_kernels"] = measure_kernels(program)
     if full_frames:
         results["full_frames"] = bench_full_frames(out)
     from processing.fileio import atomic_write_text

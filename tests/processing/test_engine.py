@@ -40,7 +40,8 @@ def test_first_run_makes_every_mosaic_with_provenance(engine_run):
         assert h["HLSPVMIS"] is False
         prov = json.loads(p.with_suffix(".prov.json").read_text())
         assert prov["key"] == h["HLSPTASK"] and prov["provenance"]["parameters"]
-        assert len(prov["inputs"]["cal"]) >= 2  # the cal files it was made from, by their task keys
+        # the anchored mosaic: made from the astrometry stage's mosaic and tweakback, by task key
+        assert [r["task"] for r in prov["inputs"]["mosaic"]] and [r["task"] for r in prov["inputs"]["tweakback"]]
         with fits.open(p) as hdul:
             assert "DQ" in hdul and "SCI" in hdul  # resample propagate_dq
     # every run leaves a log
@@ -71,7 +72,8 @@ def test_parameter_change_reruns_only_that_target(engine_run, tmp_path):
     engine = Engine(lm, build_graph(lm), tmp_path / "work", cache_dir=engine_run["cache"])
     status = engine.plan()
     rerun = sorted(t for t, s in status.items() if s == "run")
-    assert rerun == ["astrometry/synth2/F200W", "astrometry/synth2/F770W", "lv3/synth2/F200W", "lv3/synth2/F770W"]
+    assert rerun == ["anchoring/synth2/F200W", "anchoring/synth2/F770W", "astrometry/synth2/F200W", "astrometry/synth2/F770W",
+                     "lv3/synth2/F200W", "lv3/synth2/F770W"]
     summary = engine.run()
     assert summary.ok and sorted(t for t, r in summary.results.items() if r.status == "ran") == rerun
     # synth1's products are the very same files as before; synth2's were remade
