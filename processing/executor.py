@@ -515,7 +515,8 @@ class Engine:
                         _tick(progress, task, "cached")
                         continue
                     spec = self._spec(task, key, hashes, keys, records)
-                    fut = pool.submit(execute_task, spec, memory_gb=self.registry[task.stage].memory_gb)
+                    fut = pool.submit(execute_task, spec, memory_gb=self.registry[task.stage].memory_gb,
+                                      isolated=task.id in attempts)
                     running[fut] = (task, key, time.time())
                 if not running:
                     continue

@@ -48,10 +48,19 @@ class LocalExecutor:
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0) -> cf.Future:
+    def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0, isolated: bool = False) -> cf.Future:
         """Submit a task; a pool broken by a worker that died (killed, out of memory) is
         replaced, so the remaining tasks still run (the tasks that were running in it fail,
-        named, and a rerun resumes them)."""
+        named, and a rerun resumes them). ``isolated``: run it alone in a pool of its own (a
+        task retried after a worker died: if it kills this one too, it was the culprit, and no
+        other task pays for it)."""
+        if isolated:
+            from processing.jwst_stages import worker_init
+
+            own = cf.ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=worker_init, initargs=(self.env,))
+            future = own.submit(fn, spec)
+            future.add_done_callback(lambda _f: own.shutdown(wait=False))
+            return future
         try:
             return self.pool.submit(fn, spec)
         except cf.process.BrokenProcessPool:
@@ -69,7 +78,7 @@ class LocalExecutor:
     @staticmethod
     def retryable(exc: BaseException) -> bool:
         """A worker that died fails every task of its pool, the innocent with the culprit: each
-        is run once more (in a new pool); a task that kills its worker twice fails."""
+        is run once more, alone in a pool of its own; a task that kills that one too fails."""
         return isinstance(exc, cf.process.BrokenProcessPool)
 
 
@@ -132,7 +141,8 @@ class DaskExecutor:
         if self.cluster is not None:
             self.cluster.close()
 
-    def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0) -> cf.Future:
+    def submit(self, fn: Callable, spec: dict, memory_gb: float = 0.0, isolated: bool = False) -> cf.Future:
+        # ``isolated`` is the local pool's concern: dask reschedules a dead worker's tasks itself
         resources = None
         if self.use_resources and memory_gb:
             want = memory_gb * 2**30

@@ -274,9 +274,9 @@ def header_record(offset: float, unc: float, anchored_to: str, slope: float, sta
     return {
         "HLSPDBO": (round(float(offset), 6), "anchoring: offset subtracted, MJy/sr"),
         "HLSPDBE": (round(float(unc), 6) if np.isfinite(unc) else -1.0, "anchoring: offset uncertainty, MJy/sr"),
-        "HLSPDBR": (anchored_to[:60], "anchoring: anchored to"),
+        "HLSPDBR": (anchored_to[:40], "anchoring: anchored to"),
         "HLSPDBS": (round(float(slope), 6) if np.isfinite(slope) else -1.0, "anchoring: slope of the fit (band ratio)"),
-        "HLSPDBST": (status[:60], "anchoring: status"),
+        "HLSPDBST": (status[:45], "anchoring status"),
     }
 
 
