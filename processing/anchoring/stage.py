@@ -184,6 +184,7 @@ class Attempt:
     sky: SkyLevel | None = None
     reason: str = ""
     internal: bool = False  # against the anchored reference band (x), this band (y)
+    band: str = ""  # the JWST band fitted (x of an external fit, y of an internal one)
     x: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
     y: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
@@ -215,7 +216,7 @@ def external_fit(mosaic_path: Path, band: str, files: list, facts: list, p: Anch
     attempts = []
     for path, fact in zip(files, facts):
         survey = fact.get("survey", Path(path).stem)
-        a = Attempt(against=survey, file=Path(path).name)
+        a = Attempt(against=survey, file=Path(path).name, band=band)
         attempts.append(a)
         data, w = read_external(Path(path), target, band)
         beam = float(fact["fwhm_arcsec"])
@@ -251,7 +252,7 @@ def external_fit(mosaic_path: Path, band: str, files: list, facts: list, p: Anch
 def internal_fit(mosaic_path: Path, band: str, ref_path: Path, ref_band: str, ref_offset: float,
                  p: AnchoringParameters) -> Attempt:
     """A band against its (anchored) reference band at the common resolution."""
-    a = Attempt(against=ref_band, file=Path(ref_path).name, internal=True)
+    a = Attempt(against=ref_band, file=Path(ref_path).name, internal=True, band=band)
     try:
         fwhm = max(p.internal_fwhm_arcsec, 1.5 * psf_fwhm(band), 1.5 * psf_fwhm(ref_band))
         ref = read_mosaic(ref_path, ref_band, fwhm)
@@ -346,18 +347,18 @@ def plot_fit(path: Path, attempts: list[Attempt], title: str) -> None:
         b = f.bins
         ax.plot(b[f.used, 0], b[f.used, 1], "o", color="red", ms=5, label="binned medians (fitted)")
         ax.plot(b[~f.used, 0], b[~f.used, 1], "o", mfc="none", color="red", ms=5, label="clipped / too few pixels")
-        xx = np.linspace(min(lo - span, f.offset, 0.0), hi + span, 50)
+        xx = np.linspace(min(lo - span, 0.0) if a.internal else min(lo - span, f.offset), hi + span, 50)
         ax.plot(xx, f.slope * xx + f.intercept, "--", color="0.2", lw=1)
         ax.axhline(0, color="0.8", lw=0.6)
         ax.axvspan(lo, hi, color="gold", alpha=0.12, lw=0)
         if a.internal:
             ax.set_xlabel(f"{a.against} (anchored), MJy/sr")
-            ax.set_ylabel("this band, MJy/sr")
+            ax.set_ylabel(f"{a.band}, MJy/sr")
         else:
-            ax.set_xlabel("this band, MJy/sr")
+            ax.set_xlabel(f"{a.band} (before anchoring), MJy/sr")
             ax.set_ylabel(f"{a.against}{' (sky subtracted)' if a.sky else ''}, MJy/sr")
         ax.axvline(0, color="0.8", lw=0.6)
-        ax.set_title(f"against {a.against}{'' if a.ok else ' (not used)'}", fontsize=9)
+        ax.set_title(f"{a.band} against {a.against}{'' if a.ok else ' (not used)'}", fontsize=9)
         ax.text(0.03, 0.97, f"slope {f.slope:.3f}\nintercept {f.intercept:+.4f}\noffset {f.offset:+.4f} ± {f.uncertainty:.4f} MJy/sr",
                 transform=ax.transAxes, va="top", fontsize=8, family="monospace")
         ax.legend(loc="lower right", fontsize=7)
