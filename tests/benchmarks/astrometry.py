@@ -178,9 +178,14 @@ def measure(program: Path, cache: Path, workdir: Path, tweakreg: bool = True) ->
             lv2_by_exposure.setdefault(r["task"].split("/", 1)[1], r)
     out = {}
     for p in index["products"]:
-        if not p["task"].startswith("astrometry/") or p["product"] != "img":
+        if p["product"] != "img":
             continue
         rec = by_key[p["key"]]
+        # a later stage refining the mosaic (anchoring): the astrometry task it read
+        while rec["stage"] != "astrometry" and rec["inputs"].get("mosaic"):
+            rec = by_key[rec["inputs"]["mosaic"][0]["task"]]
+        if rec["stage"] != "astrometry":
+            continue
         target, band = p["target"], p["band"]
         table_path = next(rec["dir"].glob("*_astrometry.ecsv"))
         from astropy.table import Table
