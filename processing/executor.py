@@ -271,6 +271,12 @@ class ProductEntry:
     task: str
     key: str
     path: Path
+    #: the product type as its stage declares it (``img-{variant}`` for ``img-gauss0p85as``):
+    #: what packaging writes it with
+    kind: str = ""
+
+    def __post_init__(self):
+        self.kind = self.kind or self.product
 
     def as_dict(self) -> dict[str, Any]:
         return {"product": self.product, "target": self.target, "band": self.band, "instrument": self.instrument,
@@ -381,7 +387,7 @@ class Engine:
         return {
             "task": task.id, "stage": task.stage, "key": key, "cache": str(self.cache.root),
             "run": stage.run, "modules": list(stage.modules), "code_version": code_version(stage.modules),
-            "outputs": list(stage.outputs), "required_outputs": self._required_outputs(task), "env": self.env,
+            "outputs": stage.concrete_outputs(task.context.get("variants")), "required_outputs": self._required_outputs(task), "env": self.env,
             "inputs": self._input_files(task, keys, records), "input_hashes": hashes, "params": task.params,
             "context": task.context,
             "provenance": {
@@ -441,25 +447,27 @@ class Engine:
 
         entries: list[tuple[ProductEntry, dict]] = []
         missing: list[str] = []
-        for ptype, stage in self.registry.product_providers().items():
-            suffix = next(p.suffix for p in stage.products if p.type == ptype)
+        for template, stage in self.registry.product_providers().items():
+            declared = next(p for p in stage.products if p.type == template)
             for task in self.graph.order():
                 if task.stage != stage.name or task.id not in keys:
                     continue
                 key = keys[task.id]
                 rec = self.cache.lookup(key)
-                names = sorted(n for n in (rec or {}).get("outputs", {}) if n.endswith(suffix))
-                if rec is None or not names:
-                    if task.id not in missing:
-                        missing.append(task.id)
-                    continue
-                for n in names:
-                    path = self.cache.entry(key) / n
-                    if verify and file_sha256(path) != rec["outputs"][n]:
-                        raise WorkFailed(f"{path}: content differs from its cache record (sha256): the cache entry was altered")
-                    if verify and n.endswith(".fits") and fits.getval(path, "HLSPTASK", 0) != key:
-                        raise WorkFailed(f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered")
-                    entries.append((ProductEntry(ptype, task.target, task.band, task.instrument, task.id, key, path), rec))
+                for ptype, suffix in declared.expand(task.context.get("variants")):
+                    names = sorted(n for n in (rec or {}).get("outputs", {}) if n.endswith(suffix))
+                    if rec is None or not names:
+                        if task.id not in missing:
+                            missing.append(task.id)
+                        continue
+                    for n in names:
+                        path = self.cache.entry(key) / n
+                        if verify and file_sha256(path) != rec["outputs"][n]:
+                            raise WorkFailed(f"{path}: content differs from its cache record (sha256): the cache entry was altered")
+                        if verify and n.endswith(".fits") and fits.getval(path, "HLSPTASK", 0) != key:
+                            raise WorkFailed(f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered")
+                        entries.append((ProductEntry(ptype, task.target, task.band, task.instrument, task.id, key, path,
+                                                     kind=template), rec))
         return entries, missing
 
     # -- running ---------------------------------------------------------------------------

@@ -184,7 +184,9 @@ def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: lis
     units_of: dict[str, dict[str, Unit]] = {}
     observed = {key for key, tb in inputs.items() if tb.science}  # (target, band) with science exposures
     for stage in registry.ordered():
-        units = _units(stage, selected, lm)
+        # a stage with variants (e.g. one mosaic per PSF-matched resolution) that the manifest
+        # asks for none of has nothing to do
+        units = [] if stage.variants and not stage.variants_of(m) else _units(stage, selected, lm)
         units_of[stage.name] = {u.id(stage.unit): u for u in units}
         for unit in units:
             task = _task(lm, registry, stage, unit, selected, units_of, observed)
@@ -204,6 +206,8 @@ def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
     context = unit.as_dict()
     if unit.band:
         context["product"] = f"{unit.target}_{unit.band.lower()}"
+    if stage.variants:  # in the context: part of the task's key
+        context["variants"] = stage.variants_of(lm.manifest)
     task = Task(tid, stage.name, unit.target, unit.band, unit.instrument,
                 exposure=unit.exposure.name if unit.exposure else None, params=params, param_origin=origin, context=context)
     for conn in stage.inputs:

@@ -12,6 +12,17 @@ Adding a stage: write its module (the pure algorithm on arrays and a thin adapte
 signature of :data:`RunFunction`), declare it with ``STAGE = Stage(...)`` there, and add it to
 the list in processing/registry.py. Nothing in the engine, the CLI or the packaging changes.
 
+Variants of a stage's outputs: a stage whose outputs depend on a manifest value beyond its
+parameters (PSF matching writes one mosaic per resolution the manifest's
+``products.convolved_fwhm_arcsec`` asks for) declares ``variants='module:function'``
+(``function(manifest) -> {variant name: value}``, e.g. ``{"gauss0p85as": 0.85}``) and writes
+``{variant}`` in the outputs and products it repeats (``"_{variant}.fits"``,
+``Product("img-{variant}", "_{variant}.fits")``). The engine expands them when it builds the
+graph: the variants enter each task's context (``context["variants"]``, so its cache key), the
+declared outputs and the product index hold one per variant (product type ``img-gauss0p85as``),
+and no task is made when the manifest asks for none. Packaging picks a product's writer by its
+declared (template) type.
+
 Units (:data:`UNITS`): ``exposure`` (one raw exposure), ``target_band`` (a target in one band),
 ``target_instrument`` (a target's bands of one instrument), ``target`` (all of a target).
 
@@ -152,6 +163,13 @@ class Product:
     suffix: str
     per: str = "band"
 
+    def expand(self, variants: dict | None) -> list[tuple[str, str]]:
+        """``[(product type, suffix)]``: one per variant when the declaration names
+        ``{variant}``, else the declaration itself."""
+        if "{variant}" not in self.type + self.suffix:
+            return [(self.type, self.suffix)]
+        return [(self.type.replace("{variant}", v), self.suffix.replace("{variant}", v)) for v in (variants or {})]
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -173,9 +191,23 @@ class Stage:
     description: str = ""
     #: ``(stage, suffix)`` this stage rewrites in place: its readers read this stage's output
     refines: tuple[str, str] | None = None
+    #: ``module:function(manifest) -> {variant: value}``: the variants of the outputs and
+    #: products that name ``{variant}`` (see the module docstring)
+    variants: str | None = None
 
     def run_function(self) -> RunFunction:
         return resolve(self.run)
+
+    def variants_of(self, manifest) -> dict:
+        """The variants ``manifest`` asks this stage for (``{}`` for a stage without variants)."""
+        return dict(resolve(self.variants)(manifest)) if self.variants else {}
+
+    def concrete_outputs(self, variants: dict | None) -> list[str]:
+        """The declared output suffixes, ``{variant}`` expanded over ``variants``."""
+        out: list[str] = []
+        for o in self.outputs:
+            out += [o.replace("{variant}", v) for v in (variants or {})] if "{variant}" in o else [o]
+        return out
 
     def upstream(self) -> set[str]:
         return {i.stage for i in self.inputs if i.stage is not None}
@@ -213,6 +245,9 @@ class Registry:
                                         + ("name no stage" if i.stage is not None else "need an upstream stage"))
                 if i.relation == "manifest_file" and not i.files:
                     raise RegistryError(f"stage '{s.name}' input '{i.name}': manifest_file needs files='module:function'")
+            templated = [o for o in s.outputs if "{variant}" in o] + [p.type for p in s.products if "{variant}" in p.type + p.suffix]
+            if templated and not s.variants:
+                raise RegistryError(f"stage '{s.name}' names {{variant}} in {templated[0]} but declares no variants")
             self.stages[s.name] = s
         for s in stages:
             for up in s.upstream():

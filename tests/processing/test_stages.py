@@ -512,3 +512,52 @@ def test_a_wider_stage_refines_every_member_exposure_and_each_reader_gets_its_ow
     failed = {t: r.error for t, r in summary.results.items() if r.status == "failed"}
     assert failed and all("did not write jw09001" in e and "one refined file per member" in e for e in failed.values())
     assert summary.results["toy_b/alpha/F200W"].status == "skipped"
+
+
+def test_a_stage_with_variants_writes_and_provides_one_product_per_manifest_value(toy):
+    """Outputs and products that repeat per manifest value (e.g. one PSF-matched mosaic per
+    resolution): declared once with {variant}, expanded from the manifest when the graph is
+    built, checked by the executor, one product each in the index; none asked for: no task."""
+    (toy["mods"] / "toy_s.py").write_text(textwrap.dedent('''
+        from pathlib import Path
+        from astropy.io import fits
+
+        def variants(manifest):
+            return {f"x{int(f * 100)}": f for f in manifest.products.convolved_fwhm_arcsec}
+
+        def run(inputs, outdir, params, context):
+            data = fits.getdata(inputs["mosaic"][0])
+            out = []
+            for name, value in context["variants"].items():
+                out.append(Path(outdir) / f"{context['product']}_{name}.fits")
+                fits.PrimaryHDU(data * value).writeto(out[-1])
+            return out
+    '''))
+    sys.modules.pop("toy_s", None)
+    from pydantic import BaseModel
+
+    class NoParams(BaseModel):
+        pass
+
+    s = Stage("toy_s", "target_band", (Input("mosaic", "same", "toy_b", "_toyb.fits"),), ("_{variant}.fits",),
+              "toy_s:run", ("toy_s",), ModelParameters(NoParams), products=(Product("img-{variant}", "_{variant}.fits"),),
+              variants="toy_s:variants", memory_gb=0.1)
+    with pytest.raises(RegistryError, match="names {variant} in _{variant}.fits but declares no variants"):
+        _registry([Stage("toy_bad", "target_band", (Input("mosaic", "same", "toy_b", "_toyb.fits"),), ("_{variant}.fits",),
+                         "toy_s:run", ("toy_s",), ModelParameters(NoParams))])
+    reg = _registry([s])
+    eng, summary = _run_all(toy, reg, workers=1)
+    task = eng.graph.tasks["toy_s/alpha/F200W"]
+    assert task.context["variants"] == {"x85": 0.85, "x90": 0.9, "x100": 1.0}
+    assert sorted(summary.results["toy_s/alpha/F200W"].record["outputs"]) == ["alpha_f200w_x100.fits", "alpha_f200w_x85.fits", "alpha_f200w_x90.fits"]
+    entries, missing = eng.product_index()
+    assert not missing
+    got = sorted((e.product, e.kind) for e in entries if e.target == "alpha" and e.band == "F200W")
+    assert got == [("img", "img"), ("img-x100", "img-{variant}"), ("img-x85", "img-{variant}"), ("img-x90", "img-{variant}")]
+    img = fits.getdata(next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F200W")))
+    x90 = fits.getdata(next(e.path for e in entries if e.product == "img-x90" and (e.target, e.band) == ("alpha", "F200W")))
+    assert np.allclose(x90, 0.9 * img)
+    # a manifest asking for no variant: the stage has no task
+    none = toy["lm"].path.with_name("none.toml")
+    none.write_text(toy["lm"].path.read_text() + "\n[products]\nconvolved_fwhm_arcsec = []\n")
+    assert not [t for t in build_graph(load_manifest(none), registry=reg).tasks if t.startswith("toy_s/")]
