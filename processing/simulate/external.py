@@ -10,13 +10,16 @@ A PHANGS-style release needs three things from outside JWST (``pipeline.md`` ite
 - an HST-like astrometric reference catalogue (red supergiants / AGB stars) for absolute
   astrometry (§3.8): the stellar point sources of the sky model, at RA/Dec perturbed by a known
   Gaussian position error;
-- a PSF model per JWST band (§3.10), computed with poppy through a JWST-like segmented pupil.
+- two PSF models per JWST band (§3.10): the Gaussian the synthetic sky is rendered with (the
+  one the mosaics really have) and a diffraction PSF computed with poppy through a JWST-like
+  segmented pupil (for measuring kernels of a realistic PSF).
 
 Output layout under OUTDIR::
 
     external/<target>_<survey>.fits   survey image (MJy/sr), north-up TAN WCS, 24' x 24'
     external/<target>_refcat.ecsv     reference catalogue (RA, DEC, RA_TRUE, DEC_TRUE, MAG, ...)
-    psf/psf_<band>.fits               oversampled PSF (sum 1) of each JWST band
+    psf/psf_<band>.fits               the synthetic sky's PSF (Gaussian, Table 2 FWHM), oversampled
+    psf/jwst-like/psf_<band>.fits     a diffraction PSF through a JWST-like pupil (poppy), oversampled
 
 Every random draw comes from the generator passed in (seeded by the caller; never the global
 state), so the same seed writes byte-identical files. Every file is written atomically.
@@ -604,17 +607,44 @@ def measure_fwhm(image: np.ndarray, pixscale: float) -> float:
     return float(2.0 * math.sqrt(r2_half) * pixscale)
 
 
-def write_psf_models(outdir: Path, bands: list[str], oversample: int = 4, fov_pixels: int = 81) -> dict:
-    """Write ``psf/psf_<band>.fits`` for each band (see :func:`psf_model`).
+def gaussian_psf(band: str, oversample: int = 4, fov_pixels: int = 81) -> tuple[np.ndarray, float]:
+    """The PSF the synthetic sky is rendered with (processing/simulate/sky.py: compact
+    components are Gaussians of the band's Table 2 FWHM), on the grid of :func:`psf_model`:
+    pixel values are the Gaussian integrated over each oversampled pixel, sum 1, centred on the
+    array centre."""
+    from scipy.special import ndtr
 
-    Header: FILTER, WAVELEN (central wavelength, metres, as poppy/WebbPSF), PIXELSCL (arcsec
-    per oversampled pixel), DETSCALE (arcsec per detector pixel), OVERSAMP, NWAVES, BANDFRAC,
-    FWHM (measured, arcsec), FWHMTAB (Table 2, arcsec), SIMULATD.
+    from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
+
+    pixscale = PIXEL_SCALE_ARCSEC[channel_of(band)] / oversample
+    n = fov_pixels * oversample
+    sigma = FILTERS[band]["fwhm"] * _FWHM_TO_SIGMA / pixscale
+    edges = np.arange(n + 1) - n / 2.0  # pixel edges about the array centre
+    prof = np.diff(ndtr(edges / sigma))
+    psf = np.outer(prof, prof)
+    return psf / psf.sum(), pixscale
+
+
+def write_psf_models(outdir: Path, bands: list[str], oversample: int = 4, fov_pixels: int = 81) -> dict:
+    """Write two PSFs per band, oversampled ``oversample`` times on ``fov_pixels`` detector
+    pixels (the layout stpsf writes):
+
+    - ``psf/psf_<band>.fits``: the synthetic sky's own PSF (:func:`gaussian_psf`, MODEL =
+      'gaussian'), the one to build PSF-matching kernels from for this program's mosaics;
+    - ``psf/jwst-like/psf_<band>.fits``: a diffraction PSF through a JWST-like pupil
+      (:func:`psf_model`, MODEL = 'poppy'), for measuring kernels of a realistic PSF against
+      the paper's Table 2 (the sky is not rendered with it).
+
+    Header: FILTER, MODEL, WAVELEN (central wavelength, metres, as poppy/WebbPSF), PIXELSCL
+    (arcsec per oversampled pixel), DETSCALE (arcsec per detector pixel), OVERSAMP, FWHM
+    (measured, arcsec), FWHMTAB (Table 2, arcsec), SIMULATD; the poppy ones also NWAVES,
+    BANDFRAC, PUPIL.
 
     Returns
     -------
     dict
-        ``{band: {"file", "fwhm_arcsec", "table2_fwhm_arcsec", "pixscale_arcsec", "oversample"}}``.
+        ``{band: {"file", "fwhm_arcsec", "table2_fwhm_arcsec", "pixscale_arcsec", "oversample",
+        "jwst_like": {"file", "fwhm_arcsec"}}}``.
     """
     from astropy.io import fits
 
@@ -622,29 +652,37 @@ def write_psf_models(outdir: Path, bands: list[str], oversample: int = 4, fov_pi
 
     out = {}
     for band in bands:
-        psf, pixscale = psf_model(band, oversample, fov_pixels)
-        fwhm = measure_fwhm(psf, pixscale)
         table2 = float(FILTERS[band]["fwhm"])
-        if abs(fwhm / table2 - 1.0) > PSF_FWHM_TOLERANCE:
-            log.warning("%s: PSF FWHM %.3f\" is %.0f%% off Table 2's %.3f\"", band, fwhm, 100 * (fwhm / table2 - 1), table2)
-        hdr = fits.Header()
-        hdr["FILTER"] = band
-        hdr["WAVELEN"] = (FILTERS[band]["wavelength"] * 1e-6, "[m] central wavelength")
-        hdr["NWAVES"] = (len(PSF_WAVELENGTH_FRACTIONS), "wavelengths, equal weights")
-        hdr["BANDFRAC"] = (float(max(PSF_WAVELENGTH_FRACTIONS) - min(PSF_WAVELENGTH_FRACTIONS)), "sampled bandwidth / WAVELEN")
-        hdr["PIXELSCL"] = (pixscale, "[arcsec] per oversampled pixel")
-        hdr["DETSCALE"] = (pixscale * oversample, "[arcsec] per detector pixel")
-        hdr["OVERSAMP"] = (oversample, "oversampling of the detector pixels")
-        hdr["FWHM"] = (round(fwhm, 6), "[arcsec] measured from this image")
-        hdr["FWHMTAB"] = (table2, "[arcsec] Table 2 (detectors.FILTERS)")
-        hdr["PUPIL"] = ("JWST-like", "18 hex segments, 3-strut secondary (poppy)")
-        hdr["SIMULATD"] = (True, "simulated data")
-        rel = f"psf/psf_{band}.fits"
-        with atomic_path(Path(outdir) / rel) as tmp:
-            fits.PrimaryHDU(psf, header=hdr).writeto(tmp, overwrite=True)
-        out[band] = {"file": rel, "fwhm_arcsec": fwhm, "table2_fwhm_arcsec": table2,
-                     "pixscale_arcsec": pixscale, "oversample": oversample}
-        log.info("%s PSF: FWHM %.4f\" (Table 2 %.3f\")", band, fwhm, table2)
+        rec = {}
+        for model, rel in (("gaussian", f"psf/psf_{band}.fits"), ("poppy", f"psf/jwst-like/psf_{band}.fits")):
+            psf, pixscale = (gaussian_psf if model == "gaussian" else psf_model)(band, oversample, fov_pixels)
+            fwhm = measure_fwhm(psf, pixscale)
+            if model == "poppy" and abs(fwhm / table2 - 1.0) > PSF_FWHM_TOLERANCE:
+                log.warning("%s: PSF FWHM %.3f\" is %.0f%% off Table 2's %.3f\"", band, fwhm, 100 * (fwhm / table2 - 1), table2)
+            hdr = fits.Header()
+            hdr["FILTER"] = band
+            hdr["MODEL"] = (model, "gaussian: the synthetic sky's PSF; poppy: JWST-like pupil")
+            hdr["WAVELEN"] = (FILTERS[band]["wavelength"] * 1e-6, "[m] central wavelength")
+            if model == "poppy":
+                hdr["NWAVES"] = (len(PSF_WAVELENGTH_FRACTIONS), "wavelengths, equal weights")
+                hdr["BANDFRAC"] = (float(max(PSF_WAVELENGTH_FRACTIONS) - min(PSF_WAVELENGTH_FRACTIONS)), "sampled bandwidth / WAVELEN")
+            hdr["PIXELSCL"] = (pixscale, "[arcsec] per oversampled pixel")
+            hdr["DETSCALE"] = (pixscale * oversample, "[arcsec] per detector pixel")
+            hdr["OVERSAMP"] = (oversample, "oversampling of the detector pixels")
+            hdr["FWHM"] = (round(fwhm, 6), "[arcsec] measured from this image")
+            hdr["FWHMTAB"] = (table2, "[arcsec] Table 2 (detectors.FILTERS)")
+            if model == "poppy":
+                hdr["PUPIL"] = ("JWST-like", "18 hex segments, 3-strut secondary (poppy)")
+            hdr["SIMULATD"] = (True, "simulated data")
+            with atomic_path(Path(outdir) / rel) as tmp:
+                fits.PrimaryHDU(psf, header=hdr).writeto(tmp, overwrite=True)
+            if model == "gaussian":
+                rec = {"file": rel, "fwhm_arcsec": fwhm, "table2_fwhm_arcsec": table2,
+                       "pixscale_arcsec": pixscale, "oversample": oversample}
+            else:
+                rec["jwst_like"] = {"file": rel, "fwhm_arcsec": fwhm}
+            log.info("%s %s PSF: FWHM %.4f\" (Table 2 %.3f\")", band, model, fwhm, table2)
+        out[band] = rec
     return out
 
 

@@ -11,7 +11,8 @@ Output layout under OUTDIR::
     truth/exposures/<name>_truth.fits   per exposure: STRIPES (DN/s), CRAYS, BKG (MJy/sr)
     external/<target>_<survey>.fits     wide-field IRAC1/IRAC4/WISE1/WISE3 stand-ins (MJy/sr)
     external/<target>_refcat.ecsv       HST-like astrometric reference catalogue (RA, DEC)
-    psf/psf_<band>.fits                 PSF model per band (poppy, JWST-like pupil)
+    psf/psf_<band>.fits                 the sky's PSF per band (Gaussian, Table 2 FWHM)
+    psf/jwst-like/psf_<band>.fits       diffraction PSF per band (poppy, JWST-like pupil)
 
 Deterministic for a seed: every random draw comes from a generator seeded by
 (seed, exposure index) or (seed, target), never the global one.

@@ -29,7 +29,8 @@ def measure(program: Path, resolutions=(0.85, 0.90, 1.00)) -> list[dict]:
     from processing.simulate.external import measure_fwhm
 
     rows = []
-    for path in sorted(Path(program, "psf").glob("psf_*.fits")):
+    # the JWST-like diffraction PSFs (the sky's own are Gaussians: their kernels are trivial)
+    for path in sorted(Path(program, "psf", "jwst-like").glob("psf_*.fits")):
         h = fits.getheader(path)
         band, ps = h["FILTER"], float(h["PIXELSCL"])
         fine = K.centred_odd(fits.getdata(path))

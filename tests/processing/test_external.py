@@ -141,6 +141,7 @@ def test_files_headers_and_truth(ext):
         assert np.isfinite(img).all()
     for band in BANDS:
         assert (ext.out / ext.truth["psf"][band]["file"]).exists()
+        assert (ext.out / ext.truth["psf"][band]["jwst_like"]["file"]).exists()
     # atomic writes leave no temporary files behind
     assert not [p for p in ext.out.rglob(".*") if p.is_file()]
 
@@ -308,6 +309,13 @@ def test_measure_fwhm_on_known_profiles():
 @pytest.mark.parametrize("band", BANDS)
 def test_psf_models(ext, band):
     t = ext.truth["psf"][band]
+    # the sky's own PSF: the Gaussian of Table 2's FWHM (sky.py renders compact sources so)
+    with fits.open(ext.out / t["file"]) as h:
+        g, ghdr = h[0].data.astype(float), h[0].header
+    assert ghdr["MODEL"] == "gaussian" and g.shape == (81 * 4, 81 * 4) and g.sum() == pytest.approx(1.0, abs=1e-9)
+    assert E.measure_fwhm(g, ghdr["PIXELSCL"]) == pytest.approx(FILTERS[band]["fwhm"], rel=0.01)
+    assert g[::-1, ::-1] == pytest.approx(g, abs=1e-15)  # centred on the array centre
+    t = t["jwst_like"]
     with fits.open(ext.out / t["file"]) as h:
         psf, hdr = h[0].data.astype(float), h[0].header
     assert psf.shape == (81 * 4, 81 * 4)
@@ -320,6 +328,7 @@ def test_psf_models(ext, band):
     assert abs((psf * xx).sum() - c) < 0.1 and abs((psf * yy).sum() - c) < 0.1
     assert np.unravel_index(psf.argmax(), psf.shape)[0] in (np.floor(c), np.ceil(c))
     fwhm = E.measure_fwhm(psf, hdr["PIXELSCL"])
+    assert hdr["MODEL"] == "poppy"
     assert fwhm == pytest.approx(hdr["FWHM"], rel=1e-5) == pytest.approx(t["fwhm_arcsec"], rel=1e-5)
     assert fwhm == pytest.approx(FILTERS[band]["fwhm"], rel=0.25)
     # and about the diffraction limit of a 6.5 m aperture (1.03 lambda / D)
