@@ -7,6 +7,7 @@ from __future__ import annotations
 from processing import destripe, destripe_multi, jwst_stages, level_match, lyot
 from processing.anchoring import stage as anchoring
 from processing.astrometry import absolute, relative
+from processing.psf_matching import stage as psf_matching
 from processing.stages import Registry
 
 REGISTRY = Registry(
@@ -21,8 +22,6 @@ REGISTRY = Registry(
         destripe_multi.STAGE,    # refines lv2's cal files (NIRCam), every exposure of a band at once
         absolute.STAGE,          # refines lv3's mosaic; back-propagates to the exposures (tweakback)
         anchoring.STAGE,         # refines lv3's mosaic (after astrometry) and the tweakback exposures: absolute level
+        psf_matching.STAGE,      # the anchored mosaic convolved to each Gaussian resolution of the manifest
     ],
-    # the PHANGS stages of reference/pipeline.md not in this version yet: a manifest that
-    # sets their parameters is told so instead of being silently ignored
-    planned=("psf_matching",),
 )

@@ -379,6 +379,16 @@ class Products(StrictModel):
         default_factory=lambda: [0.85, 0.90, 1.00],
         description="Gaussian resolutions (FWHM, arcsec) of the PSF-matched products; the paper's 0.85, 0.90, 1.00 by default.",
     )
+    psf_path: str | None = Field(
+        default=None,
+        description="Folder of the bands' PSFs for the PSF-matched products, one FITS per band named psf_<BAND>.fits "
+        "(e.g. stpsf output: the image in the first HDU, its pixel scale in PIXELSCL, arcsec), relative to the manifest. "
+        "Default for a synthetic program: its psf/ folder (the synthetic sky's PSFs).",
+    )
+    psfs: dict[Band, str] = Field(
+        default_factory=dict,
+        description="PSF file of a band (relative to the manifest), over psf_path: e.g. {F2100W = \"psf/F2100W_stpsf.fits\"}.",
+    )
     tweakback: bool = Field(default=True, description="Ship per-exposure files with the absolute astrometry back-propagated, as one tarball per target and band.")
     previews: bool = Field(default=True, description="One PNG preview per mosaic.")
 
@@ -523,6 +533,16 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
 
     if len(m.products.convolved_fwhm_arcsec) != len(set(m.products.convolved_fwhm_arcsec)):
         problems.append(("products.convolved_fwhm_arcsec", "lists a resolution twice"))
+    else:
+        from release.naming import convolved_product
+
+        names = [convolved_product(f) for f in m.products.convolved_fwhm_arcsec]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(("products.convolved_fwhm_arcsec", f"two resolutions share the product name {name} "
+                             "(names keep two decimals of arcsec)"))
+    for band in m.products.psfs:
+        if band not in m.program.bands:
+            problems.append((f"products.psfs.{band}", f"{band} is not in program.bands"))
     return problems
 
 

@@ -54,8 +54,18 @@ class HlspName:
 
 
 def convolved_product(fwhm_arcsec: float) -> str:
-    """Product type of a PSF-matched mosaic: 0.85 -> ``img-gauss0p85as``."""
-    return f"img-gauss{fwhm_arcsec:.2f}".replace(".", "p") + "as"
+    """Product type of a PSF-matched mosaic: 0.85 -> ``img-gauss0p85as`` (the PSF-matching
+    stage's variant of the mosaic)."""
+    from processing.psf_matching.stage import variant_name
+
+    return "img-" + variant_name(fwhm_arcsec)
+
+
+def convolved_fwhm(product: str) -> float | None:
+    """The Gaussian FWHM (arcsec) a PSF-matched product type names: ``img-gauss0p85as`` ->
+    0.85; None for any other product type."""
+    m = re.fullmatch(r"img-gauss(\d+)p(\d+)as", product)
+    return float(f"{m.group(1)}.{m.group(2)}") if m else None
 
 
 def make_name(project: str, instrument: str, target: str, filter: str, version: str, product: str, ext: str) -> str:

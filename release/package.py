@@ -12,8 +12,9 @@ rename; a published version is never overwritten; an interrupted packaging leave
 staging folder (named ``.staging-*``), never a partial release.
 
 Per target and band also the tweakback tarball (the exposures with the absolute astrometry
-back-propagated) when the manifest's ``products.tweakback`` asks for it. Products whose stage is
-not in this version (PSF-matched images) are not written; the README and the command say so.
+back-propagated) when the manifest's ``products.tweakback`` asks for it, and the mosaic at each
+PSF-matched resolution of ``products.convolved_fwhm_arcsec`` (``img-gauss0p85as``: SCI and ERR
+with the beam keywords).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from processing.errors import BadInput, HlspError, WorkFailed
 from processing.fileio import file_sha256, remove_scratch
 from release.manifest import LoadedManifest, file_version
-from release.naming import collection_instrument, make_name
+from release.naming import collection_instrument, convolved_product, make_name
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,11 @@ EXT_COMMENT = {
 #: Keywords carried over from the jwst mosaic's primary header.
 CARRY = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "PUPIL", "CAL_VER", "CRDS_VER", "CRDS_CTX",
          "HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS", "HLSPVMIS")
-NOT_IN_THIS_VERSION = {
-    "convolved": "PSF-matched (convolved) products need the PSF-matching stage, which is not in this version",
-}
+#: Products a manifest can ask for that this version does not write (the README and the
+#: command say so).
+NOT_IN_THIS_VERSION: dict[str, str] = {}
+#: Keywords of a PSF-matched mosaic's extensions: the beam.
+BEAM_KEYWORDS = ("BMAJ", "BMIN", "BPA")
 
 
 @dataclass
@@ -86,7 +89,7 @@ def package_release(lm: LoadedManifest, products: list, releases_root: Path, sim
     m = lm.manifest
     check_packageable(lm)
     dest = release_dir(releases_root, lm)
-    unknown = sorted({e.product for e in products} - set(PRODUCT_WRITERS) - set(_target_tables()))
+    unknown = sorted({e.product for e in products if e.kind not in PRODUCT_WRITERS} - set(_target_tables()))
     if unknown:
         raise WorkFailed(f"the run provides product type(s) {', '.join(unknown)} that this version cannot package")
     mosaics = {(e.target, e.band): e.path for e in products if e.product == "img"}
@@ -158,8 +161,22 @@ def _write_tweakback_product(lm: LoadedManifest, entry, staging: Path, simulated
     return [PackagedFile(out, "tweakback", entry.target, inst, entry.band.lower())]
 
 
-#: Release product type (as stages declare them) -> the function that writes it into a release.
-PRODUCT_WRITERS = {"img": _write_img_product, "tweakback": _write_tweakback_product}
+def _write_variant_img_product(lm: LoadedManifest, entry, staging: Path, simulated: bool) -> list[PackagedFile]:
+    """A variant of the mosaic (``img-gauss0p85as``: the PSF-matched mosaic), SCI and ERR as
+    its stage wrote them, with the release's primary header and the beam keywords."""
+    from processing.instruments import instrument_of
+
+    m = lm.manifest
+    inst = instrument_of(entry.band)
+    out = staging / entry.target / make_name(m.release.project, inst, entry.target, entry.band, file_version(m.release.version), entry.product, "fits")
+    write_variant_img(entry.path, out, lm, entry.target, entry.band, simulated)
+    return [PackagedFile(out, entry.product, entry.target, inst, entry.band.lower())]
+
+
+#: Release product type, as stages declare them (``img-{variant}`` for every variant) -> the
+#: function that writes it into a release.
+PRODUCT_WRITERS = {"img": _write_img_product, "tweakback": _write_tweakback_product,
+                   "img-{variant}": _write_variant_img_product}
 
 
 def _target_tables() -> dict:
@@ -203,7 +220,7 @@ def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: b
         if entry.product in tables:
             grouped.setdefault((entry.product, entry.target), []).append(entry)
         else:
-            files += PRODUCT_WRITERS[entry.product](lm, entry, staging, simulated)
+            files += PRODUCT_WRITERS[entry.kind](lm, entry, staging, simulated)
     for (ptype, target), entries in sorted(grouped.items()):
         files += _write_target_table(lm, ptype, target, entries, staging)
     insts = collection_instrument(f.instrument for f in files)
@@ -344,6 +361,28 @@ def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str,
             fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
 
 
+def write_variant_img(src_path: Path, dest: Path, lm: LoadedManifest, target: str, band: str, simulated: bool) -> None:
+    """A released PSF-matched mosaic: primary header as :func:`write_img`'s plus the beam; SCI
+    and ERR with their WCS, units and beam (read through a memory map: written as it is read)."""
+    from astropy.io import fits
+
+    from processing.fileio import atomic_path
+
+    with fits.open(src_path, memmap=True) as src:
+        h = primary_header(src[0].header, lm, target, band, simulated)
+        for k in BEAM_KEYWORDS:
+            h[k] = (src[0].header[k], src[0].header.comments[k])
+        hdus = [fits.PrimaryHDU(header=h)]
+        for ext in ("SCI", "ERR"):
+            hdu = fits.ImageHDU(src[ext].data, header=src[ext].header.copy(), name=ext)
+            hdu.header["RADESYS"] = "ICRS"
+            hdu.header.remove("EQUINOX", ignore_missing=True)
+            set_card(hdu.header, "BUNIT", UNITS[ext], "PSF-matched surface brightness" if ext == "SCI" else "uncertainty, propagated through the kernel")
+            hdus.append(hdu)
+        with atomic_path(dest) as tmp:
+            fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
+
+
 def _con_wcs(wcs_header):
     """CON is (planes, y, x): its celestial axes are 1 and 2, the plane axis 3 is linear."""
     h = wcs_header.copy()
@@ -417,8 +456,10 @@ def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool
         m=m, file_version=file_version(m.release.version), date=datetime.date.today().isoformat(),
         files=[{"name": f.path.name, "product": f.product, "target": f.target, "filter": f.filter} for f in files],
         targets=m.targets, flags=flags, simulated=simulated, not_in_version=NOT_IN_THIS_VERSION,
-        want_tweakback=m.products.tweakback, want_convolved=bool(m.products.convolved_fwhm_arcsec),
+        want_tweakback=m.products.tweakback,
+        convolved=[{"fwhm": f, "product": convolved_product(f)} for f in m.products.convolved_fwhm_arcsec],
         want_anchoring=any(f.product == "anchoring" for f in files),
+        want_psf_table=any(f.product == "psf-matching" for f in files),
     )
 
 

@@ -15,6 +15,9 @@ Checks, each reported per file with the problem named:
 - every FITS file opens, its CHECKSUM/DATASUM match on every HDU, and ``fitsverify``
   reports no error and no warning (where it is not installed the check is reported as not
   run, and ``--strict``, the default under CI, fails it);
+- img-gauss*.fits (PSF-matched): PRIMARY, SCI, ERR; the beam (BMAJ = BMIN = the FWHM the
+  product name says, in degrees; BPA) in the primary header and both extensions; the other
+  checks of img.fits that apply (keywords, WCS, units, ERR);
 - img.fits: the extensions of Table 3 in order, their dtypes, BUNIT of SCI/ERR (MJy/sr), a
   celestial WCS that parses in every image extension (RADESYS ICRS, no EQUINOX), SCI not all
   NaN, ERR not all NaN and never negative, every MAST-required primary keyword present and
@@ -48,6 +51,10 @@ REQUIRED_PRIMARY = {
 }
 RECOMMENDED_PRIMARY = ("HLSPNAME", "HLSPLEAD", "TELAPSE", "PROPOSID")
 IMG_LAYOUT = ("PRIMARY", "SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "CON", "WHT", "INPUTS")
+#: A PSF-matched mosaic (img-gauss0p85as): the convolved image and its propagated error only.
+CONVOLVED_LAYOUT = ("PRIMARY", "SCI", "ERR")
+#: Relative tolerance of the beam keywords against the FWHM in the product name.
+BEAM_TOLERANCE = 1e-6
 IMG_DTYPES = {"SCI": "float32", "ERR": "float32", "DQ": "uint32", "VAR_POISSON": "float32", "VAR_RNOISE": "float32",
               "VAR_FLAT": "float32", "CON": "int32", "WHT": "float32"}
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$")
@@ -244,7 +251,10 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
 
     fv = file_version(m.release.version)
     wanted = {(t, b.lower()) for t in m.targets for b in m.target_bands(t)}
-    products = ["img"] + (["img-preview"] if m.products.previews else []) + (["tweakback"] if m.products.tweakback else [])
+    from release.naming import convolved_product
+
+    products = (["img"] + (["img-preview"] if m.products.previews else []) + (["tweakback"] if m.products.tweakback else [])
+                + [convolved_product(f) for f in m.products.convolved_fwhm_arcsec])
     ext = {"img-preview": "png", "tweakback": "tar.gz"}
     for target, band in sorted(wanted):
         for product in products:
@@ -473,8 +483,14 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
     otherwise against the file name's target."""
     from astropy.wcs import WCS
 
-    report.add(rel, "extension layout", None if tuple(names) == IMG_LAYOUT else f"extensions are {names}, expected {list(IMG_LAYOUT)}")
+    from release.naming import convolved_fwhm
+
+    fwhm = convolved_fwhm(parsed.product)
+    layout = CONVOLVED_LAYOUT if fwhm is not None else IMG_LAYOUT
+    report.add(rel, "extension layout", None if tuple(names) == layout else f"extensions are {names}, expected {list(layout)}")
     h0 = hdul[0].header
+    if fwhm is not None:
+        report.add(rel, "beam keywords", _beam_problem(hdul, names, fwhm))
     problems = []
     for key, typ in REQUIRED_PRIMARY.items():
         if key not in h0:
@@ -536,6 +552,24 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
             report.add(rel, "ERR valid")
     sim = h0.get("SIMULATD")
     return bool(sim) if sim is not None else None
+
+
+def _beam_problem(hdul, names: list[str], fwhm_arcsec: float) -> str | None:
+    """BMAJ = BMIN = ``fwhm_arcsec`` (degrees) and BPA in the primary header, SCI and ERR."""
+    problems = []
+    want = fwhm_arcsec / 3600.0
+    for ext in ("PRIMARY", "SCI", "ERR"):
+        if ext not in names:
+            continue
+        h = hdul[ext].header
+        missing = [k for k in ("BMAJ", "BMIN", "BPA") if k not in h]
+        if missing:
+            problems.append(f"{ext}: {', '.join(missing)} missing")
+            continue
+        for k in ("BMAJ", "BMIN"):
+            if not isinstance(h[k], (int, float)) or abs(h[k] / want - 1.0) > BEAM_TOLERANCE:
+                problems.append(f"{ext}: {k} {h[k]!r} deg is not the {fwhm_arcsec:g}\" ({want:.8g} deg) the file name says")
+    return "; ".join(problems) or None
 
 
 def _same_target(name: str) -> str:

@@ -1,4 +1,11 @@
-"""PSF matching (the paper's section 3.10): kernels from each band's PSF to Gaussians by the
-method of Aniano et al. (2011) (``kernels``, pure). The stage that convolves the mosaics to the
-release resolutions is not in this version yet (processing/registry.py lists it as planned).
+"""PSF matching (the paper's section 3.10): every mosaic convolved to the release's common
+Gaussian resolutions.
+
+- ``kernels``: kernels from each band's PSF to Gaussians by the method of Aniano et al. (2011),
+  their W- and D metrics and the very safe / safe / aggressive limits (pure);
+- ``convolve``: normalised convolution of SCI and ERR, tile by tile (pure);
+- ``stage``: reading and writing files, and the stage declaration ``STAGE``;
+- ``parameters``: its parameters.
+
+docs/psf-matching.md describes the method and what it achieves on the synthetic truth.
 """

@@ -161,6 +161,10 @@ def render(results: dict) -> str:
         from tests.benchmarks.psf_kernels import render as render_kernels
 
         lines += ["", "### PSF-matching kernels (synthetic PSFs)", ""] + render_kernels(results["psf_kernels"])
+    if results.get("psf_matching"):
+        from tests.benchmarks.psf_matching import render as render_psf_matching
+
+        lines += ["", "### PSF matching, demo", ""] + render_psf_matching(results["psf_matching"])
     if results.get("full_frames"):
         lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
         lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
@@ -212,6 +216,9 @@ def main() -> None:
     from tests.benchmarks.psf_kernels import measure as measure_kernels
 
     results["psf_kernels"] = measure_kernels(program)
+    from tests.benchmarks.psf_matching import measure as measure_psf_matching
+
+    results["psf_matching"] = measure_psf_matching(program, Path(results["engine"]["cache"]).parent)
     if full_frames:
         results["full_frames"] = bench_full_frames(out)
     from processing.fileio import atomic_write_text

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _level(path: Path, truth, target: str, band: str, samples: int = 40000) -> tuple[float, float | None, int]:
-    """(median of mosaic - true sky, the same where the true sky < 0.02 MJy/sr or None, pixels there)."""
+def sample_mosaic(path: Path, samples: int = 40000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """About ``samples`` pixels of a mosaic on a regular grid, where it has data (finite SCI,
+    and WHT > 0 where there is a WHT): their values and sky coordinates (deg)."""
     from astropy.io import fits
-    from astropy.stats import sigma_clipped_stats
     from astropy.wcs import WCS
 
     with fits.open(path, memmap=True) as hdul:
@@ -33,11 +33,19 @@ def _level(path: Path, truth, target: str, band: str, samples: int = 40000) -> t
         yy, xx = np.mgrid[0:ny:step, 0:nx:step]
         data = np.asarray(sci.data[0:ny:step, 0:nx:step], float)
         wht = np.asarray(hdul["WHT"].data[0:ny:step, 0:nx:step]) if "WHT" in hdul else np.ones_like(data)
-        w = WCS(sci.header)
+        w = WCS(sci.header).celestial
     ok = np.isfinite(data) & (wht > 0)
     ra, dec = w.pixel_to_world_values(xx[ok], yy[ok])
+    return data[ok], ra, dec
+
+
+def _level(path: Path, truth, target: str, band: str, samples: int = 40000) -> tuple[float, float | None, int]:
+    """(median of mosaic - true sky, the same where the true sky < 0.02 MJy/sr or None, pixels there)."""
+    from astropy.stats import sigma_clipped_stats
+
+    data, ra, dec = sample_mosaic(path, samples)
     sky = truth.sky(target, band, ra, dec)
-    diff = data[ok] - sky
+    diff = data - sky
     _, med, _ = sigma_clipped_stats(diff, sigma=3, maxiters=10)
     empty = sky < 0.02
     level_empty = float(np.median(diff[empty])) if empty.sum() >= 200 else None

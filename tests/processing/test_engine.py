@@ -73,7 +73,7 @@ def test_parameter_change_reruns_only_that_target(engine_run, tmp_path):
     status = engine.plan()
     rerun = sorted(t for t, s in status.items() if s == "run")
     assert rerun == ["anchoring/synth2/F200W", "anchoring/synth2/F770W", "astrometry/synth2/F200W", "astrometry/synth2/F770W",
-                     "lv3/synth2/F200W", "lv3/synth2/F770W"]
+                     "lv3/synth2/F200W", "lv3/synth2/F770W", "psf_matching/synth2/F200W", "psf_matching/synth2/F770W"]
     summary = engine.run()
     assert summary.ok and sorted(t for t, r in summary.results.items() if r.status == "ran") == rerun
     # synth1's products are the very same files as before; synth2's were remade

@@ -35,6 +35,25 @@ def test_demo_release_validates_clean(demo_release, tmp_path):
     assert "hlsp_synth-jwst_jwst_miri-nircam_all_multi_v1p0_manifest.toml" in names
     assert len([n for n in names if n.endswith("_img.fits")]) == 4
     assert len([n for n in names if n.endswith("_img-preview.png")]) == 4
+    for res in ("0p85", "0p90", "1p00"):  # PSF-matched, every band
+        assert len([n for n in names if n.endswith(f"_img-gauss{res}as.fits")]) == 4
+    assert len([n for n in names if n.endswith("_psf-matching.ecsv")]) == 2
+
+
+def test_convolved_products_carry_their_beam_and_the_anchored_level(demo_release):
+    p = next(demo_release.rglob("*miri_synth1_f770w_*_img-gauss0p85as.fits"))
+    img = next(demo_release.rglob("*miri_synth1_f770w_*_img.fits"))
+    with fits.open(p) as h, fits.open(img) as ref:
+        assert [x.name for x in h] == ["PRIMARY", "SCI", "ERR"]
+        for x in h:
+            assert x.header["BMAJ"] == x.header["BMIN"] == pytest.approx(0.85 / 3600) and x.header["BPA"] == 0
+        assert h[0].header["HLSPDPB"] == 0.85 and 0 <= h[0].header["HLSPDPW"] < 0.3
+        # the same level as the released mosaic (anchored), the same grid, less noise
+        assert h[0].header["HLSPDBO"] == ref[0].header["HLSPDBO"]
+        assert h["SCI"].data.shape == ref["SCI"].data.shape
+        both = np.isfinite(h["SCI"].data) & np.isfinite(ref["SCI"].data)
+        assert np.nanmedian(h["SCI"].data[both]) == pytest.approx(np.nanmedian(ref["SCI"].data[both]), rel=0.05, abs=0.05)
+        assert np.nanmedian(h["ERR"].data[both]) < 0.5 * np.nanmedian(ref["ERR"].data[both])
 
 
 def test_img_opens_with_wcs_and_units_on_every_extension(demo_release):
@@ -398,7 +417,38 @@ HEADER_BREAKS = [
 ]
 
 
+def _convolved(rel: Path, fwhm: str = "0p90") -> Path:
+    return next(rel.rglob(f"*nircam_synth1_f200w_*_img-gauss{fwhm}as.fits"))
+
+
+def convolved_beam_disagrees_with_name(rel):
+    p = _convolved(rel)
+    _edit_header(p, "SCI", "BMAJ", 1.0 / 3600)
+    return p.name, "SCI: BMAJ 0.000277777"
+
+
+def convolved_beam_missing(rel):
+    p = _convolved(rel, "0p85")
+    _edit_header(p, 0, "BMIN", delete=True)
+    return p.name, "PRIMARY: BMIN missing"
+
+
+def convolved_missing(rel):
+    p = _convolved(rel, "1p00")
+    p.unlink()
+    _drop_csv_rows(rel, p.name)
+    return p.name, "its img-gauss1p00as file is missing"
+
+
+def psf_matching_table_missing(rel):
+    p = next(rel.rglob("*synth2_multi_*_psf-matching.ecsv"))
+    p.unlink()
+    _drop_csv_rows(rel, p.name)
+    return p.name, "the psf-matching table is missing"
+
+
 BREAKS = HEADER_BREAKS + [
+    convolved_beam_disagrees_with_name, convolved_beam_missing, convolved_missing, psf_matching_table_missing,
     symlink_file, symlink_folder, not_world_readable, err_all_nan, err_negative, wrong_folder, missing_band,
     band_not_in_manifest, release_manifest_missing, date_in_future, empty_readme, preview_not_an_image,
     duplicate_manifest_row, flip_byte, flip_header_byte, wrong_name, extra_file, missing_extension, truncated_file,
