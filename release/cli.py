@@ -146,10 +146,7 @@ def plan(
             inst = instrument_of(band)
             action = "process"
             if regenerate is not None:
-                in_patch = name in regenerate and (not m.patch.instruments or inst in m.patch.instruments) and (
-                    not m.patch.bands or band in m.patch.bands
-                )
-                action = "regenerate" if in_patch else "carry over"
+                action = "regenerate" if m.regenerates(name, band) else "carry over"
             bg = ""
             if inst == "miri":
                 s = t.miri_background
@@ -367,6 +364,11 @@ def validate(
         None, "--strict/--no-strict",
         help="Fail when a check cannot run (fitsverify missing). Default: on where CI=true, else off.",
     ),
+    against: Optional[Path] = typer.Option(
+        None, help="The previous release (or a folder of MAST level-3 mosaics): fail when a band moved more than the "
+        "release manifest's [comparisons.thresholds] allow (shift, flux ratio, background).",
+    ),
+    figures: Optional[Path] = typer.Option(None, help="With --against: write the comparison figures and table here."),
 ) -> None:
     """Check a release against MAST's rules and our own; exit 1 on any failure."""
     from processing.fileio import atomic_write_text
@@ -374,7 +376,10 @@ def validate(
 
     if not release_dir.is_dir():
         raise BadInput(f"{release_dir} is not a folder")
-    report = validate_release(release_dir, use_fitsverify=fitsverify, strict=strict_by_default() if strict is None else strict)
+    if against is not None and not against.is_dir():
+        raise BadInput(f"--against {against}: not a folder (the previous release, or a folder of level-3 mosaics)")
+    report = validate_release(release_dir, use_fitsverify=fitsverify, strict=strict_by_default() if strict is None else strict,
+                              against=against, figures=figures)
     if junit:
         atomic_write_text(junit, report.junit())
     files = {f.file for f in report.findings if f.file != "."}
@@ -399,60 +404,110 @@ def validate(
 
 
 @app.command()
+def compare(
+    a: Path = typer.Argument(..., help="A release folder, a folder of mosaics, or one mosaic (FITS)."),
+    b: Path = typer.Argument(..., help="What to compare it with: the same kind as A."),
+    outdir: Optional[Path] = typer.Option(None, help="Write a figure per band (A, B, A - B) and comparison.ecsv here."),
+) -> None:
+    """Compare two releases, two folders of mosaics or two files: per band the median and MAD
+    of A - B, the background change, the galaxy's flux ratio and the shift (B is reprojected
+    onto A's grid)."""
+    from release.compare import compare as run_compare
+
+    for p in (a, b):
+        if not p.exists():
+            raise BadInput(f"{p} does not exist")
+    if a.is_dir() != b.is_dir():
+        raise BadInput(f"compare two folders or two files, not {a} and {b}")
+    try:
+        numbers, skipped = run_compare(a, b, outdir, label_a=a.name, label_b=b.name)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    table = Table(title=f"{a} against {b}")
+    for col in ("target", "band", "product", "pixels", "median", "MAD", "background", "flux ratio", "shift (mas)", "E, N (mas)"):
+        table.add_column(col)
+    for n in numbers:
+        table.add_row(n.target, n.band, n.product, str(n.pixels), f"{n.median:+.4f}", f"{n.mad:.4f}", f"{n.background:+.4f}",
+                      f"{n.flux_ratio:.4f}", f"{n.shift_mas:.1f}", f"{n.shift_east_mas:+.1f}, {n.shift_north_mas:+.1f}")
+    out.print(table)
+    out.print("MJy/sr; background: the change where the galaxy is faintest; flux ratio: A/B of the galaxy's brighter half (B moved onto A by the shift first)")
+    for why in skipped:
+        out.print(f"[yellow]not compared:[/] {escape(why)}")
+    if outdir is not None and numbers:
+        out.print(f"figures and comparison.ecsv in {outdir}")
+    if not numbers:
+        raise BadInput(f"nothing to compare between {a} and {b}")
+
+
+@app.command()
 def demo(
     outdir: Path = typer.Option(Path("demo-output"), help="Where the synthetic program, the work folder and the demo release go."),
 ) -> None:
-    """Cut the demo release from the synthetic program, end to end, as far as this version can."""
+    """Cut the demo releases from the synthetic program, end to end: 1.0.0, 1.1.0 (some bands
+    changed) and the patch 1.1.1, each validated against the one before."""
     import tomllib
 
     import tomli_w
 
     from processing.fileio import atomic_write_text
 
-    shipped = Path(__file__).resolve().parent.parent / "manifests" / "demo" / "demo.toml"
+    shipped = Path(__file__).resolve().parent.parent / "manifests" / "demo"
     outdir = outdir.resolve()
     program = outdir / "program"
     from processing.fileio import writable_dir
 
     demo_log = attach_log_file(writable_dir(outdir, "the demo folder") / "logs", "demo")
     out.print(f"log of every library's messages: {demo_log}")
-    # the shipped manifest, pointed at this program (its own paths assume demo-output/)
-    data = tomllib.loads(shipped.read_text())
-    data["program"]["data"]["path"] = str(program)
-    data["pins"]["crds_path"] = str(program / "crds")
-    for target in data.get("targets", {}).values():  # external files of the program
-        if target.get("astrometry_catalog"):
-            target["astrometry_catalog"] = str(program / "external" / Path(target["astrometry_catalog"]).name)
-        for images in target.get("anchoring", {}).values():
-            for image in images:
-                image["file"] = str(program / "external" / Path(image["file"]).name)
-    if data.get("products", {}).get("psf_path"):
-        data["products"]["psf_path"] = str(program / "psf")
-    manifest = outdir / "demo.toml"
-    atomic_write_text(manifest, f"# generated by `hlsp demo` from {shipped}\n" + tomli_w.dumps(data))
-    out.print(f"[bold]1. manifest[/] {manifest}")
-    check(manifest)
+
+    def pointed(value):
+        """The shipped manifests' paths assume demo-output/ beside the repository: here, OUTDIR."""
+        if isinstance(value, dict):
+            return {k: pointed(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [pointed(v) for v in value]
+        if isinstance(value, str) and value.startswith("../../demo-output/"):
+            return str(outdir / value[len("../../demo-output/"):])
+        return value
+
+    # three releases in sequence: 1.0.0, a second full release 1.1.0 (some bands' parameters
+    # changed: the cache reuses the rest), and a patch 1.1.1 of one target's NIRCam
+    names = ["demo.toml", "demo-1.1.0.toml", "demo-1.1.1.toml"]
+    manifests = []
+    for name in names:
+        data = pointed(tomllib.loads((shipped / name).read_text()))
+        manifest = outdir / name
+        atomic_write_text(manifest, f"# generated by `hlsp demo` from {shipped / name}\n" + tomli_w.dumps(data))
+        manifests.append(manifest)
+    out.print(f"[bold]1. manifests[/] {', '.join(str(m) for m in manifests)}")
+    for manifest in manifests:
+        check(manifest)
     if (program / "truth" / "truth.json").exists():
         out.print(f"[bold]2. synthetic program[/] {program} (already there, reused)")
     else:
         out.print(f"[bold]2. synthetic program[/] -> {program}")
         simulate(program, size="demo", seed=1, bands=None, mast_mosaics=False)
-    out.print(f"[bold]3. processing[/] -> {outdir / 'work'}")
-    run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, cache=None, allow_version_mismatch=False,
-        executor="local", scheduler=None)
     releases = outdir / "releases"
-    lm = _load(manifest)
     from release.package import release_dir
 
-    dest = release_dir(releases, lm)
-    if dest.exists():
-        out.print(f"[bold]4. packaging[/] {dest} is already published (kept as it is)")
-    else:
-        out.print(f"[bold]4. packaging[/] -> {releases}")
-        package(manifest, workdir=outdir / "work", releases=releases, cache=None, allow_version_mismatch=False)
-    out.print(f"[bold]5. validation[/] {dest}")
-    validate(dest, junit=outdir / "validation.xml", fitsverify=True, strict=None)
-    out.print(f"[bold green]The demo release is in {dest}[/] (validated; JUnit report {outdir / 'validation.xml'})")
+    previous = None
+    for k, manifest in enumerate(manifests, start=1):
+        lm = _load(manifest)
+        version = lm.manifest.release.version
+        out.print(f"[bold]3.{k} processing {version}[/] -> {outdir / 'work'}")
+        run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, cache=None, allow_version_mismatch=False,
+            executor="local", scheduler=None)
+        dest = release_dir(releases, lm)
+        if dest.exists():
+            out.print(f"[bold]4.{k} packaging {version}[/] {dest} is already published (kept as it is)")
+        else:
+            out.print(f"[bold]4.{k} packaging {version}[/] -> {releases}")
+            package(manifest, workdir=outdir / "work", releases=releases, cache=None, allow_version_mismatch=False)
+        out.print(f"[bold]5.{k} validation {version}[/] {dest}" + (f" against {previous}" if previous else ""))
+        validate(dest, junit=outdir / f"validation-{version}.xml", fitsverify=True, strict=None, against=previous,
+                 figures=(outdir / "comparisons" / version) if previous else None)
+        previous = dest
+    out.print(f"[bold green]The demo releases are in {releases}[/] (validated, each against the one before; JUnit reports "
+              f"{outdir}/validation-*.xml)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -393,9 +393,31 @@ class Products(StrictModel):
     previews: bool = Field(default=True, description="One PNG preview per mosaic.")
 
 
+class ComparisonThresholds(StrictModel):
+    """How far a band may move against the previous release (`hlsp validate --against`)."""
+
+    max_shift_mas: float = Field(default=30.0, ge=0, description="Largest shift of a mosaic against its counterpart (cross-correlation), milliarcseconds.")
+    max_flux_ratio_change: float = Field(default=0.02, ge=0, description="Largest |flux ratio - 1| of the galaxy (the brighter half of the pixels, each above its faint level, once aligned).")
+    max_background_change_mjysr: float = Field(default=0.1, ge=0, description="Largest change of the level where the galaxy is faintest, MJy/sr.")
+
+
+class ComparisonOverride(StrictModel):
+    """Limits for one band, target or target/band (what this release is meant to change)."""
+
+    max_shift_mas: float | None = Field(default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited.")
+    max_flux_ratio_change: float | None = Field(default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited.")
+    max_background_change_mjysr: float | None = Field(default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited.")
+
+
 class Comparisons(StrictModel):
     mast_mosaics: str | None = Field(default=None, description="Directory of MAST level-3 mosaics to compare against.")
     previous_release: str | None = Field(default=None, description="Directory of the previous release to compare against.")
+    thresholds: ComparisonThresholds = Field(default_factory=ComparisonThresholds, description="How far a band may move against the previous release (`hlsp validate RELEASE --against PREVIOUS`).")
+    overrides: dict[str, ComparisonOverride] = Field(
+        default_factory=dict,
+        description="Limits per band ('F200W'), target ('ngc3627') or target and band ('ngc3627/F200W'), over the thresholds, "
+        "e.g. a release that fixes one target's astrometry: {\"ngc3627\" = {max_shift_mas = 500}}.",
+    )
 
 
 class Patch(StrictModel):
@@ -424,6 +446,16 @@ class Manifest(StrictModel):
     def target_bands(self, target: str) -> list[str]:
         t = self.targets[target]
         return list(t.bands) if t.bands is not None else list(self.program.bands)
+
+    def regenerates(self, target: str, band: str) -> bool:
+        """Whether this release makes the target's band (every band of a full release; for a
+        patch, the targets, instruments and bands of [patch]; the rest is the parent's)."""
+        if self.patch is None:
+            return True
+        from processing.instruments import instrument_of
+
+        return (target in self.patch.targets and (not self.patch.instruments or instrument_of(band) in self.patch.instruments)
+                and (not self.patch.bands or band.upper() in self.patch.bands))
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -540,6 +572,11 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(("products.convolved_fwhm_arcsec", f"two resolutions share the product name {name} "
                              "(names keep two decimals of arcsec)"))
+    for key in m.comparisons.overrides:
+        target, _, band = key.partition("/")
+        ok = (key.upper() in m.program.bands) or (target in m.targets and (not band or band.upper() in m.program.bands))
+        if not ok:
+            problems.append((f"comparisons.overrides.{key}", "is not a band of program.bands, a target, or target/BAND"))
     for band in m.products.psfs:
         if band not in m.program.bands:
             problems.append((f"products.psfs.{band}", f"{band} is not in program.bands"))

@@ -70,8 +70,29 @@ def release_dir(root: Path, lm: LoadedManifest) -> Path:
 
 def check_packageable(lm: LoadedManifest) -> None:
     """Refuse, before any work, a manifest this version cannot package."""
-    if lm.manifest.release.kind == "patch":
-        raise BadInput(f"{lm.path.name}: packaging a patch release (carrying the parent's files over) is not available in this version")
+    prev = lm.manifest.comparisons.previous_release
+    if prev:
+        from release.changelog import load_release_manifest
+
+        path = lm.resolve_path(prev)
+        try:
+            load_release_manifest(path)
+        except Exception as exc:  # noqa: BLE001 - any unusable previous release is the user's to fix
+            raise BadInput(f"{lm.path.name}: comparisons.previous_release: {path} is not a release folder of this system "
+                           f"({type(exc).__name__}: {exc})") from exc
+
+
+def parent_release(lm: LoadedManifest, releases_root: Path) -> Path | None:
+    """A patch's parent release, published beside it (``<root>/<project>/<parent version>``);
+    None for a full release. Not published: refused, naming it."""
+    m = lm.manifest
+    if m.release.kind != "patch":
+        return None
+    path = Path(releases_root) / m.release.project / file_version(m.release.previous)
+    if not (path / next((p.name for p in path.glob("*_manifest.csv")), "-")).is_file():
+        raise BadInput(f"{lm.path.name}: a patch carries its parent's files over, but the parent release {m.release.previous} "
+                       f"is not published at {path}: package the parent first")
+    return path
 
 
 def package_release(lm: LoadedManifest, products: list, releases_root: Path, simulated: bool) -> Path:
@@ -92,8 +113,9 @@ def package_release(lm: LoadedManifest, products: list, releases_root: Path, sim
     unknown = sorted({e.product for e in products if e.kind not in PRODUCT_WRITERS} - set(_target_tables()))
     if unknown:
         raise WorkFailed(f"the run provides product type(s) {', '.join(unknown)} that this version cannot package")
+    parent = parent_release(lm, releases_root)
     mosaics = {(e.target, e.band): e.path for e in products if e.product == "img"}
-    expected = {(t, b) for t in m.targets for b in m.target_bands(t)}
+    expected = {(t, b) for t in m.targets for b in m.target_bands(t) if m.regenerates(t, b)}
     missing = sorted(f"{t}/{b}" for t, b in expected - set(mosaics))
     if missing:
         raise BadInput(f"no mosaic for {', '.join(missing)}: run `hlsp run` first (or it failed)")
@@ -110,7 +132,7 @@ def package_release(lm: LoadedManifest, products: list, releases_root: Path, sim
         staging = dest.parent / f".staging-{dest.name}-{os.getpid()}"
         staging.mkdir(parents=True)
         try:
-            files = _write_files(lm, products, staging, simulated)
+            files = _write_files(lm, products, staging, simulated, parent)
             make_world_readable(staging)  # a release is for others to read
         except BaseException as exc:
             remove_scratch(staging)  # our own staging: a failed packaging leaves nothing behind
@@ -185,10 +207,12 @@ def _target_tables() -> dict:
     return default_registry().target_tables()
 
 
-def _write_target_table(lm: LoadedManifest, ptype: str, target: str, entries: list, staging: Path) -> list[PackagedFile]:
+def _write_target_table(lm: LoadedManifest, ptype: str, target: str, entries: list, staging: Path,
+                        parent_table: Path | None = None) -> list[PackagedFile]:
     """One table per target of a per-target product (e.g. the anchoring offsets): the bands'
     tables stacked in band order, each row with its band, the metadata of each band kept
-    under its name."""
+    under its name. ``parent_table``: a patch that remakes some of the target's bands keeps
+    the parent's rows and metadata of the others."""
     from astropy.table import Table, vstack
 
     from processing.instruments import instrument_of
@@ -200,17 +224,59 @@ def _write_target_table(lm: LoadedManifest, ptype: str, target: str, entries: li
         t.add_column([entry.band] * len(t), name="band", index=0)
         parts.append(t)
         meta[entry.band] = dict(t.meta)
+    if parent_table is not None:
+        old = Table.read(parent_table, format="ascii.ecsv")
+        keep = [b for b in (old.meta.get("bands") or {}) if b not in meta]
+        if keep:
+            parts.append(old[[str(b) in keep for b in old["band"]]])
+            meta.update({b: old.meta["bands"][b] for b in keep})
     table = vstack(parts, metadata_conflicts="silent") if parts else Table()
+    if len(table):
+        table = table[np.argsort(np.asarray(table["band"], str), kind="stable")]
     table.meta.clear()
     table.meta.update({"release": m.release.project, "version": m.release.version, "target": target, "product": ptype, "bands": meta})
-    inst = collection_instrument(instrument_of(e.band) for e in entries)
+    inst = collection_instrument(instrument_of(b) for b in meta)
     out = staging / target / make_name(m.release.project, inst, target, "multi", file_version(m.release.version), ptype, "ecsv")
     out.parent.mkdir(parents=True, exist_ok=True)
     table.write(out, format="ascii.ecsv", overwrite=True)
     return [PackagedFile(out, ptype, target, inst, "multi")]
 
 
-def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: bool) -> list[PackagedFile]:
+def _carry_over(lm: LoadedManifest, parent: Path, staging: Path, patched_tables: set) -> tuple[list[PackagedFile], dict]:
+    """A patch's copy of every parent file it does not remake (byte-identical, the parent's
+    name and version), and the parent's per-target tables of the targets it patches
+    (``{(type, target): path}``, merged by :func:`_write_target_table`)."""
+    import shutil
+
+    from release.naming import parse_name
+
+    m = lm.manifest
+    files, tables = [], {}
+    with open(next(parent.glob("*_manifest.csv")), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        rel = row["filename"]
+        parsed = parse_name(Path(rel).name)
+        if parsed is None or (parsed.target == "all" and not (parsed.product == "manifest" and parsed.ext == "toml")):
+            continue  # the parent's README, manifest CSV and changes: this release has its own
+        if parsed.target == "all":  # the parent's manifest (and its parents'): the carried files were made from it
+            shutil.copyfile(parent / rel, staging / rel)
+            files.append(PackagedFile(staging / rel, parsed.product, parsed.target, parsed.instrument, parsed.filter))
+            continue
+        if parsed.filter == "multi":
+            if (parsed.product, parsed.target) in patched_tables:
+                tables[(parsed.product, parsed.target)] = parent / rel
+                continue
+        elif m.regenerates(parsed.target, parsed.filter.upper()):
+            continue
+        dest = staging / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(parent / rel, dest)
+        files.append(PackagedFile(dest, parsed.product, parsed.target, parsed.instrument, parsed.filter))
+    return files, tables
+
+
+def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: bool, parent: Path | None = None) -> list[PackagedFile]:
     m = lm.manifest
     fv = file_version(m.release.version)
     files: list[PackagedFile] = []
@@ -221,13 +287,32 @@ def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: b
             grouped.setdefault((entry.product, entry.target), []).append(entry)
         else:
             files += PRODUCT_WRITERS[entry.kind](lm, entry, staging, simulated)
+    parent_tables: dict = {}
+    if parent is not None:  # a patch: the parent's files it does not remake, as they are
+        carried, parent_tables = _carry_over(lm, parent, staging, set(grouped))
+        files += carried
     for (ptype, target), entries in sorted(grouped.items()):
-        files += _write_target_table(lm, ptype, target, entries, staging)
+        files += _write_target_table(lm, ptype, target, entries, staging, parent_tables.get((ptype, target)))
     insts = collection_instrument(f.instrument for f in files)
-    readme = staging / make_name(m.release.project, insts, "all", "multi", fv, "readme", "txt")
     from processing.fileio import atomic_write_text
 
-    atomic_write_text(readme, render_readme(lm, files, simulated))
+    changes = None
+    if m.comparisons.previous_release or parent is not None:  # the changelog against the previous release
+        from release import changelog
+
+        # a patch against its parent; a full release against the one its manifest names
+        previous = parent if parent is not None else lm.resolve_path(m.comparisons.previous_release)
+        old = changelog.load_release_manifest(previous)
+        mchanges = changelog.manifest_changes(old, m)
+        fchanges = changelog.product_changes(previous, staging)
+        text = changelog.render(m, old, mchanges, fchanges)
+        path = staging / make_name(m.release.project, insts, "all", "multi", fv, "changes", "txt")
+        atomic_write_text(path, text)
+        files.append(PackagedFile(path, "changes", "all", insts, "multi"))
+        changes = {"previous": old.release.version, "manifest": mchanges, "file": path.name,
+                   "counts": {s: sum(1 for f in fchanges if f.status == s) for s in ("unchanged", "changed", "added", "removed")}}
+    readme = staging / make_name(m.release.project, insts, "all", "multi", fv, "readme", "txt")
+    atomic_write_text(readme, render_readme(lm, files, simulated, changes))
     files.append(PackagedFile(readme, "readme", "all", insts, "multi"))
     release_toml = staging / make_name(m.release.project, insts, "all", "multi", fv, "manifest", "toml")
     atomic_write_text(release_toml, release_manifest_text(lm))
@@ -435,7 +520,7 @@ def write_preview(img: Path, dest: Path, title: str) -> None:
         tmp.write_bytes(buf.getvalue())
 
 
-def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool) -> str:
+def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool, changes: dict | None = None) -> str:
     import jinja2
     from stdatamodels.jwst.datamodels import dqflags
 
@@ -460,6 +545,7 @@ def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool
         convolved=[{"fwhm": f, "product": convolved_product(f)} for f in m.products.convolved_fwhm_arcsec],
         want_anchoring=any(f.product == "anchoring" for f in files),
         want_psf_table=any(f.product == "psf-matching" for f in files),
+        changelog=changes,
     )
 
 
@@ -472,7 +558,11 @@ def write_manifest_csv(dest: Path, files: list[PackagedFile], root: Path, versio
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(MANIFEST_COLUMNS)
+    from release.naming import parse_name
+
     for f in sorted(files, key=lambda f: str(f.path)):
         rel = f.path.relative_to(root).as_posix()
-        w.writerow([rel, f.path.stat().st_size, file_sha256(f.path), f.product, f.target, f.instrument, f.filter, version])
+        parsed = parse_name(f.path.name)  # a patch carries the parent's files with their version
+        w.writerow([rel, f.path.stat().st_size, file_sha256(f.path), f.product, f.target, f.instrument, f.filter,
+                    parsed.version if parsed else version])
     atomic_write_text(dest, buf.getvalue())

@@ -30,6 +30,8 @@ _PLACES = {
     "ParameterLayers": "[parameters] and [targets.<name>.parameters]",
     "Products": "[products]",
     "Comparisons": "[comparisons]",
+    "ComparisonThresholds": "[comparisons.thresholds]",
+    "ComparisonOverride": "[comparisons.overrides.<band, target or target/BAND>]",
     "Patch": "[patch]",
 }
 

@@ -18,6 +18,9 @@ Checks, each reported per file with the problem named:
 - img-gauss*.fits (PSF-matched): PRIMARY, SCI, ERR; the beam (BMAJ = BMIN = the FWHM the
   product name says, in degrees; BPA) in the primary header and both extensions; the other
   checks of img.fits that apply (keywords, WCS, units, ERR);
+- with ``--against PREVIOUS``: each mosaic against the same product of the previous release
+  (or a folder of MAST level-3 mosaics): shift, flux ratio and background change within the
+  release manifest's ``[comparisons.thresholds]`` and overrides (release/compare.py);
 - img.fits: the extensions of Table 3 in order, their dtypes, BUNIT of SCI/ERR (MJy/sr), a
   celestial WCS that parses in every image extension (RADESYS ICRS, no EQUINOX), SCI not all
   NaN, ERR not all NaN and never negative, every MAST-required primary keyword present and
@@ -92,6 +95,8 @@ class Report:
     root: Path
     strict: bool = False
     findings: list[Finding] = field(default_factory=list)
+    #: a patch release's parents' manifests, by file version (their carried files were made from them)
+    carried_manifests: dict = field(default_factory=dict)
 
     def add(self, file: str, check: str, problem: str | None = None) -> None:
         self.findings.append(Finding(file, check, problem is None, problem or ""))
@@ -170,28 +175,51 @@ def _walk(report: Report, root: Path) -> dict[str, Path]:
 
 
 def _load_release_manifest(report: Report, rels: dict[str, Path]):
-    """The release manifest shipped in the release, or None (reported)."""
+    """The release manifest shipped in the release, or None (reported). A patch also carries
+    its parent's manifest (and theirs): the release's own is the newest; the others must be
+    its parents'. They are kept in ``report.carried_manifests`` by file version."""
     import tomllib
 
     from pydantic import ValidationError
 
-    from release.manifest import Manifest
+    from release.manifest import Manifest, file_version, version_tuple
 
     tomls = [r for r in rels if r.endswith("_manifest.toml") and "/" not in r]
-    if len(tomls) != 1:
-        report.add(".", "release manifest present", f"expected one *_manifest.toml (the release manifest) at the top, found {len(tomls)}")
+    if not tomls:
+        report.add(".", "release manifest present", "expected a *_manifest.toml (the release manifest) at the top, found none")
         return None, None
-    try:
-        data = tomllib.loads(rels[tomls[0]].read_text())
-        m = Manifest.model_validate(data)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
-        report.add(tomls[0], "release manifest readable", f"is not a valid release manifest: {' '.join(str(exc).split())[:300]}")
-        return None, None
-    report.add(tomls[0], "release manifest readable")
-    return m, tomls[0]
+    loaded = {}
+    for rel in tomls:
+        try:
+            loaded[rel] = Manifest.model_validate(tomllib.loads(rels[rel].read_text()))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
+            report.add(rel, "release manifest readable", f"is not a valid release manifest: {' '.join(str(exc).split())[:300]}")
+            return None, None
+    own = max(loaded, key=lambda r: version_tuple(loaded[r].release.version))
+    m = loaded[own]
+    report.add(own, "release manifest readable")
+    chain, cur = set(), m
+    while cur is not None and cur.release.kind == "patch" and cur.release.previous:
+        parent = next((x for x in loaded.values() if x.release.version == cur.release.previous), None)
+        if parent is not None:
+            chain.add(file_version(parent.release.version))
+        cur = parent
+    for rel, x in loaded.items():
+        if rel == own:
+            continue
+        fv = file_version(x.release.version)
+        report.add(rel, "parent manifest", None if fv in chain else
+                   f"a second release manifest ({x.release.version}) that is not a parent of this patch release {m.release.version}")
+        report.carried_manifests[fv] = x
+    return m, own
 
 
-def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool = False) -> Report:
+def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool = False, against: str | Path | None = None,
+                     figures: str | Path | None = None) -> Report:
+    """Every check of the module docstring; with ``against`` (the previous release, or a
+    folder of MAST-like level-3 mosaics) also each mosaic against its counterpart, within the
+    limits of the release manifest's ``[comparisons]`` (release/compare.py); ``figures``: a
+    folder for the comparison figures and table."""
     root = Path(root)
     report = Report(root, strict=strict)
     if not root.is_dir():
@@ -232,6 +260,8 @@ def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool
         if not p.name.endswith((".fits", ".fits.gz")):
             continue
         flags[rel] = _check_fits(report, rel, p, use_fitsverify, release_manifest)
+    if against is not None and release_manifest is not None:
+        _check_against(report, root, Path(against), release_manifest, figures)
     readme_sim = bool(readmes) and "SIMULATED DATA" in rels[readmes[0]].read_text(errors="replace")
     any_sim = any(v is True for v in flags.values())
     if any_sim and readmes:
@@ -243,24 +273,63 @@ def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool
     return report
 
 
+def _check_against(report: Report, root: Path, previous: Path, m, figures) -> None:
+    """Each mosaic of the release against its counterpart in ``previous`` (release/compare.py),
+    within the manifest's limits; a mosaic without one is reported as not compared."""
+    from release.compare import check, compare, limits_for
+
+    label = previous.name or str(previous)
+    if report.carried_manifests:  # a patch: what it carries over must be its parent's very bytes
+        from release.manifest import file_version
+
+        fv = file_version(m.release.version)
+        for p in sorted(root.rglob("*")):
+            parsed = parse_name(p.name)
+            if not p.is_file() or parsed is None or parsed.version == fv:
+                continue
+            rel = p.relative_to(root).as_posix()
+            theirs = previous / rel
+            report.add(rel, f"carried over from {label}", None if theirs.is_file() and file_sha256(theirs) == file_sha256(p) else
+                       (f"is not in {previous}" if not theirs.is_file() else f"differs from {label}'s file of that name (sha256)"))
+    numbers, skipped = compare(root, previous, Path(figures) if figures else None, label_a=f"{root.name} (this release)", label_b=f"{label} (previous)")
+    by_name = {p.name: p for p in root.rglob("*.fits")}
+    for why in skipped:
+        report.skip(".", f"against {label}", why)
+    for n in numbers:
+        rel = by_name[n.a].relative_to(root).as_posix()
+        problems = check(n, limits_for(m.comparisons, n.target, n.band))
+        report.add(rel, f"against {label}", "; ".join(problems) if problems else None)
+
+
 def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> None:
-    """Every target and band of the release manifest has its products; nothing else is there."""
+    """Every target and band of the release manifest has its products; nothing else is there.
+    A patch release's files of what it does not remake carry their parent's version (one of
+    the parent manifests it ships); what it remakes carries its own."""
     from processing.instruments import instrument_of
     from release.manifest import file_version
     from release.naming import HlspName
 
     fv = file_version(m.release.version)
+    carried = set(report.carried_manifests)
+
+    def versions(target: str, bands) -> list[str]:
+        return [fv] if any(m.regenerates(target, b.upper()) for b in bands) or not carried else sorted(carried)
+
     wanted = {(t, b.lower()) for t in m.targets for b in m.target_bands(t)}
     from release.naming import convolved_product
 
     products = (["img"] + (["img-preview"] if m.products.previews else []) + (["tweakback"] if m.products.tweakback else [])
                 + [convolved_product(f) for f in m.products.convolved_fwhm_arcsec])
     ext = {"img-preview": "png", "tweakback": "tar.gz"}
+    allowed: dict[tuple[str, str], list[str]] = {}
     for target, band in sorted(wanted):
+        allowed[(target, band)] = versions(target, [band])
         for product in products:
-            name = HlspName(m.release.project, instrument_of(band.upper()), target, band, fv, product, ext.get(product, "fits"))
-            rel = f"{target}/{name}"
-            report.add(rel, "release manifest coverage", None if rel in rels else
+            rel = next((f"{target}/{n}" for v in allowed[(target, band)]
+                        for n in [HlspName(m.release.project, instrument_of(band.upper()), target, band, v, product, ext.get(product, "fits"))]
+                        if f"{target}/{n}" in rels), None)
+            shown = f"{target}/{HlspName(m.release.project, instrument_of(band.upper()), target, band, allowed[(target, band)][0], product, ext.get(product, 'fits'))}"
+            report.add(rel or shown, "release manifest coverage", None if rel else
                        f"{target} {band.upper()} is in the release manifest {toml_rel} but its {product} file is missing")
     # per-target tables (e.g. anchoring): one per target, filter 'multi', every band in it
     from processing.stages import default_registry
@@ -269,10 +338,13 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
     tables = default_registry().target_tables()
     for target in sorted(m.targets):
         inst = collection_instrument(instrument_of(b) for b in m.target_bands(target))
+        allowed[(target, "multi")] = versions(target, m.target_bands(target))
         for ptype in sorted(tables):
-            rel = f"{target}/{HlspName(m.release.project, inst, target, 'multi', fv, ptype, 'ecsv')}"
-            if rel not in rels:
-                report.add(rel, "release manifest coverage", f"{target}: the {ptype} table is missing")
+            rel = next((f"{target}/{n}" for v in allowed[(target, "multi")]
+                        for n in [HlspName(m.release.project, inst, target, "multi", v, ptype, "ecsv")] if f"{target}/{n}" in rels), None)
+            if rel is None:
+                report.add(f"{target}/{HlspName(m.release.project, inst, target, 'multi', fv, ptype, 'ecsv')}",
+                           "release manifest coverage", f"{target}: the {ptype} table is missing")
             else:
                 _check_target_table(report, rel, rels[rel], {b.upper() for b in m.target_bands(target)}, ptype)
     for rel in rels:
@@ -280,13 +352,17 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
         if parsed is None or parsed.target == "all":
             continue
         if parsed.filter == "multi" and parsed.product in tables and parsed.target in m.targets:
-            continue
-        if (parsed.target, parsed.filter) not in wanted:
+            ok_versions = allowed.get((parsed.target, "multi"), [fv])
+        elif (parsed.target, parsed.filter) not in wanted:
             report.add(rel, "release manifest coverage",
                        f"target '{parsed.target}' band '{parsed.filter.upper()}' is not in the release manifest {toml_rel}")
-        elif parsed.project != m.release.project or parsed.version != fv:
+            continue
+        else:
+            ok_versions = allowed[(parsed.target, parsed.filter)]
+        if parsed.project != m.release.project or parsed.version not in ok_versions:
             report.add(rel, "release manifest coverage",
-                       f"project/version '{parsed.project}' {parsed.version} differ from the release manifest's {m.release.project} {fv}")
+                       f"project/version '{parsed.project}' {parsed.version} differ from the release manifest's {m.release.project} "
+                       f"{' or '.join(ok_versions)}")
 
 
 def _check_target_table(report: Report, rel: str, path: Path, bands: set[str], ptype: str) -> None:
@@ -453,7 +529,8 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
                     simulated = _check_img(report, rel, hdul, names, parsed,
                                            designated=m is not None and parsed.target in m.targets)
                 if m is not None:
-                    _check_against_manifest(report, rel, hdul[0].header, parsed, m)
+                    made_from = report.carried_manifests.get(parsed.version, m) if parsed is not None else m
+                    _check_against_manifest(report, rel, hdul[0].header, parsed, made_from)
     except Exception as exc:
         report.add(rel, "FITS readable", f"cannot be read as FITS ({type(exc).__name__}: {' '.join(str(exc).split())})")
         return "unreadable"

@@ -23,12 +23,14 @@ def imgs(release: Path) -> list[Path]:
 def test_demo_release_validates_clean(demo_release, tmp_path):
     # under CI (CI=true) validation is strict: fitsverify must have run on every FITS file
     # (the Makefile installs it); elsewhere, without it, the check is reported as not run
-    proc = hlsp("validate", str(demo_release), "--junit", str(tmp_path / "v.xml"), check_code=0)
+    # against itself: every band compared (no shift, ratio 1, no level change)
+    proc = hlsp("validate", str(demo_release), "--junit", str(tmp_path / "v.xml"), "--against", str(demo_release), check_code=0)
     assert "valid" in proc.stdout
     if shutil.which("fitsverify") is None:
         assert "not run: fitsverify" in proc.stdout
     xml = (tmp_path / "v.xml").read_text()
     assert 'failures="0"' in xml and xml.count("<testcase") > 100
+    assert xml.count('name="against v1p0"') == 4
     names = sorted(p.name for p in demo_release.rglob("*") if p.is_file())
     assert "hlsp_synth-jwst_jwst_nircam_synth1_f200w_v1p0_img.fits" in names
     assert "hlsp_synth-jwst_jwst_miri-nircam_all_multi_v1p0_readme.txt" in names

@@ -1,0 +1,115 @@
+"""The changelog against the previous release (release/changelog.py): manifest differences by
+key, products unchanged / changed by recipe, and a second release of the test program that
+changes one band's parameter, packaged with its CHANGES file and README section."""
+
+from __future__ import annotations
+
+import tomllib
+
+import tomli_w
+
+from release import changelog as L
+from release.manifest import Manifest, load_manifest
+from tests.conftest import hlsp
+
+
+def test_the_changelog_lists_a_changed_crds_context_and_a_changed_target_parameter(engine_run):
+    old = load_manifest(engine_run["manifest"]).manifest
+    data = tomllib.loads(engine_run["manifest"].read_text())
+    data["release"]["version"] = "1.1.0"
+    data["release"]["changes"] = ["New CRDS context; finer anchoring bins for synth2 F770W."]
+    data["pins"]["crds_context"] = "jwst_9002.pmap"
+    data["targets"]["synth2"]["parameters"] = {"band": {"F770W": {"anchoring": {"n_bins": 20}}}}
+    new = Manifest.model_validate(data)
+    changes = L.manifest_changes(old, new)
+    assert [(c.kind, c.key, c.old, c.new) for c in changes] == [
+        ("changed", "pins.crds_context", "jwst_9001.pmap", "jwst_9002.pmap"),
+        ("added", "targets.synth2.parameters.band.F770W.anchoring.n_bins", None, 20),
+    ]
+    text = L.render(new, old, changes, None)
+    assert "changed: pins.crds_context: 'jwst_9001.pmap' -> 'jwst_9002.pmap'" in text
+    assert "added: targets.synth2.parameters.band.F770W.anchoring.n_bins: (unset) -> 20" in text
+    assert "synth-jwst 1.1.0: changes from 1.0.0" in text and "finer anchoring bins" in text
+
+
+def test_a_second_release_says_what_changed_and_validates_against_the_first(engine_run, demo_release, tmp_path):
+    data = tomllib.loads(engine_run["manifest"].read_text())
+    data["release"]["version"] = "1.1.0"
+    data["targets"]["synth2"]["parameters"] = {"band": {"F770W": {"psf_matching": {"min_coverage": 0.9}}}}
+    data["comparisons"] = {"previous_release": str(demo_release)}
+    manifest = tmp_path / "release-1.1.toml"
+    manifest.write_text(tomli_w.dumps(data))
+    # the first release's cache, another work folder: only synth2 F770W's PSF matching runs
+    work = ["--workdir", str(tmp_path / "work"), "--cache", str(engine_run["cache"])]
+    proc = hlsp("run", str(manifest), *work, check_code=0)
+    assert "psf_matching" in proc.stdout
+    releases = tmp_path / "releases"
+    hlsp("package", str(manifest), *work, "--releases", str(releases), check_code=0)
+    rel = releases / "synth-jwst" / "v1p1"
+    changes = next(rel.glob("*_all_multi_v1p1_changes.txt")).read_text()
+    assert "added: targets.synth2.parameters.band.F770W.psf_matching.min_coverage: (unset) -> 0.9" in changes
+    # only synth2 F770W's PSF-matched mosaics and the synth2 PSF-matching table were remade
+    changed = sorted(line.split(": ", 1)[1].split(" (")[0] for line in changes.splitlines() if line.strip().startswith("changed:")
+                     and "targets." not in line)
+    assert changed == ["synth2 F770W img-gauss0p85as.fits", "synth2 F770W img-gauss0p90as.fits", "synth2 F770W img-gauss1p00as.fits",
+                       "synth2 MULTI psf-matching.ecsv"], changes
+    assert " 0 new, 0 gone" in changes
+    readme = next(rel.glob("*_readme.txt")).read_text()
+    assert "Against version 1.0.0" in readme and "psf_matching.min_coverage" in readme
+    # the mosaics themselves did not move
+    hlsp("validate", str(rel), "--against", str(demo_release), check_code=0)
+
+
+def test_a_patch_release_remakes_its_target_and_carries_the_rest_byte_for_byte(engine_run, demo_release, tmp_path):
+    import shutil
+
+    from processing.fileio import file_sha256
+
+    patch = tmp_path / "patch.toml"
+    patch.write_text(f"""
+schema_version = 1
+[release]
+version = "1.0.1"
+kind = "patch"
+changes = ["synth2 MIRI: PSF-matched pixels need 80% of the kernel on data."]
+[patch]
+parent = "{engine_run['manifest']}"
+targets = ["synth2"]
+instruments = ["miri"]
+[targets.synth2.parameters.instrument.miri.psf_matching]
+min_coverage = 0.8
+""")
+    work = ["--workdir", str(tmp_path / "work"), "--cache", str(engine_run["cache"])]
+    hlsp("run", str(patch), *work, check_code=0)
+    releases = demo_release.parent.parent  # the parent is published there: a patch is packaged beside it
+    hlsp("package", str(patch), *work, "--releases", str(releases), check_code=0)
+    rel = demo_release.parent / "v1p0p1"
+    try:
+        names = {p.relative_to(rel).as_posix() for p in rel.rglob("*") if p.is_file()}
+        parent = {p.relative_to(demo_release).as_posix() for p in demo_release.rglob("*") if p.is_file()}
+        # synth1 and synth2's NIRCam: the parent's files, same names, same bytes
+        carried = sorted(n for n in names if "_v1p0_" in n)
+        assert carried and all(file_sha256(rel / n) == file_sha256(demo_release / n) for n in carried)
+        assert {n for n in parent if n.startswith("synth1/") or "nircam_synth2" in n} <= set(carried)
+        # synth2's MIRI: made again, with the new version; the per-target tables hold every band
+        assert "synth2/hlsp_synth-jwst_jwst_miri_synth2_f770w_v1p0p1_img-gauss0p85as.fits" in names
+        assert not any("miri_synth2" in n and "_v1p0_" in n for n in names)
+        from astropy.table import Table
+
+        t = Table.read(rel / "synth2/hlsp_synth-jwst_jwst_miri-nircam_synth2_multi_v1p0p1_psf-matching.ecsv")
+        assert set(t["band"]) == {"F200W", "F770W"}
+        changes = next(rel.glob("*_changes.txt")).read_text()
+        assert "changed: synth2 F770W img-gauss0p85as.fits" in changes and "changed: synth1" not in changes
+        proc = hlsp("validate", str(rel), "--against", str(demo_release), check_code=0)
+        assert "valid" in proc.stdout
+        # a carried file that is not the parent's fails, naming it
+        victim = rel / carried[0]
+        data = bytearray(victim.read_bytes())
+        data[-1] ^= 1
+        victim.chmod(0o644)
+        victim.write_bytes(bytes(data))
+        proc = hlsp("validate", str(rel), "--against", str(demo_release), "--no-fitsverify", "--junit", str(tmp_path / "j.xml"), check_code=1)
+        junit = (tmp_path / "j.xml").read_text()
+        assert any(carried[0] in line and "differs from v1p0's file of that name" in line for line in junit.split("<testcase"))
+    finally:
+        shutil.rmtree(rel, ignore_errors=True)
