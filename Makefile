@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo-output
 # Debian packages the project uses (each provides a command of the same name):
-#   fitsverify  the FITS standard checker `hlsp validate` runs on every FITS file of a release.
-SYSTEM_PACKAGES := fitsverify
+#   fitsverify  the FITS standard checker `hlsp validate` runs on every FITS file of a release;
+#   chromium    the headless browser the tests open the HTML release report in (`hlsp report`).
+SYSTEM_PACKAGES := fitsverify chromium
 
 .PHONY: demo test bench install sysdeps lock schema clean
 
@@ -32,7 +33,7 @@ sysdeps:
 	    echo "warning: could not install$$missing; hlsp validate will report the checks that need it as not run"; \
 	  fi; \
 	else \
-	  echo "note:$$missing not installed (as root: apt-get install$$missing); hlsp validate will report the checks that need it as not run"; \
+	  echo "note:$$missing not installed (as root: apt-get install$$missing); hlsp validate will report the checks that need it as not run, the report test is skipped"; \
 	fi
 
 demo: $(STAMP) sysdeps

@@ -104,15 +104,16 @@ def _task_key(path: Path) -> str | None:
 
 
 def load_release_manifest(release: Path):
-    """The validated manifest a release folder was made from (its ``*_manifest.toml``)."""
+    """The validated manifest a release folder was made from (its ``*_manifest.toml``; a patch
+    also carries its parents': the newest is its own)."""
     import tomllib
 
-    from release.manifest import Manifest
+    from release.manifest import Manifest, version_tuple
 
-    path = next(Path(release).glob("*_manifest.toml"), None)
-    if path is None:
+    found = [Manifest.model_validate(tomllib.loads(p.read_text())) for p in sorted(Path(release).glob("*_manifest.toml"))]
+    if not found:
         raise ValueError(f"{release}: no *_manifest.toml (not a release folder of this system)")
-    return Manifest.model_validate(tomllib.loads(path.read_text()))
+    return max(found, key=lambda m: version_tuple(m.release.version))
 
 
 def product_changes(previous: Path, current: Path, compare_mosaics: bool = True) -> list[FileChange]:

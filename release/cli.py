@@ -440,6 +440,34 @@ def compare(
 
 
 @app.command()
+def report(
+    manifest: Path = typer.Argument(..., help="Release manifest (TOML) of the release."),
+    workdir: Optional[Path] = typer.Option(None, help="Work folder of `hlsp run` (default: hlsp-work/<project>)."),
+    releases: Path = typer.Option(Path("releases"), help="Where the release is published: RELEASES/<project>/<version>/."),
+    cache: Optional[Path] = typer.Option(None, help="Task cache folder, if `hlsp run` was given one (default: WORKDIR/cache)."),
+    against: Optional[Path] = typer.Option(None, help="A previous release to compare with (figures and numbers in the report)."),
+    outdir: Optional[Path] = typer.Option(None, help="Report folder (default: WORKDIR/reports/<version>)."),
+) -> None:
+    """Write the release report: a static HTML page (previews, the stages' QA figures and
+    tables, the changelog, the comparison with a previous release)."""
+    from release.package import release_dir
+    from release.report import write_report
+
+    lm = _load(manifest)
+    wd = (workdir or _default_workdir(lm)).resolve()
+    dest = release_dir(releases.resolve(), lm)
+    if not dest.is_dir():
+        raise BadInput(f"{dest} is not published: run `hlsp package {manifest}` first")
+    if against is not None and not against.is_dir():
+        raise BadInput(f"--against {against}: not a folder")
+    from release.manifest import file_version
+
+    page = write_report(lm, dest, wd, outdir or wd / "reports" / file_version(lm.manifest.release.version), cache=cache,
+                        previous=against)
+    out.print(f"[bold green]report[/] {page}")
+
+
+@app.command()
 def demo(
     outdir: Path = typer.Option(Path("demo-output"), help="Where the synthetic program, the work folder and the demo release go."),
 ) -> None:
@@ -505,9 +533,11 @@ def demo(
         out.print(f"[bold]5.{k} validation {version}[/] {dest}" + (f" against {previous}" if previous else ""))
         validate(dest, junit=outdir / f"validation-{version}.xml", fitsverify=True, strict=None, against=previous,
                  figures=(outdir / "comparisons" / version) if previous else None)
+        report(manifest, workdir=outdir / "work", releases=releases, cache=None, against=previous,
+               outdir=outdir / "reports" / version)
         previous = dest
     out.print(f"[bold green]The demo releases are in {releases}[/] (validated, each against the one before; JUnit reports "
-              f"{outdir}/validation-*.xml)")
+              f"{outdir}/validation-*.xml; reports {outdir}/reports/<version>/index.html)")
 
 
 def main(argv: list[str] | None = None) -> int:

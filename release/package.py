@@ -504,15 +504,23 @@ def write_preview(img: Path, dest: Path, title: str) -> None:
 
     from processing.fileio import atomic_path
 
-    data = fits.getdata(img, "SCI")
-    step = max(1, int(np.ceil(max(data.shape) / 1000)))  # at most ~1000 pixels a side
-    small = data[::step, ::step]
+    from astropy.wcs import WCS
+
+    with fits.open(img, memmap=True) as hdul:
+        sci = hdul["SCI"]
+        step = max(1, int(np.ceil(max(sci.shape) / 1000)))  # at most ~1000 pixels a side
+        small = np.asarray(sci.data[::step, ::step], float)
+        wcs = WCS(sci.header).celestial[::step, ::step]
     finite = small[np.isfinite(small)]
     norm = ImageNormalize(finite if finite.size else np.zeros(1), interval=PercentileInterval(99.5), stretch=AsinhStretch(0.05))
-    fig, ax = plt.subplots(figsize=(7, 7 * small.shape[0] / small.shape[1]), dpi=110)
-    ax.imshow(small, origin="lower", cmap="inferno", norm=norm, interpolation="nearest")
-    ax.set_title(title + " (MJy/sr, asinh)", fontsize=9)
-    ax.set_axis_off()
+    fig = plt.figure(figsize=(7.5, 6.5 * small.shape[0] / small.shape[1] + 0.8), dpi=110)
+    ax = fig.add_subplot(projection=wcs)
+    im = ax.imshow(small, origin="lower", cmap="inferno", norm=norm, interpolation="nearest")
+    ax.set_xlabel("RA (ICRS)")
+    ax.set_ylabel("Dec (ICRS)")
+    ax.coords.grid(color="white", alpha=0.25, linestyle=":")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="surface brightness (MJy/sr, asinh stretch)")
+    ax.set_title(title, fontsize=9)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)

@@ -348,6 +348,8 @@ astrometry_catalog = "cat.ecsv"
 ra = 20.0
 dec = 2.0
 bands = ["F200W", "F770W", "F2100W"]
+[products]
+convolved_fwhm_arcsec = []  # no PSFs in this toy program: no PSF matching
 """))
     g = build_graph(load_manifest(tmp_path / "m.toml"))
 

@@ -134,6 +134,7 @@ def test_corrupt_input_fails_its_task_and_the_other_target_completes(engine_run,
     victim.write_bytes(data[: len(data) // 2])  # a truncated download
     shutil.copy(program / "program.json", copy / "program.json")
     os.symlink(program / "external", copy / "external")  # the reference catalogues
+    os.symlink(program / "psf", copy / "psf")  # the bands' PSFs (PSF matching)
     manifest = write_manifest(tmp_path / "m.toml", copy)
     text = manifest.read_text().replace(f'crds_path = "{copy / "crds"}"', f'crds_path = "{program / "crds"}"')
     manifest.write_text(text)

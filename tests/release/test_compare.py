@@ -96,3 +96,20 @@ def test_compare_two_files(demo_release, tmp_path):
     assert (tmp_path / "synth2_f2100w_img_comparison.png").exists()
     proc = hlsp("compare", str(img), str(tmp_path), check_code=2)
     assert "compare two folders or two files" in proc.stderr
+
+
+def test_a_release_pairs_with_level_3_mosaics_named_as_mast_names_them(demo_release, effects_default, tmp_path):
+    """MAST's level-3 mosaics (here the jwst defaults on the same program, as `hlsp simulate
+    --mast-mosaics` writes them: <target>_<band>_i2d.fits) pair with the release's mosaics."""
+    import os
+
+    mast = tmp_path / "mast"
+    mast.mkdir()
+    for band, path in effects_default["mosaics"]["synth1"].items():
+        os.symlink(path, mast / f"synth1_{str(band).lower()}_i2d.fits")
+    pairs, alone = C.pair_products(demo_release, mast)
+    assert sorted((p.target, p.band) for p in pairs) == [("synth1", "F200W"), ("synth1", "F770W")]
+    assert sorted(alone) == ["synth2 F200W img", "synth2 F770W img"]
+    for p in pairs:
+        n, a, b = C.compare_files(p)
+        assert n.pixels > 10_000 and np.isfinite([n.median, n.mad, n.background, n.flux_ratio, n.shift_mas]).all()
