@@ -116,6 +116,28 @@ def load_release_manifest(release: Path):
     return max(found, key=lambda m: version_tuple(m.release.version))
 
 
+def _same_table(a: Path, b: Path) -> bool:
+    """Two per-target tables hold the same rows and per-band metadata (their release and
+    version metadata may differ)."""
+    import numpy as np
+    from astropy.table import Table
+
+    try:
+        ta, tb = Table.read(a, format="ascii.ecsv"), Table.read(b, format="ascii.ecsv")
+    except Exception:  # noqa: BLE001 - an unreadable table is simply not the same
+        return False
+    if ta.colnames != tb.colnames or len(ta) != len(tb) or ta.meta.get("bands") != tb.meta.get("bands"):
+        return False
+    for name in ta.colnames:
+        x, y = np.asarray(ta[name]), np.asarray(tb[name])
+        if x.dtype.kind == "f" and y.dtype.kind == "f":
+            if not np.array_equal(x, y, equal_nan=True):
+                return False
+        elif not np.array_equal(x.astype(str), y.astype(str)):
+            return False
+    return True
+
+
 def product_changes(previous: Path, current: Path, compare_mosaics: bool = True) -> list[FileChange]:
     """The products of ``current`` against ``previous`` (two release folders; ``current`` may
     be one being written, without its manifest CSV yet)."""
@@ -145,6 +167,9 @@ def product_changes(previous: Path, current: Path, compare_mosaics: bool = True)
             ko, kn = _task_key(Path(previous) / on), _task_key(Path(current) / nn)
             same = ko is not None and ko == kn
             how = "same recipe (HLSPTASK)" if same else "another recipe (HLSPTASK differs)"
+        elif ext == "ecsv" and orow["sha256"] != nrow["sha256"]:
+            same = _same_table(Path(previous) / on, Path(current) / nn)
+            how = "same rows (the release's version aside)" if same else "other rows"
         else:
             same = orow["sha256"] == nrow["sha256"]
             how = "same bytes" if same else "other bytes"

@@ -75,8 +75,17 @@ def write_report(lm, release: Path, workdir: Path, outdir: Path, cache: Path | N
     m = lm.manifest
     release, outdir = Path(release), Path(outdir)
     img_dir = outdir / "img"
+    # a report folder is rewritten whole, but only ours: never a folder with anything else in it
+    ours = {"index.html", "img", "previous", "mast"}
     if outdir.exists():
-        shutil.rmtree(outdir)
+        others = sorted(p.name for p in outdir.iterdir() if p.name not in ours)
+        if others:
+            from processing.errors import BadInput
+
+            raise BadInput(f"{outdir} holds other files ({', '.join(others[:3])}...): not a report folder; choose another --outdir")
+        for name in ours - {"index.html"}:
+            if (outdir / name).is_dir():
+                shutil.rmtree(outdir / name)
     img_dir.mkdir(parents=True)
 
     def copy(src: Path, name: str) -> str:

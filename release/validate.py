@@ -18,6 +18,9 @@ Checks, each reported per file with the problem named:
 - img-gauss*.fits (PSF-matched): PRIMARY, SCI, ERR; the beam (BMAJ = BMIN = the FWHM the
   product name says, in degrees; BPA) in the primary header and both extensions; the other
   checks of img.fits that apply (keywords, WCS, units, ERR);
+- a patch release: what it does not remake carries a parent's version (and was made from the
+  parent manifest it ships, HLSPMANI); with ``--against PARENT`` every such file must be
+  byte-identical to the parent's file of that name;
 - with ``--against PREVIOUS``: each mosaic against the same product of the previous release
   (or a folder of MAST level-3 mosaics): shift, flux ratio and background change within the
   release manifest's ``[comparisons.thresholds]`` and overrides (release/compare.py);
@@ -186,7 +189,7 @@ def _load_release_manifest(report: Report, rels: dict[str, Path]):
 
     tomls = [r for r in rels if r.endswith("_manifest.toml") and "/" not in r]
     if not tomls:
-        report.add(".", "release manifest present", "expected a *_manifest.toml (the release manifest) at the top, found none")
+        report.add(".", "release manifest present", "expected one *_manifest.toml (the release manifest) at the top, found none")
         return None, None
     loaded = {}
     for rel in tomls:

@@ -157,3 +157,25 @@ def demo_release(engine_run, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("releases")
     hlsp("package", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), "--releases", str(root), check_code=0)
     return root / "synth-jwst" / "v1p0"
+
+
+#: the stages a kill-and-resume test runs for itself (everything before them comes from the
+#: shared engine run's cache: what is tested is the kill and the resume, not the whole graph)
+LATE_STAGES = ("lv3", "astrometry", "anchoring", "psf_matching")
+
+
+def seed_cache(src: Path, dest: Path, skip_stages: tuple[str, ...] = LATE_STAGES) -> int:
+    """Hard-link ``src``'s cache entries into the cache ``dest``, except those of
+    ``skip_stages``; return how many. Entries are never modified in place, so sharing their
+    files is safe."""
+    import json
+    import os
+    import shutil
+
+    n = 0
+    for entry in sorted((Path(src) / "objects").glob("*/*")):
+        if json.loads((entry / "task.json").read_text())["stage"] in skip_stages:
+            continue
+        shutil.copytree(entry, Path(dest) / "objects" / entry.parent.name / entry.name, copy_function=os.link)
+        n += 1
+    return n

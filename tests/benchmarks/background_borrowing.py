@@ -30,7 +30,8 @@ def run_variants(program: Path, workdir: Path, band: str, cache: Path | None = N
     # bands (which would have to be processed three times too); the measure removes each
     # mosaic's median and reads the astrometry status, so neither changes what it compares
     alone = ('\n[parameters.instrument.miri.astrometry]\nreference_band = ""\n'
-             '[parameters.instrument.miri.anchoring]\nreference_band = ""\n')
+             '[parameters.instrument.miri.anchoring]\nreference_band = ""\n'
+             '[products]\nconvolved_fwhm_arcsec = []\n')  # no PSF matching: the measure reads the mosaic
     for variant in VARIANTS:
         manifest = write_manifest(workdir / f"fig3-{variant}.toml", program, borrow=variant, extra=alone)
         lm = load_manifest(manifest)

@@ -243,7 +243,7 @@ def test_missing_fitsverify_is_reported_not_run_and_fails_strict(demo_release, t
     env["PATH"] = venv_bin  # no /usr/bin: fitsverify cannot be found
     proc = hlsp("validate", str(demo_release), "--junit", str(tmp_path / "j.xml"), env=env, check_code=0)
     out = " ".join(proc.stdout.split())
-    assert "not run: fitsverify on 4 file(s): fitsverify is not installed" in out, out
+    assert "not run: fitsverify on 16 file(s): fitsverify is not installed" in out, out  # 4 mosaics, 12 PSF-matched
     assert "<skipped" in (tmp_path / "j.xml").read_text()
     proc = hlsp("validate", str(demo_release), env={**env, "CI": "true"}, check_code=1)
     assert "--strict (the default under CI) requires every check" in " ".join(proc.stdout.split())
