@@ -185,20 +185,28 @@ def _load_release_manifest(report: Report, rels: dict[str, Path]):
 
     from pydantic import ValidationError
 
-    from release.manifest import Manifest, file_version, version_tuple
+    from release.manifest import Manifest, file_version
 
     tomls = [r for r in rels if r.endswith("_manifest.toml") and "/" not in r]
     if not tomls:
         report.add(".", "release manifest present", "expected one *_manifest.toml (the release manifest) at the top, found none")
         return None, None
+    def name_version(rel: str) -> tuple:
+        parsed = parse_name(rel)
+        return tuple(int(x) for x in re.findall(r"\d+", parsed.version)) if parsed else ()
+
+    # the release's own manifest: the newest by file name; a parent's that does not parse is
+    # reported on its own and does not hide the release's
+    own_name = max(tomls, key=name_version)
     loaded = {}
-    for rel in tomls:
+    for rel in sorted(tomls, key=lambda r: r != own_name):
         try:
             loaded[rel] = Manifest.model_validate(tomllib.loads(rels[rel].read_text()))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
             report.add(rel, "release manifest readable", f"is not a valid release manifest: {' '.join(str(exc).split())[:300]}")
-            return None, None
-    own = max(loaded, key=lambda r: version_tuple(loaded[r].release.version))
+            if rel == own_name:
+                return None, None
+    own = own_name
     m = loaded[own]
     report.add(own, "release manifest readable")
     chain, cur = set(), m

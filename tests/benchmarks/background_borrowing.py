@@ -18,7 +18,7 @@ VARIANTS = ("own", "both", "borrowed")
 BLOCK = 20
 
 
-def run_variants(program: Path, workdir: Path, band: str, cache: Path | None = None) -> dict[str, Path]:
+def run_variants(program: Path, workdir: Path, band: str, cache: Path | None = None, variants=None) -> dict[str, Path]:
     from processing.executor import Engine
     from processing.pipeline import build_graph
     from release.manifest import load_manifest
@@ -32,7 +32,7 @@ def run_variants(program: Path, workdir: Path, band: str, cache: Path | None = N
     alone = ('\n[parameters.instrument.miri.astrometry]\nreference_band = ""\n'
              '[parameters.instrument.miri.anchoring]\nreference_band = ""\n'
              '[products]\nconvolved_fwhm_arcsec = []\n')  # no PSF matching: the measure reads the mosaic
-    for variant in VARIANTS:
+    for variant in variants or VARIANTS:
         manifest = write_manifest(workdir / f"fig3-{variant}.toml", program, borrow=variant, extra=alone)
         lm = load_manifest(manifest)
         engine = Engine(lm, build_graph(lm, ["synth2"], [band]), workdir / variant, cache_dir=cache or workdir / "cache")

@@ -182,20 +182,18 @@ def test_borrowed_background_uses_the_lenders_off_fields(engine_run):
 
 
 def test_borrowed_background_beats_own_late_ones(engine_run, tmp_path):
-    """The paper's Figure 3 ordering: own-but-late > both > borrowed-only background error."""
+    """The paper's Figure 3: own-but-late off-fields leave more background error than the
+    lender's. ('both', the third variant, is measured by `make bench`: Figure 3 bench.)"""
     from tests.benchmarks.background_borrowing import measure, run_variants
 
     lm0 = load_manifest(engine_run["manifest"])
     program = lm0.resolve_path(lm0.manifest.program.data.path)
-    mosaics = run_variants(program, tmp_path, "F770W", cache=engine_run["cache"])
+    mosaics = run_variants(program, tmp_path, "F770W", cache=engine_run["cache"], variants=("own", "borrowed"))
     r = measure(program, mosaics, "F770W")
     print("\nFigure 3 (F770W):", r)
     err = {v: r[v]["background_error_rms_mjysr"] for v in r}
     # late own off-fields leave background structure; the lender's, minutes apart, do not
     assert err["own"] > 2 * err["borrowed"], err
-    # both together: the late frames differ by 25% in level and the 1.5-sigma clip rejects
-    # most of them, so 'both' lands near 'borrowed' (the paper's 0.46 sits between)
-    assert err["borrowed"] <= err["both"] * 1.1 and err["both"] < err["own"], err
 
 
 def test_nircam_exposures_are_destriped_against_the_truth(engine_run, effects_program, demo_release):

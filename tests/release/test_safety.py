@@ -245,6 +245,6 @@ def test_missing_fitsverify_is_reported_not_run_and_fails_strict(demo_release, t
     out = " ".join(proc.stdout.split())
     assert "not run: fitsverify on 16 file(s): fitsverify is not installed" in out, out  # 4 mosaics, 12 PSF-matched
     assert "<skipped" in (tmp_path / "j.xml").read_text()
-    proc = hlsp("validate", str(demo_release), env={**env, "CI": "true"}, check_code=1)
+    proc = hlsp("validate", str(demo_release), env={**env, "CI": "true", "COLUMNS": "400"}, check_code=1)
     assert "--strict (the default under CI) requires every check" in " ".join(proc.stdout.split())
     hlsp("validate", str(demo_release), "--strict", env=env, check_code=1)
