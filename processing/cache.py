@@ -22,7 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from processing.fileio import file_sha256, remove_scratch as _remove_tree  # noqa: F401 (re-exported)
+from processing.fileio import file_sha256  # noqa: F401 (re-exported)
+from processing.fileio import remove_scratch as _remove_tree
 
 RECORD = "task.json"
 
@@ -113,5 +114,3 @@ def _alive(pid: int) -> bool:
         return state not in ("Z", "X")
     except (OSError, IndexError):
         return True
-
-

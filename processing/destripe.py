@@ -54,16 +54,38 @@ class SingleTileParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    cutoff_frequency_ratio: float = Field(0.005, gt=0, lt=0.5, description="Butterworth high-pass cut-off, cycles per pixel (0.005: structure larger than ~200 px is kept out of the stripe model)")
+    cutoff_frequency_ratio: float = Field(
+        0.005,
+        gt=0,
+        lt=0.5,
+        description="Butterworth high-pass cut-off, cycles per pixel (0.005: structure larger than ~200 px is kept "
+        "out of the stripe model)",
+    )
     order: float = Field(2.0, gt=0, description="Butterworth filter order")
-    bright_sigma: float = Field(5.0, gt=0, description="pixels this many sigma above the low-pass level are replaced by noise before filtering")
+    bright_sigma: float = Field(
+        5.0, gt=0, description="pixels this many sigma above the low-pass level are replaced by noise before filtering"
+    )
     mask_sigma: float = Field(3.0, gt=0, description="source mask threshold on the filtered image, sigma")
     mask_min_pixels: int = Field(5, ge=1, description="smallest connected group of pixels kept in the source mask")
     mask_dilate_pixels: int = Field(11, ge=1, description="diameter of the dilation of the source mask, pixels")
-    structure_box: int = Field(31, ge=3, description="box (pixels) over which the filtered image's power is compared with the noise to find extended emission")
-    structure_excess: float = Field(0.15, ge=0, description="emission is masked where the filtered image's mean square exceeds the noise's by this fraction (0.15 = 15%, ~3 sigma for a 31-pixel box)")
-    scales: list[Annotated[int, Field(ge=1, le=4096)]] = Field([3, 7, 15, 31, 63, 127], min_length=1, description="median-filter lengths across the stripes, pixels")
-    max_masked_fraction: float = Field(0.8, gt=0, le=1, description="above this masked fraction of an amplifier row, the full-row median is used")
+    structure_box: int = Field(
+        31,
+        ge=3,
+        description="box (pixels) over which the filtered image's power is compared with the noise to find extended "
+        "emission",
+    )
+    structure_excess: float = Field(
+        0.15,
+        ge=0,
+        description="emission is masked where the filtered image's mean square exceeds the noise's by this fraction "
+        "(0.15 = 15%, ~3 sigma for a 31-pixel box)",
+    )
+    scales: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        [3, 7, 15, 31, 63, 127], min_length=1, description="median-filter lengths across the stripes, pixels"
+    )
+    max_masked_fraction: float = Field(
+        0.8, gt=0, le=1, description="above this masked fraction of an amplifier row, the full-row median is used"
+    )
     columns: bool = Field(True, description="also remove column medians after the rows")
 
 
@@ -136,7 +158,9 @@ def butterworth_highpass(image: np.ndarray, cutoff: float, order: float) -> np.n
     return hp[py : py + ny, px : px + nx]
 
 
-def masked_row_medians(image: np.ndarray, mask: np.ndarray, amps: list[slice], max_masked: float) -> tuple[np.ndarray, dict]:
+def masked_row_medians(
+    image: np.ndarray, mask: np.ndarray, amps: list[slice], max_masked: float
+) -> tuple[np.ndarray, dict]:
     """Row medians per amplifier of the unmasked pixels.
 
     Parameters
@@ -232,8 +256,14 @@ def structure_mask(hp: np.ndarray, noise: np.ndarray, usable: np.ndarray, box: i
     return ratio > 1.0 + excess
 
 
-def stripe_model(image: np.ndarray, valid: np.ndarray, amps: list[slice], params: SingleTileParameters | dict,
-                 seed: int = 0, noise: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+def stripe_model(
+    image: np.ndarray,
+    valid: np.ndarray,
+    amps: list[slice],
+    params: SingleTileParameters | dict,
+    seed: int = 0,
+    noise: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict]:
     """The 1/f stripe model of one flat-fielded exposure.
 
     Parameters
@@ -268,8 +298,14 @@ def stripe_model(image: np.ndarray, valid: np.ndarray, amps: list[slice], params
     img = np.asarray(image, dtype=np.float64)
     valid = valid & np.isfinite(img)
     if valid.sum() < 0.05 * img.size:
-        return np.zeros(img.shape, np.float32), {"rms": 0.0, "masked_fraction": 1.0, "emission_fraction": 0.0, "fallback_rows": 0,
-                                                  "skipped_rows": img.shape[0], "sigma": 0.0}
+        return np.zeros(img.shape, np.float32), {
+            "rms": 0.0,
+            "masked_fraction": 1.0,
+            "emission_fraction": 0.0,
+            "fallback_rows": 0,
+            "skipped_rows": img.shape[0],
+            "sigma": 0.0,
+        }
     level = float(np.median(img[valid]))
     # 1. bad pixels -> noise about the level; bright pixels -> low-pass level + noise; high-pass
     fill = np.where(valid, img, level)
@@ -306,8 +342,13 @@ def stripe_model(image: np.ndarray, valid: np.ndarray, amps: list[slice], params
             model += cols.T
     model -= np.median(model[valid])
     model[~valid] = 0.0
-    info = {"rms": float(np.std(model[valid])), "masked_fraction": float(mask[valid].mean()),
-            "emission_fraction": float(emission[valid].mean()), "sigma": sig0, **counts}
+    info = {
+        "rms": float(np.std(model[valid])),
+        "masked_fraction": float(mask[valid].mean()),
+        "emission_fraction": float(emission[valid].mean()),
+        "sigma": sig0,
+        **counts,
+    }
     return model.astype(np.float32), info
 
 
@@ -390,8 +431,15 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     for k in ("masked_fraction", "emission_fraction", "fallback_rows", "skipped_rows", "sigma"):
         prim.header["HIERARCH " + k.upper()] = info[k]
     fits.HDUList([prim, hdu]).writeto(diag)
-    log.info("%s: single-tile stripes RMS %.4f DN/s (masked %.0f%%, %d fallback rows, %d amplifier(s)) in %.1f s",
-             src.name, removed, 100 * info["masked_fraction"], info["fallback_rows"], len(amps), elapsed)
+    log.info(
+        "%s: single-tile stripes RMS %.4f DN/s (masked %.0f%%, %d fallback rows, %d amplifier(s)) in %.1f s",
+        src.name,
+        removed,
+        100 * info["masked_fraction"],
+        info["fallback_rows"],
+        len(amps),
+        elapsed,
+    )
     return [out, diag]
 
 
@@ -402,11 +450,16 @@ def _seed(name: str) -> int:
 
 
 STAGE = Stage(
-    name="destripe", unit="exposure",
+    name="destripe",
+    unit="exposure",
     inputs=(Input("rate", "same", "lv1", "_rate.fits"),),
     outputs=("_rate.fits", "_destripe1.fits"),
-    run="processing.destripe:run", modules=("processing.destripe",),
-    parameters=ModelParameters(SingleTileParameters), instruments=("nircam",),
-    refines=("lv1", "_rate.fits"), memory_gb=2.0,
-    description="NIRCam 1/f destriping of each rate file: Butterworth high-pass, source mask, multi-scale row/column medians per amplifier",
+    run="processing.destripe:run",
+    modules=("processing.destripe",),
+    parameters=ModelParameters(SingleTileParameters),
+    instruments=("nircam",),
+    refines=("lv1", "_rate.fits"),
+    memory_gb=2.0,
+    description="NIRCam 1/f destriping of each rate file: Butterworth high-pass, source mask, multi-scale row/column "
+    "medians per amplifier",
 )

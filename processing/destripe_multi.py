@@ -49,12 +49,39 @@ class MultiTileParameters(BaseModel):
 
     sigma: float = Field(3.0, gt=0, description="clip of the median stack and of the row medians, sigma")
     iterations: int = Field(5, ge=1, description="sigma-clipping iterations")
-    min_overlap: float = Field(0.05, ge=0, le=1, description="an exposure covering less than this fraction of another's pixels is not stacked with it")
-    second_pass: bool = Field(False, description="the paper's second pass over the stack median-filtered across the stripes, full-row medians (off by default: on the galaxy-filled demo frames it added 3-4x the noise floor of row structure, docs/performance.md; the PHANGS manifests turn it on)")
-    smooth_fraction: float = Field(0.1, gt=0, le=1, description="length of the median filter across the stripes in the second pass, fraction of the array size")
-    min_row_pixels: int = Field(20, ge=1, description="fewest usable pixels for a row (amplifier) median; fewer: not corrected")
-    align: bool = Field(True, description="align each overlapping exposure to the one being corrected (phase correlation on the overlap) before differencing: until relative astrometry runs first, tiles of different visits are misaligned by the guide-star error")
-    max_shift_pixels: float = Field(64.0, gt=0, description="a registration shift larger than this (pixels) is not trusted: that exposure is left out of the stack")
+    min_overlap: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="an exposure covering less than this fraction of another's pixels is not stacked with it",
+    )
+    second_pass: bool = Field(
+        False,
+        description="the paper's second pass over the stack median-filtered across the stripes, full-row medians "
+        "(off by default: on the galaxy-filled demo frames it added 3-4x the noise floor of row "
+        "structure, docs/performance.md; the PHANGS manifests turn it on)",
+    )
+    smooth_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="length of the median filter across the stripes in the second pass, fraction of the array size",
+    )
+    min_row_pixels: int = Field(
+        20, ge=1, description="fewest usable pixels for a row (amplifier) median; fewer: not corrected"
+    )
+    align: bool = Field(
+        True,
+        description="align each overlapping exposure to the one being corrected (phase correlation on the overlap) "
+        "before differencing: until relative astrometry runs first, tiles of different visits are "
+        "misaligned by the guide-star error",
+    )
+    max_shift_pixels: float = Field(
+        64.0,
+        gt=0,
+        description="a registration shift larger than this (pixels) is not trusted: that exposure is left out of the "
+        "stack",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,7 +89,9 @@ class MultiTileParameters(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-def clipped_row_medians(diff: np.ndarray, amps: list[slice], sigma: float, iterations: int, min_pixels: int) -> np.ndarray:
+def clipped_row_medians(
+    diff: np.ndarray, amps: list[slice], sigma: float, iterations: int, min_pixels: int
+) -> np.ndarray:
     """Sigma-clipped median of each row of ``diff`` per amplifier.
 
     Parameters
@@ -109,8 +138,9 @@ def clipped_median_stack(layers: list[np.ndarray], sigma: float, iterations: int
     return np.asarray(med, dtype=np.float64), count
 
 
-def difference_model(own: np.ndarray, others: list[np.ndarray], amps: list[slice], p: MultiTileParameters,
-                     smooth: bool) -> np.ndarray:
+def difference_model(
+    own: np.ndarray, others: list[np.ndarray], amps: list[slice], p: MultiTileParameters, smooth: bool
+) -> np.ndarray:
     """One pass of the multi-tile model of one exposure.
 
     Parameters
@@ -241,16 +271,27 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         with datamodels.open(path) as m:
             fastx, amps = readout_geometry(m)
             shape = m.data.shape
-            meta.append({"path": path, "wcs": m.meta.wcs, "shape": shape, "fastx": fastx, "amps": amps,
-                         "corners": _footprint(m.meta.wcs, shape)})
+            meta.append(
+                {
+                    "path": path,
+                    "wcs": m.meta.wcs,
+                    "shape": shape,
+                    "fastx": fastx,
+                    "amps": amps,
+                    "corners": _footprint(m.meta.wcs, shape),
+                }
+            )
     neighbours = {
-        i: [j for j in range(len(paths)) if j != i
-            and _overlap(meta[i]["wcs"], meta[i]["shape"], meta[j]["corners"]) >= p.min_overlap]
+        i: [
+            j
+            for j in range(len(paths))
+            if j != i and _overlap(meta[i]["wcs"], meta[i]["shape"], meta[j]["corners"]) >= p.min_overlap
+        ]
         for i in range(len(paths))
     }
     models: dict[int, list[np.ndarray]] = {}
     shifts: dict[tuple[int, int], tuple[float, float] | None] = {}
-    for stage_pass in ((False, True) if p.second_pass else (False,)):
+    for stage_pass in (False, True) if p.second_pass else (False,):
         current = {}
         for i in range(len(paths)):
             own = _oriented(_load_data(paths[i]), meta[i]) - sum(models.get(i, [np.zeros(1)]))
@@ -294,12 +335,22 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         hdus[0].header["NOVERLAP"] = (len(neighbours[i]), "overlapping exposures stacked")
         fits.HDUList(hdus).writeto(diag)
         written += [out, diag]
-        moved = [f"{paths[j].name[:25]} {shifts[(i, j)][0]:+.2f},{shifts[(i, j)][1]:+.2f} px" for j in neighbours[i]
-                 if shifts.get((i, j)) is not None]
-        summary.append(f"{path.name}: {', '.join(f'{r:.4f}' for r in rms)} MJy/sr ({len(neighbours[i])} overlapping"
-                       + (f"; aligned by (dy,dx) {'; '.join(moved)}" if moved else "") + ")")
-    log.info("multi-tile destriping of %d exposure(s) in %.1f s; removed RMS per pass: %s", len(paths), time.time() - t0,
-             "; ".join(summary))
+        moved = [
+            f"{paths[j].name[:25]} {shifts[(i, j)][0]:+.2f},{shifts[(i, j)][1]:+.2f} px"
+            for j in neighbours[i]
+            if shifts.get((i, j)) is not None
+        ]
+        summary.append(
+            f"{path.name}: {', '.join(f'{r:.4f}' for r in rms)} MJy/sr ({len(neighbours[i])} overlapping"
+            + (f"; aligned by (dy,dx) {'; '.join(moved)}" if moved else "")
+            + ")"
+        )
+    log.info(
+        "multi-tile destriping of %d exposure(s) in %.1f s; removed RMS per pass: %s",
+        len(paths),
+        time.time() - t0,
+        "; ".join(summary),
+    )
     return written
 
 
@@ -318,11 +369,16 @@ _unoriented = _oriented  # a transpose is its own inverse
 
 
 STAGE = Stage(
-    name="destripe_multi", unit="target_band",
+    name="destripe_multi",
+    unit="target_band",
     inputs=(Input("cal", "members", "lv2", "_cal.fits"),),
     outputs=("_cal.fits", "_destripe2.fits"),
-    run="processing.destripe_multi:run", modules=("processing.destripe_multi", "processing.destripe"),
-    parameters=ModelParameters(MultiTileParameters), instruments=("nircam",),
-    refines=("lv2", "_cal.fits"), memory_gb=2.5,
-    description="NIRCam 1/f destriping against the overlapping exposures (median stack, row medians per amplifier, then a smoothed second pass)",
+    run="processing.destripe_multi:run",
+    modules=("processing.destripe_multi", "processing.destripe"),
+    parameters=ModelParameters(MultiTileParameters),
+    instruments=("nircam",),
+    refines=("lv2", "_cal.fits"),
+    memory_gb=2.5,
+    description="NIRCam 1/f destriping against the overlapping exposures (median stack, row medians per amplifier, "
+    "then a smoothed second pass)",
 )

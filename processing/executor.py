@@ -28,10 +28,11 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from processing import jwst_stages
 from processing.cache import Cache, file_sha256, task_key
@@ -60,7 +61,7 @@ def _module_sources(module: str) -> list[tuple[str, bytes]]:
     return [(module, Path(spec.origin).read_bytes())]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_version(modules: tuple[str, ...]) -> str:
     """Engine version + hash of the stage's declared modules: editing one stage's module
     changes that stage's keys (and so its dependents'), never another stage's."""
@@ -169,8 +170,10 @@ def execute_task(spec: dict) -> dict:
         return rec
     here = code_version(tuple(spec["modules"]))
     if here != spec["code_version"]:
-        raise WorkFailed(f"{spec['task']}: this worker's code of stage {spec['stage']} ({here}) differs from the "
-                         f"engine's ({spec['code_version']}): install the same version on every worker")
+        raise WorkFailed(
+            f"{spec['task']}: this worker's code of stage {spec['stage']} ({here}) differs from the "
+            f"engine's ({spec['code_version']}): install the same version on every worker"
+        )
     scratch = cache.scratch(key)
     handler = logging.FileHandler(scratch / "task.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
@@ -185,11 +188,19 @@ def execute_task(spec: dict) -> dict:
             _stamp_provenance(out, spec["provenance"])
         peak, scope = _peak_memory_mb(reset_ok)
         record = {
-            "task": spec["task"], "stage": spec["stage"], "key": key, "params": spec["params"],
-            "inputs": spec["input_hashes"], "provenance": spec["provenance"], "context": spec["context"],
+            "task": spec["task"],
+            "stage": spec["stage"],
+            "key": key,
+            "params": spec["params"],
+            "inputs": spec["input_hashes"],
+            "provenance": spec["provenance"],
+            "context": spec["context"],
             "outputs": {o.name: file_sha256(o) for o in outputs},
-            "elapsed_s": round(time.time() - t0, 2), "peak_rss_mb": peak, "peak_rss_scope": scope,
-            "host": os.uname().nodename, "pid": os.getpid(),
+            "elapsed_s": round(time.time() - t0, 2),
+            "peak_rss_mb": peak,
+            "peak_rss_scope": scope,
+            "host": os.uname().nodename,
+            "pid": os.getpid(),
         }
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -213,10 +224,14 @@ def _declared_outputs(spec: dict, scratch: Path, written: list) -> list[Path]:
         if p.parent != scratch.resolve() or not p.is_file():
             raise WorkFailed(f"{spec['task']}: the stage returned {p}, which is not a file in its scratch folder")
         if not p.name.endswith(suffixes):
-            raise WorkFailed(f"{spec['task']}: the stage wrote {p.name}, which is not a declared output ({', '.join(suffixes)})")
+            raise WorkFailed(
+                f"{spec['task']}: the stage wrote {p.name}, which is not a declared output ({', '.join(suffixes)})"
+            )
     missing = sorted(set(spec.get("required_outputs", [])) - {p.name for p in outputs})
     if missing:
-        raise WorkFailed(f"{spec['task']}: the stage did not write {', '.join(missing)} (one refined file per member exposure)")
+        raise WorkFailed(
+            f"{spec['task']}: the stage did not write {', '.join(missing)} (one refined file per member exposure)"
+        )
     keep = {p.name for p in outputs} | {"task.log"}
     for p in scratch.iterdir():
         if p.name not in keep:
@@ -253,7 +268,7 @@ def _stamp_provenance(path: Path, prov: dict) -> None:
 @dataclass
 class TaskResult:
     task: Task
-    status: str                      # cached | ran | failed | skipped
+    status: str  # cached | ran | failed | skipped
     key: str | None = None
     record: dict | None = None
     error: str | None = None
@@ -279,8 +294,15 @@ class ProductEntry:
         self.kind = self.kind or self.product
 
     def as_dict(self) -> dict[str, Any]:
-        return {"product": self.product, "target": self.target, "band": self.band, "instrument": self.instrument,
-                "task": self.task, "key": self.key, "file": self.path.name}
+        return {
+            "product": self.product,
+            "target": self.target,
+            "band": self.band,
+            "instrument": self.instrument,
+            "task": self.task,
+            "key": self.key,
+            "file": self.path.name,
+        }
 
 
 @dataclass
@@ -307,9 +329,18 @@ class Engine:
     ``scheduler``).
     """
 
-    def __init__(self, lm, graph: Graph, workdir: Path, cache_dir: Path | None = None,
-                 allow_version_mismatch: bool = False, workers: int | None = None, read_only: bool = False,
-                 executor: str = "local", scheduler: str | None = None):
+    def __init__(
+        self,
+        lm,
+        graph: Graph,
+        workdir: Path,
+        cache_dir: Path | None = None,
+        allow_version_mismatch: bool = False,
+        workers: int | None = None,
+        read_only: bool = False,
+        executor: str = "local",
+        scheduler: str | None = None,
+    ):
         self.lm, self.graph = lm, graph
         self.registry = graph.registry
         self.read_only = read_only
@@ -324,13 +355,17 @@ class Engine:
             )
         self.allow_mismatch = self.jwst_version != m.pins.jwst
         crds_path = lm.resolve_path(m.pins.crds_path) if m.pins.crds_path else os.environ.get("CRDS_PATH")
-        if m.pins.crds_mode == "local" and (crds_path is None or not Path(crds_path, "mappings", "jwst", m.pins.crds_context).exists()):
+        if m.pins.crds_mode == "local" and (
+            crds_path is None or not Path(crds_path, "mappings", "jwst", m.pins.crds_context).exists()
+        ):
             raise BadInput(
                 f"{lm.path.name}: pins.crds_mode is 'local' but the CRDS cache {crds_path} does not hold "
                 f"{m.pins.crds_context}"
             )
         self.crds_path = crds_path
-        self.env = jwst_stages.crds_environment(crds_path, m.pins.crds_context, m.pins.crds_mode, m.pins.crds_server_url)
+        self.env = jwst_stages.crds_environment(
+            crds_path, m.pins.crds_context, m.pins.crds_mode, m.pins.crds_server_url
+        )
         if executor not in ("local", "dask"):
             raise BadInput(f"--executor: '{executor}' is not one of local, dask")
         self.executor_kind = "dask" if scheduler else executor
@@ -343,7 +378,9 @@ class Engine:
     @functools.cached_property
     def crds(self) -> str:
         pins = self.lm.manifest.pins
-        return crds_fingerprint(self.crds_path, pins.crds_context, self.hashes, references_by_content=pins.crds_mode == "local")
+        return crds_fingerprint(
+            self.crds_path, pins.crds_context, self.hashes, references_by_content=pins.crds_mode == "local"
+        )
 
     # -- keys ------------------------------------------------------------------------------
     def _input_files(self, task: Task, keys: dict[str, str], records: dict[str, dict]) -> dict[str, list[str]]:
@@ -356,7 +393,11 @@ class Engine:
                 else:
                     entry = self.cache.entry(keys[r["task"]])
                     # "member": one exposure's file of a wider refining task
-                    wanted = (lambda n: n == r["member"] + r["suffix"]) if "member" in r else (lambda n: n.endswith(r["suffix"]))
+                    wanted = (
+                        (lambda n: n == r["member"] + r["suffix"])
+                        if "member" in r
+                        else (lambda n: n.endswith(r["suffix"]))
+                    )
                     files += [str(entry / n) for n in sorted(records[r["task"]]["outputs"]) if wanted(n)]
             out[name] = files
         return out
@@ -370,13 +411,23 @@ class Engine:
             # results by their task keys, which name a recipe recursively, so identical work
             # keeps every downstream key although jwst stamps each file with its creation time
             hashes[name] = [
-                {"file": Path(r["file"]).name, "sha256": self.hashes.sha256(r["file"])} if "file" in r
-                else {"task": keys[r["task"]], "suffix": r["suffix"], **({"member": r["member"]} if "member" in r else {})}
+                {"file": Path(r["file"]).name, "sha256": self.hashes.sha256(r["file"])}
+                if "file" in r
+                else {
+                    "task": keys[r["task"]],
+                    "suffix": r["suffix"],
+                    **({"member": r["member"]} if "member" in r else {}),
+                }
                 for r in refs
             ]
         payload = {
-            "stage": task.stage, "inputs": hashes, "params": task.params, "context": task.context,
-            "code": code_version(stage.modules), "jwst": self.jwst_version, "crds": self.crds,
+            "stage": task.stage,
+            "inputs": hashes,
+            "params": task.params,
+            "context": task.context,
+            "code": code_version(stage.modules),
+            "jwst": self.jwst_version,
+            "crds": self.crds,
             # a product made against the pin's wishes says so in its header: a different result
             "version_mismatch_allowed": self.allow_mismatch,
         }
@@ -385,18 +436,33 @@ class Engine:
     def _spec(self, task: Task, key: str, hashes: dict, keys: dict, records: dict) -> dict:
         stage = self.registry[task.stage]
         return {
-            "task": task.id, "stage": task.stage, "key": key, "cache": str(self.cache.root),
-            "run": stage.run, "modules": list(stage.modules), "code_version": code_version(stage.modules),
-            "outputs": stage.concrete_outputs(task.context.get("variants")), "required_outputs": self._required_outputs(task), "env": self.env,
-            "inputs": self._input_files(task, keys, records), "input_hashes": hashes, "params": task.params,
+            "task": task.id,
+            "stage": task.stage,
+            "key": key,
+            "cache": str(self.cache.root),
+            "run": stage.run,
+            "modules": list(stage.modules),
+            "code_version": code_version(stage.modules),
+            "outputs": stage.concrete_outputs(task.context.get("variants")),
+            "required_outputs": self._required_outputs(task),
+            "env": self.env,
+            "inputs": self._input_files(task, keys, records),
+            "input_hashes": hashes,
+            "params": task.params,
             "context": task.context,
             "provenance": {
-                "manifest_sha256": self.lm.manifest.content_hash(), "manifest_file": str(self.lm.path),
-                "task_key": key, "task": task.id, "code_version": code_version(stage.modules),
-                "jwst_version": self.jwst_version, "jwst_pinned": self.lm.manifest.pins.jwst,
-                "crds_context": self.lm.manifest.pins.crds_context, "crds_fingerprint": self.crds,
+                "manifest_sha256": self.lm.manifest.content_hash(),
+                "manifest_file": str(self.lm.path),
+                "task_key": key,
+                "task": task.id,
+                "code_version": code_version(stage.modules),
+                "jwst_version": self.jwst_version,
+                "jwst_pinned": self.lm.manifest.pins.jwst,
+                "crds_context": self.lm.manifest.pins.crds_context,
+                "crds_fingerprint": self.crds,
                 "version_mismatch_allowed": self.allow_mismatch,
-                "parameters": task.params, "parameter_origin": task.param_origin,
+                "parameters": task.params,
+                "parameter_origin": task.param_origin,
             },
         }
 
@@ -463,11 +529,21 @@ class Engine:
                     for n in names:
                         path = self.cache.entry(key) / n
                         if verify and file_sha256(path) != rec["outputs"][n]:
-                            raise WorkFailed(f"{path}: content differs from its cache record (sha256): the cache entry was altered")
+                            raise WorkFailed(
+                                f"{path}: content differs from its cache record (sha256): the cache entry was altered"
+                            )
                         if verify and n.endswith(".fits") and fits.getval(path, "HLSPTASK", 0) != key:
-                            raise WorkFailed(f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered")
-                        entries.append((ProductEntry(ptype, task.target, task.band, task.instrument, task.id, key, path,
-                                                     kind=template), rec))
+                            raise WorkFailed(
+                                f"{path}: HLSPTASK does not name its cache key {key}: the cache entry was altered"
+                            )
+                        entries.append(
+                            (
+                                ProductEntry(
+                                    ptype, task.target, task.band, task.instrument, task.id, key, path, kind=template
+                                ),
+                                rec,
+                            )
+                        )
         return entries, missing
 
     # -- running ---------------------------------------------------------------------------
@@ -500,7 +576,10 @@ class Engine:
         attempts: dict[str, int] = {}  # tasks run again after their worker died
 
         def unfinished(task: Task) -> str | None:
-            return next((d for d in task.deps if summary.results.get(d) and summary.results[d].status in ("failed", "skipped")), None)
+            return next(
+                (d for d in task.deps if summary.results.get(d) and summary.results[d].status in ("failed", "skipped")),
+                None,
+            )
 
         with self._executor() as pool:
             while pending or running:
@@ -523,8 +602,9 @@ class Engine:
                         _tick(progress, task, "cached")
                         continue
                     spec = self._spec(task, key, hashes, keys, records)
-                    fut = pool.submit(execute_task, spec, memory_gb=self.registry[task.stage].memory_gb,
-                                      isolated=task.id in attempts)
+                    fut = pool.submit(
+                        execute_task, spec, memory_gb=self.registry[task.stage].memory_gb, isolated=task.id in attempts
+                    )
                     running[fut] = (task, key, time.time())
                 if not running:
                     continue
@@ -547,7 +627,9 @@ class Engine:
                             log.warning("%s: %s; running it once more", task.id, reason)
                             pending[task.id] = task
                             continue
-                        summary.results[task.id] = TaskResult(task, "failed", key, error=f"{task.stage} failed on {task.id}: {reason}")
+                        summary.results[task.id] = TaskResult(
+                            task, "failed", key, error=f"{task.stage} failed on {task.id}: {reason}"
+                        )
                         log.error("%s: %s", task.id, reason)
                         _tick(progress, task, "failed")
         self.hashes.save()
@@ -564,7 +646,11 @@ class Engine:
         out = []
         index = []
         for e, rec in entries:
-            folder = inside(self.workdir / "products" / e.target / (e.band or e.instrument or "all").lower(), self.workdir, "a product folder")
+            folder = inside(
+                self.workdir / "products" / e.target / (e.band or e.instrument or "all").lower(),
+                self.workdir,
+                "a product folder",
+            )
             dest = folder / e.path.name
             if not (dest.exists() and os.path.samefile(e.path, dest)):
                 with atomic_path(dest) as tmp:
@@ -574,8 +660,10 @@ class Engine:
             index.append({**e.as_dict(), "path": str(dest.relative_to(self.workdir))})
             out.append(dest)
         if index:
-            atomic_write_text(self.workdir / "products" / "index.json",
-                              json.dumps({"manifest_sha256": self.lm.manifest.content_hash(), "products": index}, indent=1))
+            atomic_write_text(
+                self.workdir / "products" / "index.json",
+                json.dumps({"manifest_sha256": self.lm.manifest.content_hash(), "products": index}, indent=1),
+            )
         return sorted(out)
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+from collections.abc import Callable
 from multiprocessing import get_context
-from typing import Any, Callable
+from typing import Any
 
 try:  # a dependency; imported here so the plugin class is importable (picklable) on every worker
     from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPluginBase
@@ -35,15 +36,16 @@ class LocalExecutor:
     def __init__(self, workers: int, env: dict[str, str]):
         self.workers, self.env = workers, env
 
-    def __enter__(self) -> "LocalExecutor":
+    def __enter__(self) -> LocalExecutor:
         self._start()
         return self
 
     def _start(self) -> None:
         from processing.jwst_stages import worker_init
 
-        self.pool = cf.ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"), initializer=worker_init,
-                                           initargs=(self.env,))
+        self.pool = cf.ProcessPoolExecutor(
+            self.workers, mp_context=get_context("spawn"), initializer=worker_init, initargs=(self.env,)
+        )
 
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -57,7 +59,9 @@ class LocalExecutor:
         if isolated:
             from processing.jwst_stages import worker_init
 
-            own = cf.ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=worker_init, initargs=(self.env,))
+            own = cf.ProcessPoolExecutor(
+                1, mp_context=get_context("spawn"), initializer=worker_init, initargs=(self.env,)
+            )
             future = own.submit(fn, spec)
             future.add_done_callback(lambda _f: own.shutdown(wait=False))
             return future
@@ -97,16 +101,17 @@ class HlspWorkerPlugin(_WorkerPluginBase):
         logging.captureWarnings(True)
 
 
-
 class DaskExecutor:
     name = "dask"
 
-    def __init__(self, workers: int, env: dict[str, str], scheduler: str | None = None, memory_gb_per_worker: float | None = None):
+    def __init__(
+        self, workers: int, env: dict[str, str], scheduler: str | None = None, memory_gb_per_worker: float | None = None
+    ):
         self.workers, self.env, self.scheduler = workers, env, scheduler
         self.memory_gb_per_worker = memory_gb_per_worker
         self.cluster = None
 
-    def __enter__(self) -> "DaskExecutor":
+    def __enter__(self) -> DaskExecutor:
         import dask
         import psutil
         from distributed import Client, LocalCluster
@@ -118,9 +123,14 @@ class DaskExecutor:
             per_worker = self.memory_gb_per_worker or psutil.virtual_memory().total / 2**30 / max(1, self.workers)
             with dask.config.set({"distributed.worker.daemon": False}):
                 self.cluster = LocalCluster(
-                    n_workers=self.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, memory_limit=f"{per_worker:.2f}GiB",
-                    resources={"MEMORY": per_worker * 2**30}, silence_logs=logging.ERROR,
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    memory_limit=f"{per_worker:.2f}GiB",
+                    resources={"MEMORY": per_worker * 2**30},
+                    silence_logs=logging.ERROR,
                 )
             self.client = Client(self.cluster)
             log.info("started a dask LocalCluster: %d workers on %s", self.workers, self.cluster.scheduler_address)
@@ -129,11 +139,15 @@ class DaskExecutor:
         self.use_resources = bool(workers) and all("MEMORY" in w.get("resources", {}) for w in workers.values())
         #: the largest MEMORY a worker offers: a task asking for more could never be placed (the
         #: run would wait forever), so its hint is capped there, with a warning
-        self.max_memory = max((w["resources"]["MEMORY"] for w in workers.values()), default=0.0) if self.use_resources else 0.0
+        self.max_memory = (
+            max((w["resources"]["MEMORY"] for w in workers.values()), default=0.0) if self.use_resources else 0.0
+        )
         self._warned: set[float] = set()
         if workers and not self.use_resources:
-            log.info("the dask workers declare no MEMORY resource: tasks carry no memory hint "
-                     "(start workers with --resources MEMORY=<bytes> to use them)")
+            log.info(
+                "the dask workers declare no MEMORY resource: tasks carry no memory hint "
+                "(start workers with --resources MEMORY=<bytes> to use them)"
+            )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -149,8 +163,12 @@ class DaskExecutor:
             if want > self.max_memory:
                 if memory_gb not in self._warned:
                     self._warned.add(memory_gb)
-                    log.warning("tasks of %.1f GB run on dask workers offering at most %.1f GB (MEMORY): they may run out "
-                                "of memory; give the workers more", memory_gb, self.max_memory / 2**30)
+                    log.warning(
+                        "tasks of %.1f GB run on dask workers offering at most %.1f GB (MEMORY): they may run out "
+                        "of memory; give the workers more",
+                        memory_gb,
+                        self.max_memory / 2**30,
+                    )
                 want = self.max_memory
             resources = {"MEMORY": want}
         future = self.client.submit(fn, spec, key=f"{spec['task']}-{spec['key'][:16]}", pure=False, resources=resources)

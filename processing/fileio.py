@@ -18,8 +18,8 @@ import contextlib
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from processing.errors import BadInput
 
@@ -102,8 +102,11 @@ def reproducible_tarball(dest: str | Path):
     import gzip
     import tarfile
 
-    with open(dest, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        open(dest, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
 
         def add(name: str, path: str | Path) -> None:
             info = tarfile.TarInfo(name)
@@ -149,8 +152,11 @@ def make_world_readable(root: Path) -> None:
 
 def not_writable(path: Path, exc: OSError, what: str) -> BadInput:
     """The user's error of pointing a command at a folder it cannot write."""
-    reason = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
-              errno.EPERM: "is not writable (operation not permitted)"}.get(exc.errno, f"cannot be written ({exc.strerror})")
+    reason = {
+        errno.EROFS: "is on a read-only file system",
+        errno.EACCES: "is not writable (permission denied)",
+        errno.EPERM: "is not writable (operation not permitted)",
+    }.get(exc.errno, f"cannot be written ({exc.strerror})")
     return BadInput(f"{what} {path} {reason}")
 
 
@@ -178,7 +184,9 @@ def inside(path: Path, root: Path, what: str) -> Path:
         if p.is_symlink():
             target = os.path.realpath(p)
             if not (target == str(real_root) or target.startswith(str(real_root) + os.sep)):
-                raise BadInput(f"{what} {p} is a symbolic link out of {root} (to {target}): refusing to write through it")
+                raise BadInput(
+                    f"{what} {p} is a symbolic link out of {root} (to {target}): refusing to write through it"
+                )
     path.mkdir(parents=True, exist_ok=True)
     return path
 

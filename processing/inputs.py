@@ -14,9 +14,9 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from processing.errors import BadInput
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # release/ depends on processing/, never the reverse
     from release.manifest import LoadedManifest
@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RawExposure:
-    path: str          # absolute
-    name: str          # file name without _uncal.fits
-    target: str        # normalised TARGPROP
-    instrument: str    # nircam | miri
+    path: str  # absolute
+    name: str  # file name without _uncal.fits
+    target: str  # normalised TARGPROP
+    instrument: str  # nircam | miri
     band: str
     parallel: bool
     visit: str
@@ -45,17 +45,23 @@ def scan_exposures(data_dir: Path) -> list[RawExposure]:
     from astropy.io import fits
 
     if not data_dir.is_dir():
-        raise BadInput(f"program.data.path: {data_dir} is not a directory (a synthetic program is written by `hlsp simulate DIR`)")
+        raise BadInput(
+            f"program.data.path: {data_dir} is not a directory (a synthetic program is written by `hlsp simulate DIR`)"
+        )
     out = []
     for path in sorted(data_dir.rglob("*_uncal.fits")):
         try:
             h = fits.getheader(path, 0)
             out.append(
                 RawExposure(
-                    path=str(path.resolve()), name=path.name[: -len("_uncal.fits")],
-                    target=normalise_target(str(h.get("TARGPROP", ""))), instrument=str(h["INSTRUME"]).lower(),
-                    band=str(h["FILTER"]).upper(), parallel=str(h.get("EXPRIPAR", "PRIME")).startswith("PARALLEL"),
-                    visit=f"jw{h['PROGRAM']}{h['OBSERVTN']}{h['VISIT']}", mjd_start=float(h["EXPSTART"]),
+                    path=str(path.resolve()),
+                    name=path.name[: -len("_uncal.fits")],
+                    target=normalise_target(str(h.get("TARGPROP", ""))),
+                    instrument=str(h["INSTRUME"]).lower(),
+                    band=str(h["FILTER"]).upper(),
+                    parallel=str(h.get("EXPRIPAR", "PRIME")).startswith("PARALLEL"),
+                    visit=f"jw{h['PROGRAM']}{h['OBSERVTN']}{h['VISIT']}",
+                    mjd_start=float(h["EXPSTART"]),
                 )
             )
         except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -77,7 +83,7 @@ class TargetBandInputs:
     band: str
     instrument: str
     science: list[RawExposure]
-    background: list[RawExposure]   # MIRI off-field exposures used for this target and band
+    background: list[RawExposure]  # MIRI off-field exposures used for this target and band
     background_source: str
 
 
@@ -99,9 +105,13 @@ def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[t
         mine = [e for e in by_target.get(name, []) if _selected(e.name, t.observations.include, t.observations.skip)]
         for band in m.target_bands(name):
             inst = "miri" if band in _miri_bands() else "nircam"
-            science = sorted((e for e in mine if e.band == band and not e.parallel), key=lambda e: (e.mjd_start, e.name))
+            science = sorted(
+                (e for e in mine if e.band == band and not e.parallel), key=lambda e: (e.mjd_start, e.name)
+            )
             if not science:
-                problems.append(f"targets.{name}: no science exposure in {band} under {lm.resolve_path(m.program.data.path)}")
+                problems.append(
+                    f"targets.{name}: no science exposure in {band} under {lm.resolve_path(m.program.data.path)}"
+                )
                 continue
             background: list[RawExposure] = []
             bg = t.miri_background
@@ -111,14 +121,19 @@ def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[t
                 if bg.source in ("borrowed", "both"):
                     lender = m.targets[bg.borrow_from]
                     background += [
-                        e for e in by_target.get(bg.borrow_from, [])
-                        if e.band == band and e.parallel and e.instrument == "miri"
+                        e
+                        for e in by_target.get(bg.borrow_from, [])
+                        if e.band == band
+                        and e.parallel
+                        and e.instrument == "miri"
                         and _selected(e.name, lender.observations.include, lender.observations.skip)
                         and _selected(e.name, bg.observations, [])
                     ]
                 if not background:
                     problems.append(f"targets.{name}.miri_background: no {band} off-field exposure found ({bg.source})")
-            out[(name, band)] = TargetBandInputs(name, band, inst, science, sorted(background, key=lambda e: e.mjd_start), bg.source)
+            out[(name, band)] = TargetBandInputs(
+                name, band, inst, science, sorted(background, key=lambda e: e.mjd_start), bg.source
+            )
     if problems:
         raise BadInput("missing observations:\n  " + "\n  ".join(problems))
     return out

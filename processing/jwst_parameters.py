@@ -21,13 +21,22 @@ from processing.instruments import did_you_mean
 #: Step options the engine owns: where files go and how they are named.
 ENGINE_OWNED = frozenset(
     {
-        "output_file", "output_dir", "output_ext", "output_use_model", "output_use_index",
-        "save_results", "search_output_file", "input_dir", "pre_hooks", "post_hooks", "suffix",
+        "output_file",
+        "output_dir",
+        "output_ext",
+        "output_use_model",
+        "output_use_index",
+        "save_results",
+        "search_output_file",
+        "input_dir",
+        "pre_hooks",
+        "post_hooks",
+        "suffix",
     }
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jwst_step_specs(pipeline_path: str) -> dict[str, Any]:
     """``{step name: ConfigObj spec}`` of one jwst pipeline (``module:Class``), from the installed jwst."""
     module, cls_name = pipeline_path.split(":")
@@ -39,11 +48,26 @@ def _jwst_step_specs(pipeline_path: str) -> dict[str, Any]:
 #: ``{(step, parameter): (low, low_inclusive, high, high_inclusive)}``, None for open. A
 #: negative tolerance or search radius, a zero pixel scale or a pixfrac of 0 is never meant.
 SCIENCE_BOUNDS: dict[tuple[str, str], tuple[float | None, bool, float | None, bool]] = {
-    **{("tweakreg", p): (0.0, False, None, False) for p in (
-        "tolerance", "abs_tolerance", "searchrad", "abs_searchrad", "separation", "abs_separation",
-        "snr_threshold", "kernel_fwhm", "sigma_radius", "sigma", "abs_sigma")},
-    **{("tweakreg", p): (1, True, None, False) for p in (
-        "brightest", "minobj", "abs_minobj", "npixels", "bkg_boxsize", "nlevels")},
+    **{
+        ("tweakreg", p): (0.0, False, None, False)
+        for p in (
+            "tolerance",
+            "abs_tolerance",
+            "searchrad",
+            "abs_searchrad",
+            "separation",
+            "abs_separation",
+            "snr_threshold",
+            "kernel_fwhm",
+            "sigma_radius",
+            "sigma",
+            "abs_sigma",
+        )
+    },
+    **{
+        ("tweakreg", p): (1, True, None, False)
+        for p in ("brightest", "minobj", "abs_minobj", "npixels", "bkg_boxsize", "nlevels")
+    },
     ("tweakreg", "minsep_fwhm"): (0.0, True, None, False),
     ("tweakreg", "contrast"): (0.0, True, 1.0, True),
     **{("resample", p): (0.0, False, None, False) for p in ("pixel_scale", "pixel_scale_ratio", "pixmap_stepsize")},
@@ -59,9 +83,17 @@ SCIENCE_BOUNDS: dict[tuple[str, str], tuple[float | None, bool, float | None, bo
     ("skymatch", "stepsize"): (1, True, None, False),
     ("bkg_subtract", "sigma"): (0.0, False, None, False),
     ("bkg_subtract", "maxiters"): (1, True, None, False),
-    **{("jump", p): (0.0, False, None, False) for p in (
-        "rejection_threshold", "three_group_rejection_threshold", "four_group_rejection_threshold",
-        "expand_factor", "min_jump_area", "min_sat_area")},
+    **{
+        ("jump", p): (0.0, False, None, False)
+        for p in (
+            "rejection_threshold",
+            "three_group_rejection_threshold",
+            "four_group_rejection_threshold",
+            "expand_factor",
+            "min_jump_area",
+            "min_sat_area",
+        )
+    },
     **{("refpix", p): (0.0, False, None, False) for p in ("sigreject", "gaussmooth", "siglimit")},
     **{("source_catalog", p): (0.0, False, None, False) for p in ("snr_threshold", "kernel_fwhm", "sigma_radius")},
     **{("source_catalog", p): (0.0, False, 100.0, False) for p in ("aperture_ee1", "aperture_ee2", "aperture_ee3")},
@@ -86,8 +118,14 @@ def _bounds_problem(value: float, bounds: tuple) -> str | None:
 
 
 def _kind_of(value: Any) -> str:
-    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}.get(
-        type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def check_jwst_value(step: str, name: str, spec: str, value: Any) -> tuple[str | None, Any]:
@@ -110,7 +148,8 @@ def check_jwst_value(step: str, name: str, spec: str, value: Any) -> tuple[str |
         hi = kwargs.get("max")
         bounds = (float(lo) if lo is not None else None, True, float(hi) if hi is not None else None, True)
         return _bounds_problem(v, bounds) or (
-            _bounds_problem(v, SCIENCE_BOUNDS[(step, name)]) if (step, name) in SCIENCE_BOUNDS else None)
+            _bounds_problem(v, SCIENCE_BOUNDS[(step, name)]) if (step, name) in SCIENCE_BOUNDS else None
+        )
 
     if fun == "boolean":
         if not isinstance(value, bool):
@@ -162,9 +201,7 @@ def _check_jwst_stage(stage: str, pipeline_path: str, steps: Any, path: str) -> 
     for step, params in steps.items():
         step_path = f"{path}.{step}"
         if step not in specs:
-            problems.append(
-                (step_path, f"'{step}' is not a step of the {stage} pipeline{did_you_mean(step, specs)}")
-            )
+            problems.append((step_path, f"'{step}' is not a step of the {stage} pipeline{did_you_mean(step, specs)}"))
             continue
         if not isinstance(params, dict):
             problems.append((step_path, "must be a table of step parameters"))

@@ -59,8 +59,9 @@ class StageFailed(WorkFailed):
         return (type(self), (self.stage, self.target, self.reason))
 
 
-def crds_environment(crds_path: str | Path | None, context: str, mode: str = "local",
-                     server_url: str | None = None) -> dict[str, str]:
+def crds_environment(
+    crds_path: str | Path | None, context: str, mode: str = "local", server_url: str | None = None
+) -> dict[str, str]:
     """Environment variables that make crds use ``context`` (and, for 'local', never the network)."""
     env = {"CRDS_CONTEXT": context, "STPIPE_DISABLE_CRDS_STEPPARS": "True"}
     if crds_path is not None:
@@ -101,7 +102,9 @@ def _guarded(stage: str, target: str, fn):
     try:
         return fn()
     except SystemExit as exc:  # CRDS fatal errors
-        raise StageFailed(stage, target, f"CRDS or jwst exited ({exc.code}); see the log for the CRDS message") from None
+        raise StageFailed(
+            stage, target, f"CRDS or jwst exited ({exc.code}); see the log for the CRDS message"
+        ) from None
     except StageFailed:
         raise
     except Exception as exc:
@@ -129,7 +132,9 @@ def check_fits(path: Path, stage: str) -> None:
         raise StageFailed(stage, str(path), f"truncated FITS file: {size} of {needed} bytes")
 
 
-def _run_pipeline(pipeline_cls, stage: str, label: str, source: str, outdir: Path, params: dict | None, expected: Path) -> Path:
+def _run_pipeline(
+    pipeline_cls, stage: str, label: str, source: str, outdir: Path, params: dict | None, expected: Path
+) -> Path:
     """Configure and run one jwst pipeline on ``source``, saving into ``outdir``; return ``expected``."""
 
     def go():
@@ -170,14 +175,23 @@ def run_image2(rate: Path, outdir: Path, params: dict | None = None, background:
         # absolute member paths: jwst resolves relative ones against the working directory
         members = [Path(rate).resolve()] + [Path(b).resolve() for b in background]
         asn = {
-            "asn_type": "image2", "asn_rule": "candidate_Asn_Lv2Image", "asn_id": "a2001", "asn_pool": "none",
-            "program": "", "target": "none", "version_id": None, "code_version": "hlsp", "constraints": "",
+            "asn_type": "image2",
+            "asn_rule": "candidate_Asn_Lv2Image",
+            "asn_id": "a2001",
+            "asn_pool": "none",
+            "program": "",
+            "target": "none",
+            "version_id": None,
+            "code_version": "hlsp",
+            "constraints": "",
             "degraded_status": "No known degraded exposures in association.",
-            "products": [{
-                "name": Path(rate).name.replace("_rate.fits", ""),
-                "members": [{"expname": str(members[0]), "exptype": "science"}]
-                + [{"expname": str(m), "exptype": "background"} for m in members[1:]],
-            }],
+            "products": [
+                {
+                    "name": Path(rate).name.replace("_rate.fits", ""),
+                    "members": [{"expname": str(members[0]), "exptype": "science"}]
+                    + [{"expname": str(m), "exptype": "background"} for m in members[1:]],
+                }
+            ],
         }
         from processing.fileio import atomic_write_text
 
@@ -202,10 +216,19 @@ def _local_copy(path: Path, outdir: Path) -> Path:
 def write_association(cal_files: list[Path], product_name: str, path: Path) -> Path:
     """A level-3 image association listing ``cal_files`` as science members."""
     asn = {
-        "asn_type": "image3", "asn_rule": "candidate_Asn_Lv3Image", "version_id": None,
-        "code_version": "hlsp", "degraded_status": "No known degraded exposures in association.",
-        "program": "", "constraints": "", "asn_id": "a3001", "target": "none", "asn_pool": "none",
-        "products": [{"name": product_name, "members": [{"expname": Path(f).name, "exptype": "science"} for f in cal_files]}],
+        "asn_type": "image3",
+        "asn_rule": "candidate_Asn_Lv3Image",
+        "version_id": None,
+        "code_version": "hlsp",
+        "degraded_status": "No known degraded exposures in association.",
+        "program": "",
+        "constraints": "",
+        "asn_id": "a3001",
+        "target": "none",
+        "asn_pool": "none",
+        "products": [
+            {"name": product_name, "members": [{"expname": Path(f).name, "exptype": "science"} for f in cal_files]}
+        ],
     }
     from processing.fileio import atomic_write_text
 
@@ -269,7 +292,11 @@ def carry_exposure_records(cals: list[Path], mosaic: Path) -> None:
     for cal in cals:
         h = fits.getheader(cal, 0)
         for key in h:
-            if key.startswith(EXPOSURE_RECORD_PREFIX) and isinstance(h[key], (int, float)) and not isinstance(h[key], bool):
+            if (
+                key.startswith(EXPOSURE_RECORD_PREFIX)
+                and isinstance(h[key], (int, float))
+                and not isinstance(h[key], bool)
+            ):
                 values.setdefault(key, []).append(float(h[key]))
                 comments[key] = h.comments[key]
     if not values:
@@ -281,7 +308,9 @@ def carry_exposure_records(cals: list[Path], mosaic: Path) -> None:
 
 def _parameters(stage: str, pipeline: str) -> JwstParameters:
     return JwstParameters(
-        stage, pipeline, STAGE_DEFAULTS.get(stage, {}),
+        stage,
+        pipeline,
+        STAGE_DEFAULTS.get(stage, {}),
         {inst: layers[stage] for inst, layers in INSTRUMENT_DEFAULTS.items() if stage in layers},
     )
 
@@ -289,28 +318,41 @@ def _parameters(stage: str, pipeline: str) -> JwstParameters:
 _MODULES = ("processing.jwst_stages",)
 
 DETECTOR1 = Stage(
-    name="lv1", unit="exposure", exposures="all",  # the MIRI off-fields too
+    name="lv1",
+    unit="exposure",
+    exposures="all",  # the MIRI off-fields too
     inputs=(Input("uncal", "raw"),),
     outputs=("_rate.fits",),
-    run="processing.jwst_stages:run_lv1", modules=_MODULES,
+    run="processing.jwst_stages:run_lv1",
+    modules=_MODULES,
     parameters=_parameters("lv1", "jwst.pipeline:Detector1Pipeline"),
-    memory_gb=2.5, description="calwebb_detector1: ramps to count-rate images",
+    memory_gb=2.5,
+    description="calwebb_detector1: ramps to count-rate images",
 )
 IMAGE2 = Stage(
-    name="lv2", unit="exposure",
-    inputs=(Input("rate", "same", "lv1", "_rate.fits"),
-            Input("background", "background", "lv1", "_rate.fits", optional=True)),
+    name="lv2",
+    unit="exposure",
+    inputs=(
+        Input("rate", "same", "lv1", "_rate.fits"),
+        Input("background", "background", "lv1", "_rate.fits", optional=True),
+    ),
     outputs=("_cal.fits",),
-    run="processing.jwst_stages:run_lv2", modules=_MODULES,
+    run="processing.jwst_stages:run_lv2",
+    modules=_MODULES,
     parameters=_parameters("lv2", "jwst.pipeline:Image2Pipeline"),
-    memory_gb=2.5, description="calwebb_image2: flat field, photometric calibration, MIRI off-field background",
+    memory_gb=2.5,
+    description="calwebb_image2: flat field, photometric calibration, MIRI off-field background",
 )
 IMAGE3 = Stage(
-    name="lv3", unit="target_band",
+    name="lv3",
+    unit="target_band",
     inputs=(Input("cal", "members", "lv2", "_cal.fits"),),
     outputs=("_i2d.fits", "_crf.fits"),
-    run="processing.jwst_stages:run_lv3", modules=_MODULES,
+    run="processing.jwst_stages:run_lv3",
+    modules=_MODULES,
     parameters=_parameters("lv3", "jwst.pipeline:Image3Pipeline"),
     products=(Product("img", "_i2d.fits"),),
-    memory_gb=2.5, description="calwebb_image3: tweakreg (NIRCam), outlier detection, resample to the mosaic (skymatch off: level matching replaces it)",
+    memory_gb=2.5,
+    description="calwebb_image3: tweakreg (NIRCam), outlier detection, resample to the mosaic (skymatch off: level "
+    "matching replaces it)",
 )

@@ -47,10 +47,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from processing.stages import Input, ModelParameters, Stage
@@ -65,15 +64,55 @@ class LevelMatchParameters(BaseModel):
 
     sigma: float = Field(3.0, gt=0, description="clip of the pixel-by-pixel differences of a pair, sigma")
     iterations: int = Field(10, ge=1, description="sigma-clipping iterations per pair")
-    min_overlap_fraction: float = Field(0.002, ge=0, le=1, description="a pair overlapping by fewer pixels than this fraction of the mean overlap of all pairs is dropped")
-    min_axis_overlap: float = Field(0.25, ge=0, le=1, description="a pair whose overlap spans less than this fraction of the smaller image along both axes of the grid is dropped")
-    rms_clip: float = Field(2.0, gt=0, description="a pair whose difference RMS exceeds the mean RMS of the other pairs by more than this many of their standard deviations is dropped")
-    rms_min_excess: float = Field(0.1, ge=0, description="... and by more than this fraction of that mean: where every pair has nearly the same RMS their standard deviation is tiny, and the sigma cut alone would drop good pairs (measured: a 930,000-pixel dither pair at RMS 0.526 against 0.514)")
-    weighting: Literal["error", "rms"] = Field("error", description="weight of a pair in the least squares: 'error', n/RMS^2 (the inverse variance of its clipped median: a 500-pixel corner counts less than a full overlap), or 'rms', 1/RMS^2 (the paper's)")
+    min_overlap_fraction: float = Field(
+        0.002,
+        ge=0,
+        le=1,
+        description="a pair overlapping by fewer pixels than this fraction of the mean overlap of all pairs is dropped",
+    )
+    min_axis_overlap: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="a pair whose overlap spans less than this fraction of the smaller image along both axes of the "
+        "grid is dropped",
+    )
+    rms_clip: float = Field(
+        2.0,
+        gt=0,
+        description="a pair whose difference RMS exceeds the mean RMS of the other pairs by more than this many of "
+        "their standard deviations is dropped",
+    )
+    rms_min_excess: float = Field(
+        0.1,
+        ge=0,
+        description="... and by more than this fraction of that mean: where every pair has nearly the same RMS their "
+        "standard deviation is tiny, and the sigma cut alone would drop good pairs (measured: a "
+        "930,000-pixel dither pair at RMS 0.526 against 0.514)",
+    )
+    weighting: Literal["error", "rms"] = Field(
+        "error",
+        description="weight of a pair in the least squares: 'error', n/RMS^2 (the inverse variance of its clipped "
+        "median: a 500-pixel corner counts less than a full overlap), or 'rms', 1/RMS^2 (the paper's)",
+    )
     min_pixels: int = Field(100, ge=1, description="fewest overlapping pixels for a pair to be measured")
-    align_tiles: bool = Field(True, description="align each pair of tiles of different visits on their overlap before differencing (masked cross-correlation, then Gauss-Newton; tiles of different visits carry different guide-star errors until relative astrometry runs first)")
-    max_shift_pixels: float = Field(32.0, gt=0, description="a tile registration shift larger than this (pixels) is not trusted: that pair is dropped")
-    subtract_lowest: bool = Field(True, description="subtract from each group of tiles its lowest sigma-clipped level (the sigma-clipped mode of each tile, as jwst skymatch's 'global' method; the paper's level-3 constant); off: the reference image keeps its level-2 background")
+    align_tiles: bool = Field(
+        True,
+        description="align each pair of tiles of different visits on their overlap before differencing (masked "
+        "cross-correlation, then Gauss-Newton; tiles of different visits carry different guide-star "
+        "errors until relative astrometry runs first)",
+    )
+    max_shift_pixels: float = Field(
+        32.0,
+        gt=0,
+        description="a tile registration shift larger than this (pixels) is not trusted: that pair is dropped",
+    )
+    subtract_lowest: bool = Field(
+        True,
+        description="subtract from each group of tiles its lowest sigma-clipped level (the sigma-clipped mode of "
+        "each tile, as jwst skymatch's 'global' method; the paper's level-3 constant); off: the "
+        "reference image keeps its level-2 background",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,10 +126,10 @@ class Pair:
 
     i: int
     j: int
-    n: int = 0                      # overlapping pixels
-    median: float = float("nan")    # sigma-clipped median of (image i - image j)
-    rms: float = float("nan")       # RMS of the clipped difference
-    axis_fraction: float = 0.0      # largest overlap extent along a grid axis / the smaller image's
+    n: int = 0  # overlapping pixels
+    median: float = float("nan")  # sigma-clipped median of (image i - image j)
+    rms: float = float("nan")  # RMS of the clipped difference
+    axis_fraction: float = 0.0  # largest overlap extent along a grid axis / the smaller image's
     shift: tuple[float, float] | None = None  # (dy, dx) applied to j before differencing
     kept: bool = True
     reason: str = ""
@@ -147,8 +186,13 @@ def axis_overlap_fraction(both: np.ndarray, span_a: tuple[int, int], span_b: tup
     return float(max(fy, fx))
 
 
-def select_pairs(pairs: list[Pair], min_overlap_fraction: float, min_axis_overlap: float, rms_clip: float,
-                 rms_min_excess: float = 0.0) -> None:
+def select_pairs(
+    pairs: list[Pair],
+    min_overlap_fraction: float,
+    min_axis_overlap: float,
+    rms_clip: float,
+    rms_min_excess: float = 0.0,
+) -> None:
     """Mark the pairs to drop (in place), the paper's three cuts in order: too few pixels for
     the mean overlap, too thin along both axes, an RMS far above the other pairs' (by more
     than ``rms_clip`` of their standard deviations and ``rms_min_excess`` of their mean)."""
@@ -169,7 +213,9 @@ def select_pairs(pairs: list[Pair], min_overlap_fraction: float, min_axis_overla
             continue
         limit = max(others.mean() + rms_clip * others.std(), others.mean() * (1.0 + rms_min_excess))
         if p.rms > limit:
-            p.drop(f"RMS {p.rms:.4g} > {limit:.4g} (the other pairs' mean + max({rms_clip:g} sigma, {rms_min_excess:.0%}))")
+            p.drop(
+                f"RMS {p.rms:.4g} > {limit:.4g} (the other pairs' mean + max({rms_clip:g} sigma, {rms_min_excess:.0%}))"
+            )
 
 
 def connected_groups(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
@@ -192,8 +238,9 @@ def connected_groups(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def solve_offsets(n: int, pairs: list[Pair], priority: np.ndarray | None = None,
-                  weighting: str = "error") -> tuple[np.ndarray, list[list[int]], list[int]]:
+def solve_offsets(
+    n: int, pairs: list[Pair], priority: np.ndarray | None = None, weighting: str = "error"
+) -> tuple[np.ndarray, list[list[int]], list[int]]:
     """Additive offsets of ``n`` images from the kept pairs, by weighted least squares.
 
     Minimises sum over kept pairs of ``w_ij ((o_i - o_j) - median_ij)^2`` with one image of
@@ -222,8 +269,9 @@ def solve_offsets(n: int, pairs: list[Pair], priority: np.ndarray | None = None,
     return offsets, groups, references
 
 
-def solve_offsets_with_errors(n: int, pairs: list[Pair], priority: np.ndarray | None = None,
-                              weighting: str = "error") -> tuple[np.ndarray, list[list[int]], list[int], np.ndarray]:
+def solve_offsets_with_errors(
+    n: int, pairs: list[Pair], priority: np.ndarray | None = None, weighting: str = "error"
+) -> tuple[np.ndarray, list[list[int]], list[int], np.ndarray]:
     """:func:`solve_offsets` and the statistical error of each offset (MJy/sr, 1 sigma, about
     its group's reference): each pair's median has the error 1.2533 RMS / sqrt(n) of a median
     of Gaussian differences, propagated through the weighted least squares."""
@@ -275,13 +323,13 @@ class Image:
     """One image to match (an exposure, or one part of a Lyot-separated one), or a tile."""
 
     name: str
-    part: str = "full"                      # full | imager | coron | tile
+    part: str = "full"  # full | imager | coron | tile
     visit: str = ""
     mjd: float = 0.0
-    path: Path | None = None                # the cal file
-    box: tuple[int, int, int, int] = (0, 0, 0, 0)   # y0, y1, x0, x1 on the grid
-    span: tuple[int, int] = (0, 0)          # extent of its data along the grid's y and x
-    store: Path | None = None               # the reprojected cutout (.npy)
+    path: Path | None = None  # the cal file
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)  # y0, y1, x0, x1 on the grid
+    span: tuple[int, int] = (0, 0)  # extent of its data along the grid's y and x
+    store: Path | None = None  # the reprojected cutout (.npy)
     members: list[int] = field(default_factory=list)  # a tile's images
 
     def load(self, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -290,7 +338,7 @@ class Image:
         if box is None:
             return np.array(arr, dtype=np.float64)
         y0, y1, x0, x1 = box
-        return np.array(arr[y0 - self.box[0]: y1 - self.box[0], x0 - self.box[2]: x1 - self.box[2]], dtype=np.float64)
+        return np.array(arr[y0 - self.box[0] : y1 - self.box[0], x0 - self.box[2] : x1 - self.box[2]], dtype=np.float64)
 
 
 def intersection(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
@@ -311,7 +359,9 @@ def common_grid(corners: list[np.ndarray], scale_arcsec: float):
     from astropy.wcs import WCS
 
     pts = np.vstack(corners)
-    ra0 = float(np.degrees(np.arctan2(np.mean(np.sin(np.radians(pts[:, 0]))), np.mean(np.cos(np.radians(pts[:, 0]))))) % 360.0)
+    ra0 = float(
+        np.degrees(np.arctan2(np.mean(np.sin(np.radians(pts[:, 0]))), np.mean(np.cos(np.radians(pts[:, 0]))))) % 360.0
+    )
     dec0 = float(np.mean(pts[:, 1]))
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
@@ -321,7 +371,10 @@ def common_grid(corners: list[np.ndarray], scale_arcsec: float):
     x, y = w.all_world2pix(pts[:, 0], pts[:, 1], 0)
     pad = 2
     w.wcs.crpix = [1.0 - np.floor(x.min()) + pad, 1.0 - np.floor(y.min()) + pad]
-    shape = (int(np.ceil(y.max() - np.floor(y.min()))) + 2 * pad + 1, int(np.ceil(x.max() - np.floor(x.min()))) + 2 * pad + 1)
+    shape = (
+        int(np.ceil(y.max() - np.floor(y.min()))) + 2 * pad + 1,
+        int(np.ceil(x.max() - np.floor(x.min()))) + 2 * pad + 1,
+    )
     return w, shape
 
 
@@ -329,7 +382,9 @@ def _reproject_onto(data: np.ndarray, wcs_in, grid, box: tuple[int, int, int, in
     from reproject import reproject_interp
 
     y0, y1, x0, x1 = box
-    out, footprint = reproject_interp((data, wcs_in), grid[y0:y1, x0:x1], shape_out=(y1 - y0, x1 - x0), order="bilinear")
+    out, footprint = reproject_interp(
+        (data, wcs_in), grid[y0:y1, x0:x1], shape_out=(y1 - y0, x1 - x0), order="bilinear"
+    )
     return np.where(footprint > 0, out, np.nan).astype(np.float32)
 
 
@@ -368,8 +423,13 @@ def _filled(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     return np.where(w > 0.5, v / np.maximum(w, 1e-9), 0.0), w > 0.5
 
 
-def refine_shift(a: np.ndarray, b: np.ndarray, start: tuple[float, float] = (0.0, 0.0),
-                 scales: tuple[float, ...] = (4.0, 2.0, 1.0, 0.0), steps: int = 6) -> np.ndarray:
+def refine_shift(
+    a: np.ndarray,
+    b: np.ndarray,
+    start: tuple[float, float] = (0.0, 0.0),
+    scales: tuple[float, ...] = (4.0, 2.0, 1.0, 0.0),
+    steps: int = 6,
+) -> np.ndarray:
     """Shift (dy, dx) in pixels such that ``b`` moved by it matches ``a`` up to a constant:
     Gauss-Newton on ``a - b(x - s) = c`` with outliers clipped (5 MAD), coarse to fine over
     Gaussian smoothing ``scales`` (pixels), so that smooth emission, which phase correlation
@@ -426,7 +486,10 @@ def align_shift(a: np.ndarray, b: np.ndarray, max_window: int = 768) -> tuple[fl
     ys, xs = np.nonzero(both)
     cy, cx = int(np.median(ys)), int(np.median(xs))
     h = max_window // 2
-    box = (slice(max(ys.min(), cy - h), min(ys.max() + 1, cy + h)), slice(max(xs.min(), cx - h), min(xs.max() + 1, cx + h)))
+    box = (
+        slice(max(ys.min(), cy - h), min(ys.max() + 1, cy + h)),
+        slice(max(xs.min(), cx - h), min(xs.max() + 1, cx + h)),
+    )
     wa, wb = a[box], b[box]
     ok_a, ok_b = np.isfinite(wa), np.isfinite(wb)
     candidates = []
@@ -463,7 +526,7 @@ def measure_pairs(images: list[Image], indices: list[int], p: LevelMatchParamete
 
     pairs = []
     for a_pos, i in enumerate(indices):
-        for j in indices[a_pos + 1:]:
+        for j in indices[a_pos + 1 :]:
             box = intersection(images[i].box, images[j].box)
             if box is None:
                 continue
@@ -489,15 +552,22 @@ def measure_pairs(images: list[Image], indices: list[int], p: LevelMatchParamete
     return pairs
 
 
-def _solve_subset(images: list[Image], indices: list[int], pairs: list[Pair], priority: np.ndarray, p: LevelMatchParameters):
+def _solve_subset(
+    images: list[Image], indices: list[int], pairs: list[Pair], priority: np.ndarray, p: LevelMatchParameters
+):
     """Offsets (dict index -> value), groups and references of a subset, from its pairs."""
     select_pairs(pairs, p.min_overlap_fraction, p.min_axis_overlap, p.rms_clip, p.rms_min_excess)
     local = {k: n for n, k in enumerate(indices)}
-    local_pairs = [Pair(local[q.i], local[q.j], q.n, q.median, q.rms, q.axis_fraction, q.shift, q.kept, q.reason) for q in pairs]
+    local_pairs = [
+        Pair(local[q.i], local[q.j], q.n, q.median, q.rms, q.axis_fraction, q.shift, q.kept, q.reason) for q in pairs
+    ]
     off, groups, refs, err = solve_offsets_with_errors(len(indices), local_pairs, priority[indices], p.weighting)
-    return ({indices[k]: float(off[k]) for k in range(len(indices))},
-            [[indices[k] for k in g] for g in groups], [indices[r] for r in refs],
-            {indices[k]: float(err[k]) for k in range(len(indices))})
+    return (
+        {indices[k]: float(off[k]) for k in range(len(indices))},
+        [[indices[k] for k in g] for g in groups],
+        [indices[r] for r in refs],
+        {indices[k]: float(err[k]) for k in range(len(indices))},
+    )
 
 
 def _stack(images: list[Image], members: list[int], offsets: dict[int, float], store: Path) -> Image:
@@ -517,8 +587,16 @@ def _stack(images: list[Image], members: list[int], offsets: dict[int, float], s
         mean = np.where(count > 0, total / np.maximum(count, 1), np.nan).astype(np.float32)
     np.save(store, mean)
     first = images[members[0]]
-    return Image(name="+".join(images[k].name for k in members), part="tile", visit=first.visit,
-                 mjd=min(images[k].mjd for k in members), box=box, span=_span(mean), store=store, members=list(members))
+    return Image(
+        name="+".join(images[k].name for k in members),
+        part="tile",
+        visit=first.visit,
+        mjd=min(images[k].mjd for k in members),
+        box=box,
+        span=_span(mean),
+        store=store,
+        members=list(members),
+    )
 
 
 def clipped_mode(data: np.ndarray, sigma: float = 3.0, iterations: int = 10) -> float:
@@ -539,16 +617,16 @@ class Solution:
 
     images: list[Image]
     tiles: list[Image]
-    pass1: dict[int, float]              # image -> offset within its visit
-    pass2: dict[int, float]              # tile -> offset between tiles
-    tile_of: dict[int, int]              # image -> tile
-    groups: list[list[int]]              # tiles per connected group
-    constants: list[float]               # per group, subtracted from every image of it
-    references: list[int]                # per group, its reference image
+    pass1: dict[int, float]  # image -> offset within its visit
+    pass2: dict[int, float]  # tile -> offset between tiles
+    tile_of: dict[int, int]  # image -> tile
+    groups: list[list[int]]  # tiles per connected group
+    constants: list[float]  # per group, subtracted from every image of it
+    references: list[int]  # per group, its reference image
     pairs1: list[Pair]
     pairs2: list[Pair]
-    error1: dict[int, float] = field(default_factory=dict)   # image -> statistical error of pass1
-    error2: dict[int, float] = field(default_factory=dict)   # tile -> of pass2
+    error1: dict[int, float] = field(default_factory=dict)  # image -> statistical error of pass1
+    error2: dict[int, float] = field(default_factory=dict)  # tile -> of pass2
 
     def error(self, k: int) -> float:
         """Statistical error (1 sigma, MJy/sr) of image ``k``'s offset about its group's reference."""
@@ -644,7 +722,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     work = outdir / "reprojected"
     work.mkdir(exist_ok=True)
     images: list[Image] = []
-    footprints, wcses = [], []
+    footprints = []
     scale = None
     for f in sorted(Path(x) for x in inputs["cal"]):
         with datamodels.open(f) as m:
@@ -653,8 +731,15 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
             if not valid.any():
                 continue
             part = lyot.part_of(f)
-            images.append(Image(name=lyot.exposure_of(f), part=part, path=f, mjd=float(m.meta.exposure.start_time or 0.0),
-                                visit=f"{o.program_number}{o.observation_number}{o.visit_number}"))
+            images.append(
+                Image(
+                    name=lyot.exposure_of(f),
+                    part=part,
+                    path=f,
+                    mjd=float(m.meta.exposure.start_time or 0.0),
+                    visit=f"{o.program_number}{o.observation_number}{o.visit_number}",
+                )
+            )
             footprints.append(_valid_footprint(m.meta.wcs, valid))
             scale = scale or _pixel_scale_arcsec(m.meta.wcs, m.data.shape)
     if not images:
@@ -662,8 +747,12 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     grid, gshape = common_grid(footprints, scale)
     for k, im in enumerate(images):
         x, y = grid.all_world2pix(footprints[k][:, 0], footprints[k][:, 1], 0)
-        im.box = (max(int(np.floor(y.min())) - 1, 0), min(int(np.ceil(y.max())) + 2, gshape[0]),
-                  max(int(np.floor(x.min())) - 1, 0), min(int(np.ceil(x.max())) + 2, gshape[1]))
+        im.box = (
+            max(int(np.floor(y.min())) - 1, 0),
+            min(int(np.ceil(y.max())) + 2, gshape[0]),
+            max(int(np.floor(x.min())) - 1, 0),
+            min(int(np.ceil(x.max())) + 2, gshape[1]),
+        )
         with datamodels.open(im.path) as m:
             data = np.where((np.asarray(m.dq) & lyot.DO_NOT_USE) == 0, np.asarray(m.data, dtype=np.float64), np.nan)
             cut = _reproject_onto(data, m.meta.wcs, grid, im.box)
@@ -735,23 +824,54 @@ def _write_tables(sol: Solution, outdir: Path, product: str) -> list[Path]:
     for k, im in enumerate(sol.images):
         t = sol.tile_of[k]
         g = sol.group_of_tile(t)
-        rows.append({"image": k, "exposure": im.name, "part": im.part, "visit": im.visit, "mjd_start": im.mjd, "tile": t,
-                     "group": g + 1, "reference": k == sol.references[g], "pass1_mjysr": sol.pass1[k],
-                     "pass2_mjysr": sol.pass2[t], "constant_mjysr": sol.constants[g], "subtracted_mjysr": sol.total(k),
-                     "error_mjysr": sol.error(k)})
+        rows.append(
+            {
+                "image": k,
+                "exposure": im.name,
+                "part": im.part,
+                "visit": im.visit,
+                "mjd_start": im.mjd,
+                "tile": t,
+                "group": g + 1,
+                "reference": k == sol.references[g],
+                "pass1_mjysr": sol.pass1[k],
+                "pass2_mjysr": sol.pass2[t],
+                "constant_mjysr": sol.constants[g],
+                "subtracted_mjysr": sol.total(k),
+                "error_mjysr": sol.error(k),
+            }
+        )
     levels = Table(rows=rows)
-    levels.meta["comments"] = ["Level matching (paper 3.5): MJy/sr subtracted from each image = pass1 + pass2 + constant",
-                               "error: statistical 1-sigma error of pass1 + pass2 about the group's reference",
-                               f"{len(sol.groups)} group(s) of tiles"]
+    levels.meta["comments"] = [
+        "Level matching (paper 3.5): MJy/sr subtracted from each image = pass1 + pass2 + constant",
+        "error: statistical 1-sigma error of pass1 + pass2 about the group's reference",
+        f"{len(sol.groups)} group(s) of tiles",
+    ]
     prow = []
     for stage_pass, pairs, items in ((1, sol.pairs1, sol.images), (2, sol.pairs2, sol.tiles)):
         for q in pairs:
-            prow.append({"pass": stage_pass, "i": q.i, "j": q.j, "name_i": items[q.i].name + ("" if items[q.i].part in ("full", "tile") else f":{items[q.i].part}"),
-                         "name_j": items[q.j].name + ("" if items[q.j].part in ("full", "tile") else f":{items[q.j].part}"),
-                         "n_pixels": q.n, "median_mjysr": q.median, "rms_mjysr": q.rms, "axis_fraction": q.axis_fraction,
-                         "shift_y_px": q.shift[0] if q.shift else 0.0, "shift_x_px": q.shift[1] if q.shift else 0.0,
-                         "kept": q.kept, "reason": q.reason})
-    pairs = Table(rows=prow) if prow else Table(names=("pass", "i", "j", "n_pixels", "kept", "reason"), dtype=(int, int, int, int, bool, str))
+            prow.append(
+                {
+                    "pass": stage_pass,
+                    "i": q.i,
+                    "j": q.j,
+                    "name_i": items[q.i].name + ("" if items[q.i].part in ("full", "tile") else f":{items[q.i].part}"),
+                    "name_j": items[q.j].name + ("" if items[q.j].part in ("full", "tile") else f":{items[q.j].part}"),
+                    "n_pixels": q.n,
+                    "median_mjysr": q.median,
+                    "rms_mjysr": q.rms,
+                    "axis_fraction": q.axis_fraction,
+                    "shift_y_px": q.shift[0] if q.shift else 0.0,
+                    "shift_x_px": q.shift[1] if q.shift else 0.0,
+                    "kept": q.kept,
+                    "reason": q.reason,
+                }
+            )
+    pairs = (
+        Table(rows=prow)
+        if prow
+        else Table(names=("pass", "i", "j", "n_pixels", "kept", "reason"), dtype=(int, int, int, int, bool, str))
+    )
     out1, out2 = outdir / f"{product}_levels.ecsv", outdir / f"{product}_level_pairs.ecsv"
     levels.write(out1, format="ascii.ecsv", overwrite=True)
     pairs.write(out2, format="ascii.ecsv", overwrite=True)
@@ -761,27 +881,55 @@ def _write_tables(sol: Solution, outdir: Path, product: str) -> list[Path]:
 def _log_summary(sol: Solution, context: dict, elapsed: float, t_reproject: float) -> None:
     kept1 = sum(q.kept for q in sol.pairs1)
     kept2 = sum(q.kept for q in sol.pairs2)
-    log.info("%s: %d image(s) in %d tile(s); pairs kept %d/%d within visits, %d/%d between tiles; %d group(s)%s; "
-             "constants %s MJy/sr; %.1f s (reprojection %.1f s)", context.get("product"), len(sol.images), len(sol.tiles),
-             kept1, len(sol.pairs1), kept2, len(sol.pairs2), len(sol.groups),
-             "" if len(sol.groups) == 1 else " (DISCONNECTED: solved separately)",
-             ", ".join(f"{c:.4f}" for c in sol.constants), elapsed, t_reproject)
+    log.info(
+        "%s: %d image(s) in %d tile(s); pairs kept %d/%d within visits, %d/%d between tiles; %d group(s)%s; "
+        "constants %s MJy/sr; %.1f s (reprojection %.1f s)",
+        context.get("product"),
+        len(sol.images),
+        len(sol.tiles),
+        kept1,
+        len(sol.pairs1),
+        kept2,
+        len(sol.pairs2),
+        len(sol.groups),
+        "" if len(sol.groups) == 1 else " (DISCONNECTED: solved separately)",
+        ", ".join(f"{c:.4f}" for c in sol.constants),
+        elapsed,
+        t_reproject,
+    )
     if len(sol.groups) > 1:
-        log.warning("%s: the tiles form %d groups that no kept overlap connects; each has its own reference and constant: %s",
-                    context.get("product"), len(sol.groups),
-                    "; ".join("+".join(sol.tiles[t].name for t in g) for g in sol.groups))
+        log.warning(
+            "%s: the tiles form %d groups that no kept overlap connects; each has its own reference and constant: %s",
+            context.get("product"),
+            len(sol.groups),
+            "; ".join("+".join(sol.tiles[t].name for t in g) for g in sol.groups),
+        )
     for k, im in enumerate(sol.images):
-        log.info("  %s %s: pass1 %+.4f pass2 %+.4f constant %+.4f -> %+.4f +- %.4f MJy/sr", im.name, im.part, sol.pass1[k],
-                 sol.pass2[sol.tile_of[k]], sol.constants[sol.group_of_tile(sol.tile_of[k])], sol.total(k), sol.error(k))
+        log.info(
+            "  %s %s: pass1 %+.4f pass2 %+.4f constant %+.4f -> %+.4f +- %.4f MJy/sr",
+            im.name,
+            im.part,
+            sol.pass1[k],
+            sol.pass2[sol.tile_of[k]],
+            sol.constants[sol.group_of_tile(sol.tile_of[k])],
+            sol.total(k),
+            sol.error(k),
+        )
 
 
 STAGE = Stage(
-    name="level_match", unit="target_band",
-    inputs=(Input("cal", "members", "lv2", "_cal.fits"),
-            Input("background", "background", "lv1", "_rate.fits", optional=True)),
+    name="level_match",
+    unit="target_band",
+    inputs=(
+        Input("cal", "members", "lv2", "_cal.fits"),
+        Input("background", "background", "lv1", "_rate.fits", optional=True),
+    ),
     outputs=("_cal.fits", "_levels.ecsv", "_level_pairs.ecsv"),
-    run="processing.level_match:run", modules=("processing.level_match", "processing.lyot", "processing.destripe_multi"),
+    run="processing.level_match:run",
+    modules=("processing.level_match", "processing.lyot", "processing.destripe_multi"),
     parameters=ModelParameters(LevelMatchParameters),
-    refines=("lv2", "_cal.fits"), memory_gb=2.5,
-    description="tile background level matching: pixel-by-pixel pair differences, least squares within visits then between tiles, one constant per group of tiles (replaces skymatch)",
+    refines=("lv2", "_cal.fits"),
+    memory_gb=2.5,
+    description="tile background level matching: pixel-by-pixel pair differences, least squares within visits then "
+    "between tiles, one constant per group of tiles (replaces skymatch)",
 )

@@ -64,7 +64,7 @@ def attach_log_file(folder: Path, command: str) -> Path:
     from processing.fileio import inside
 
     folder = inside(Path(folder), Path(folder).parent, "the log folder")
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = folder / f"{command}-{stamp}-{os.getpid()}.log"
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter(FILE_FORMAT))

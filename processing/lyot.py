@@ -56,10 +56,17 @@ class LyotParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    separate: bool = Field(True, description="split each full-frame exposure into imager and coronagraph parts (false: pass every cal file through unchanged; level matching then treats the exposure as one image, as jwst's skymatch does)")
+    separate: bool = Field(
+        True,
+        description="split each full-frame exposure into imager and coronagraph parts (false: pass every cal file "
+        "through unchanged; level matching then treats the exposure as one image, as jwst's skymatch "
+        "does)",
+    )
     aperture: Literal["MIRIM_MASKLYOT", "MIRIM_CORONLYOT"] = Field(
-        "MIRIM_MASKLYOT", description="SIAF aperture whose detector footprint is the coronagraph part: MIRIM_MASKLYOT "
-        "(the Lyot readout region, full-frame x 1-320, y 719-1022) or MIRIM_CORONLYOT (its 272x272 science field)")
+        "MIRIM_MASKLYOT",
+        description="SIAF aperture whose detector footprint is the coronagraph part: MIRIM_MASKLYOT "
+        "(the Lyot readout region, full-frame x 1-320, y 719-1022) or MIRIM_CORONLYOT (its 272x272 science field)",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,7 +74,7 @@ class LyotParameters(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def aperture_polygon(aperture: str = "MIRIM_MASKLYOT") -> np.ndarray:
     """Corners of a MIRI SIAF aperture in full-frame science pixels (0-based pixel centres;
     corners at half-pixel edges), from pysiaf's bundled SIAF (no network).
@@ -88,7 +95,9 @@ def aperture_polygon(aperture: str = "MIRIM_MASKLYOT") -> np.ndarray:
     return np.column_stack([np.asarray(xs) - 1.0, np.asarray(ys) - 1.0])
 
 
-def lyot_region(shape: tuple[int, int], xstart: int = 1, ystart: int = 1, aperture: str = "MIRIM_MASKLYOT") -> np.ndarray:
+def lyot_region(
+    shape: tuple[int, int], xstart: int = 1, ystart: int = 1, aperture: str = "MIRIM_MASKLYOT"
+) -> np.ndarray:
     """Pixels of an image that lie in the coronagraph region.
 
     Parameters
@@ -197,8 +206,13 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         science = (np.asarray(m.dq) & DO_NOT_USE) == 0
         if not p.separate or not has_two_parts(region, science):
             shutil.copyfile(src, out_imager)
-            log.info("%s: %s, passed through", src.name, "separation off (lyot.separate = false)" if not p.separate
-                     else f"no coronagraph region to separate ({p.aperture}; subarray {m.meta.subarray.name})")
+            log.info(
+                "%s: %s, passed through",
+                src.name,
+                "separation off (lyot.separate = false)"
+                if not p.separate
+                else f"no coronagraph region to separate ({p.aperture}; subarray {m.meta.subarray.name})",
+            )
             return [out_imager]
         dq_imager, dq_coron = split(m.dq, region)
         m.dq = dq_imager
@@ -211,8 +225,14 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         with fits.open(path, mode="update") as hdul:
             hdul[0].header[PART_KEYWORD] = (part, "part of a Lyot-separated exposure")
             hdul[0].header["HLSPLYAP"] = (p.aperture, "SIAF aperture of the coronagraph part")
-    log.info("%s: split into imager (%d px) and coronagraph (%d px, %s) parts in %.1f s", src.name,
-             int(np.sum(science & ~region)), int(np.sum(science & region)), p.aperture, time.time() - t0)
+    log.info(
+        "%s: split into imager (%d px) and coronagraph (%d px, %s) parts in %.1f s",
+        src.name,
+        int(np.sum(science & ~region)),
+        int(np.sum(science & region)),
+        p.aperture,
+        time.time() - t0,
+    )
     return [out_imager, out_coron]
 
 
@@ -234,11 +254,16 @@ def exposure_of(path: Path) -> str:
 
 
 STAGE = Stage(
-    name="lyot", unit="exposure",
+    name="lyot",
+    unit="exposure",
     inputs=(Input("cal", "same", "lv2", "_cal.fits"),),
     outputs=("_cal.fits", CORON_SUFFIX),
-    run="processing.lyot:run", modules=("processing.lyot",),
-    parameters=ModelParameters(LyotParameters), instruments=("miri",),
-    refines=("lv2", "_cal.fits"), memory_gb=1.0,
-    description="MIRI coronagraph separation: each full-frame cal file split into imager-only and Lyot-only parts (DQ), level-matched separately and merged",
+    run="processing.lyot:run",
+    modules=("processing.lyot",),
+    parameters=ModelParameters(LyotParameters),
+    instruments=("miri",),
+    refines=("lv2", "_cal.fits"),
+    memory_gb=1.0,
+    description="MIRI coronagraph separation: each full-frame cal file split into imager-only and Lyot-only parts "
+    "(DQ), level-matched separately and merged",
 )

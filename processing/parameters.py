@@ -13,10 +13,9 @@ is what it is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from processing.instruments import instrument_of
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the manifest models live in release/, which depends on processing/, not the reverse
     from release.manifest import Manifest, ParameterLayers
@@ -42,7 +41,9 @@ def _overlay(values: dict, origin: dict, layer: dict, layer_name: str) -> None:
             origin[key] = layer_name
 
 
-def layers_for(manifest: Manifest, target: str, band: str | None, instrument: str | None = None) -> list[tuple[str, dict]]:
+def layers_for(
+    manifest: Manifest, target: str, band: str | None, instrument: str | None = None
+) -> list[tuple[str, dict]]:
     """The manifest's layers for a unit, lowest precedence first. A unit wider than one band
     (a target's instrument, or a whole target) has no band layer; a whole target no
     instrument layer either."""
@@ -62,7 +63,10 @@ def layers_for(manifest: Manifest, target: str, band: str | None, instrument: st
 
 
 def resolve_parameters(
-    manifest: Manifest, target: str, band: str | None, defaults: dict[str, Any] | None = None,
+    manifest: Manifest,
+    target: str,
+    band: str | None,
+    defaults: dict[str, Any] | None = None,
     instrument: str | None = None,
 ) -> ResolvedParameters:
     resolved = ResolvedParameters()

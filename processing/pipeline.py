@@ -115,8 +115,12 @@ class Unit:
         return self.target
 
     def as_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "band": self.band, "instrument": self.instrument,
-                "exposure": self.exposure.name if self.exposure else None}
+        return {
+            "target": self.target,
+            "band": self.band,
+            "instrument": self.instrument,
+            "exposure": self.exposure.name if self.exposure else None,
+        }
 
 
 def _units(stage: Stage, selected: dict[tuple[str, str], TargetBandInputs], lm: LoadedManifest) -> list[Unit]:
@@ -155,8 +159,12 @@ def _contains(unit: Unit, kind: str, other: Unit) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: list[str] | None = None,
-                registry: Registry | None = None) -> Graph:
+def build_graph(
+    lm: LoadedManifest,
+    targets: list[str] | None = None,
+    bands: list[str] | None = None,
+    registry: Registry | None = None,
+) -> Graph:
     registry = registry or default_registry()
     m = lm.manifest
     if m.program.data.source == "mast":
@@ -175,10 +183,17 @@ def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: lis
     if m.patch is not None:
         targets = [t for t in (targets or m.patch.targets) if t in m.patch.targets]
     selected = {
-        (target, band): tb for (target, band), tb in inputs.items()
-        if not (targets and target not in targets) and not (bands_u and band not in bands_u)
-        and not (m.patch is not None and ((m.patch.instruments and tb.instrument not in m.patch.instruments)
-                                          or (m.patch.bands and band not in m.patch.bands)))
+        (target, band): tb
+        for (target, band), tb in inputs.items()
+        if not (targets and target not in targets)
+        and not (bands_u and band not in bands_u)
+        and not (
+            m.patch is not None
+            and (
+                (m.patch.instruments and tb.instrument not in m.patch.instruments)
+                or (m.patch.bands and band not in m.patch.bands)
+            )
+        )
     }
     tasks: dict[str, Task] = {}
     units_of: dict[str, dict[str, Unit]] = {}
@@ -196,9 +211,15 @@ def build_graph(lm: LoadedManifest, targets: list[str] | None = None, bands: lis
     return Graph(tasks, inputs, registry)
 
 
-def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
-          selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]],
-          observed: set[tuple[str, str]] = frozenset()) -> Task:
+def _task(
+    lm: LoadedManifest,
+    registry: Registry,
+    stage: Stage,
+    unit: Unit,
+    selected: dict[tuple[str, str], TargetBandInputs],
+    units_of: dict[str, dict[str, Unit]],
+    observed: set[tuple[str, str]] = frozenset(),
+) -> Task:
     defaults = {stage.name: stage.parameters.default_values(unit.instrument or "")}
     resolved = resolve_parameters(lm.manifest, unit.target, unit.band, defaults, instrument=unit.instrument)
     params, origin = resolved.stage(stage.name), resolved.origin.get(stage.name, {})
@@ -208,13 +229,25 @@ def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
         context["product"] = f"{unit.target}_{unit.band.lower()}"
     if stage.variants:  # in the context: part of the task's key
         context["variants"] = stage.variants_of(lm.manifest)
-    task = Task(tid, stage.name, unit.target, unit.band, unit.instrument,
-                exposure=unit.exposure.name if unit.exposure else None, params=params, param_origin=origin, context=context)
+    task = Task(
+        tid,
+        stage.name,
+        unit.target,
+        unit.band,
+        unit.instrument,
+        exposure=unit.exposure.name if unit.exposure else None,
+        params=params,
+        param_origin=origin,
+        context=context,
+    )
     for conn in stage.inputs:
         refs = _resolve_input(lm, registry, stage, conn, unit, params, selected, units_of, observed)
         if not refs and not conn.optional:
-            raise BadInput(f"{tid}: input '{conn.name}' ({conn.relation}"
-                           + (f" of {conn.stage}" if conn.stage else "") + ") selects nothing in this run")
+            raise BadInput(
+                f"{tid}: input '{conn.name}' ({conn.relation}"
+                + (f" of {conn.stage}" if conn.stage else "")
+                + ") selects nothing in this run"
+            )
         task.inputs[conn.name] = refs
         if any("facts" in r for r in refs):  # in the context: part of the task's key
             context.setdefault("facts", {})[conn.name] = [r.get("facts", {}) for r in refs]
@@ -224,9 +257,17 @@ def _task(lm: LoadedManifest, registry: Registry, stage: Stage, unit: Unit,
     return task
 
 
-def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, params: dict,
-                   selected: dict[tuple[str, str], TargetBandInputs], units_of: dict[str, dict[str, Unit]],
-                   observed: set[tuple[str, str]] = frozenset()) -> list[dict[str, str]]:
+def _resolve_input(
+    lm,
+    registry: Registry,
+    stage: Stage,
+    conn,
+    unit: Unit,
+    params: dict,
+    selected: dict[tuple[str, str], TargetBandInputs],
+    units_of: dict[str, dict[str, Unit]],
+    observed: set[tuple[str, str]] = frozenset(),
+) -> list[dict[str, str]]:
     if conn.relation == "raw":
         if unit.exposure is None:
             raise BadInput(f"stage {stage.name}: a 'raw' input needs an exposure unit")
@@ -238,7 +279,9 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
         out = []
         for p, facts in items:
             if not Path(p).is_file():
-                raise BadInput(f"{stage.name}/{unit.id(stage.unit)}: input '{conn.name}' names {p}, which is not a file")
+                raise BadInput(
+                    f"{stage.name}/{unit.id(stage.unit)}: input '{conn.name}' names {p}, which is not a file"
+                )
             out.append({"file": str(p), **({"facts": dict(facts)} if facts is not None else {})})
         return out
     up = registry[conn.stage]
@@ -246,8 +289,10 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
 
     def ref(uid: str) -> dict[str, str]:
         if uid not in ups:
-            raise BadInput(f"{stage.name}/{unit.id(stage.unit)} needs {conn.stage}/{uid}, which is not in this run "
-                           "(widen --targets/--bands or the patch)")
+            raise BadInput(
+                f"{stage.name}/{unit.id(stage.unit)} needs {conn.stage}/{uid}, which is not in this run "
+                "(widen --targets/--bands or the patch)"
+            )
         # a stage that refines this output in place (for this unit's instrument) is read instead
         member = ups[uid]
         source = registry.source(stage.name, conn.stage, conn.suffix, member.instrument)
@@ -258,7 +303,11 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
         wide = registry[source]
         wide_uid = Unit(member.target, member.band, member.instrument).id(wide.unit)
         wide_units = units_of.get(source, {})
-        if wide_uid in wide_units and member.exposure is not None and member.exposure.name in _science_names(selected, member):
+        if (
+            wide_uid in wide_units
+            and member.exposure is not None
+            and member.exposure.name in _science_names(selected, member)
+        ):
             return {"task": f"{source}/{wide_uid}", "suffix": conn.suffix, "member": uid}
         before = registry.source(source, conn.stage, conn.suffix, member.instrument)
         return {"task": f"{before}/{uid}", "suffix": conn.suffix}
@@ -268,8 +317,11 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
             raise BadInput(f"stage {stage.name}: 'same' needs {conn.stage} to have the unit {stage.unit}")
         return [ref(unit.id(stage.unit))]
     if conn.relation == "members":
-        return [ref(uid) for uid, u in sorted(ups.items())
-                if (u.exposure is None or u.exposure.name in _science_names(selected, u)) and _contains(unit, stage.unit, u)]
+        return [
+            ref(uid)
+            for uid, u in sorted(ups.items())
+            if (u.exposure is None or u.exposure.name in _science_names(selected, u)) and _contains(unit, stage.unit, u)
+        ]
     if conn.relation == "background":
         tb = selected.get((unit.target, unit.band))
         return [ref(e.name) for e in (tb.background if tb else [])]
@@ -283,8 +335,10 @@ def _resolve_input(lm, registry: Registry, stage: Stage, conn, unit: Unit, param
     if conn.relation == "visit_reference":
         tb = selected.get((unit.target, ref_band))
         if tb is None:
-            raise BadInput(f"{stage.name}/{unit.id(stage.unit)} needs the reference band {ref_band} of {unit.target}, "
-                           "which is not in this run")
+            raise BadInput(
+                f"{stage.name}/{unit.id(stage.unit)} needs the reference band {ref_band} of {unit.target}, "
+                "which is not in this run"
+            )
         return [ref(e.name) for e in tb.science if e.visit == unit.exposure.visit]
     raise BadInput(f"stage {stage.name}: unknown relation {conn.relation}")
 
@@ -297,8 +351,10 @@ def _science_names(selected: dict[tuple[str, str], TargetBandInputs], u: Unit) -
 def _reference_band(stage: Stage, params: dict, unit: Unit) -> str:
     band = params.get("reference_band")
     if not isinstance(band, str) or not band:
-        raise BadInput(f"stage {stage.name} for {unit.target}: parameter 'reference_band' is not set "
-                       f"for {unit.instrument or 'this unit'}")
+        raise BadInput(
+            f"stage {stage.name} for {unit.target}: parameter 'reference_band' is not set "
+            f"for {unit.instrument or 'this unit'}"
+        )
     return band.upper()
 
 

@@ -15,13 +15,13 @@ REGISTRY = Registry(
         jwst_stages.DETECTOR1,
         jwst_stages.IMAGE2,
         jwst_stages.IMAGE3,
-        destripe.STAGE,          # refines lv1's rate files (NIRCam)
-        relative.STAGE,          # refines lv2's cal files, every band of an instrument at once: one shift per visit
-        lyot.STAGE,              # refines lv2's cal files (MIRI): imager and coronagraph parts
-        level_match.STAGE,       # refines lv2's cal files, every exposure of a band at once (parts merged)
-        destripe_multi.STAGE,    # refines lv2's cal files (NIRCam), every exposure of a band at once
-        absolute.STAGE,          # refines lv3's mosaic; back-propagates to the exposures (tweakback)
-        anchoring.STAGE,         # refines lv3's mosaic (after astrometry) and the tweakback exposures: absolute level
-        psf_matching.STAGE,      # the anchored mosaic convolved to each Gaussian resolution of the manifest
+        destripe.STAGE,  # refines lv1's rate files (NIRCam)
+        relative.STAGE,  # refines lv2's cal files, every band of an instrument at once: one shift per visit
+        lyot.STAGE,  # refines lv2's cal files (MIRI): imager and coronagraph parts
+        level_match.STAGE,  # refines lv2's cal files, every exposure of a band at once (parts merged)
+        destripe_multi.STAGE,  # refines lv2's cal files (NIRCam), every exposure of a band at once
+        absolute.STAGE,  # refines lv3's mosaic; back-propagates to the exposures (tweakback)
+        anchoring.STAGE,  # refines lv3's mosaic (after astrometry) and the tweakback exposures: absolute level
+        psf_matching.STAGE,  # the anchored mosaic convolved to each Gaussian resolution of the manifest
     ],
 )

@@ -65,8 +65,9 @@ exposure's file from the wider task (the engine checks that the task wrote one p
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from processing.instruments import did_you_mean
 
@@ -239,13 +240,21 @@ class Registry:
                 raise RegistryError(f"stage '{s.name}': unit '{s.unit}' is not one of {UNITS}")
             for i in s.inputs:
                 if i.relation not in RELATIONS:
-                    raise RegistryError(f"stage '{s.name}' input '{i.name}': relation '{i.relation}' is not one of {RELATIONS}")
+                    raise RegistryError(
+                        f"stage '{s.name}' input '{i.name}': relation '{i.relation}' is not one of {RELATIONS}"
+                    )
                 if (i.relation in ("raw", "manifest_file")) != (i.stage is None):
-                    raise RegistryError(f"stage '{s.name}' input '{i.name}': '{i.relation}' inputs "
-                                        + ("name no stage" if i.stage is not None else "need an upstream stage"))
+                    raise RegistryError(
+                        f"stage '{s.name}' input '{i.name}': '{i.relation}' inputs "
+                        + ("name no stage" if i.stage is not None else "need an upstream stage")
+                    )
                 if i.relation == "manifest_file" and not i.files:
-                    raise RegistryError(f"stage '{s.name}' input '{i.name}': manifest_file needs files='module:function'")
-            templated = [o for o in s.outputs if "{variant}" in o] + [p.type for p in s.products if "{variant}" in p.type + p.suffix]
+                    raise RegistryError(
+                        f"stage '{s.name}' input '{i.name}': manifest_file needs files='module:function'"
+                    )
+            templated = [o for o in s.outputs if "{variant}" in o] + [
+                p.type for p in s.products if "{variant}" in p.type + p.suffix
+            ]
             if templated and not s.variants:
                 raise RegistryError(f"stage '{s.name}' names {{variant}} in {templated[0]} but declares no variants")
             self.stages[s.name] = s
@@ -266,8 +275,10 @@ class Registry:
             elif self.stages[target].unit == "exposure":
                 relation = "members"  # a wider refiner: one output per member exposure
             else:
-                raise RegistryError(f"stage '{s.name}' refines '{target}' but their units differ "
-                                    "(only exposure outputs can be refined by a wider unit)")
+                raise RegistryError(
+                    f"stage '{s.name}' refines '{target}' but their units differ "
+                    "(only exposure outputs can be refined by a wider unit)"
+                )
             if not any(i.stage == target and i.suffix == suffix and i.relation == relation for i in s.inputs):
                 raise RegistryError(f"stage '{s.name}' refines {target} *{suffix} but does not read it ('{relation}')")
             if suffix not in s.outputs:
@@ -359,7 +370,9 @@ class Registry:
             elif stage in self.planned:
                 problems.append((p, f"stage '{stage}' is not available in this version"))
             else:
-                problems.append((p, f"unknown stage '{stage}'{did_you_mean(stage, list(self.stages) + list(self.planned))}"))
+                problems.append(
+                    (p, f"unknown stage '{stage}'{did_you_mean(stage, list(self.stages) + list(self.planned))}")
+                )
         return problems, values
 
 

@@ -23,8 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: manifest keys that are the release's bookkeeping, not what was made
-BOOKKEEPING = ("release.version", "release.changes", "release.previous", "release.known_issues", "comparisons.previous_release",
-               "comparisons.mast_mosaics", "patch")
+BOOKKEEPING = (
+    "release.version",
+    "release.changes",
+    "release.previous",
+    "release.known_issues",
+    "comparisons.previous_release",
+    "comparisons.mast_mosaics",
+    "patch",
+)
 
 
 @dataclass
@@ -74,7 +81,7 @@ class FileChange:
     filter: str
     product: str
     ext: str
-    status: str              # unchanged | changed | added | removed
+    status: str  # unchanged | changed | added | removed
     old: str = ""
     new: str = ""
     how: str = ""
@@ -88,8 +95,11 @@ def _csv_rows(release: Path) -> dict[str, dict]:
 
     path = next(Path(release).glob("*_manifest.csv"), None)
     if path is None:
-        return {p.relative_to(release).as_posix(): {"sha256": file_sha256(p)}
-                for p in sorted(Path(release).rglob("*")) if p.is_file()}
+        return {
+            p.relative_to(release).as_posix(): {"sha256": file_sha256(p)}
+            for p in sorted(Path(release).rglob("*"))
+            if p.is_file()
+        }
     with open(path, newline="") as fh:
         return {r["filename"]: r for r in csv.DictReader(fh)}
 
@@ -110,7 +120,9 @@ def load_release_manifest(release: Path):
 
     from release.manifest import Manifest, version_tuple
 
-    found = [Manifest.model_validate(tomllib.loads(p.read_text())) for p in sorted(Path(release).glob("*_manifest.toml"))]
+    found = [
+        Manifest.model_validate(tomllib.loads(p.read_text())) for p in sorted(Path(release).glob("*_manifest.toml"))
+    ]
     if not found:
         raise ValueError(f"{release}: no *_manifest.toml (not a release folder of this system)")
     return max(found, key=lambda m: version_tuple(m.release.version))
@@ -179,8 +191,13 @@ def product_changes(previous: Path, current: Path, compare_mosaics: bool = True)
 
             try:
                 n, _, _ = compare_files(Pair(target, filt.upper(), product, Path(current) / nn, Path(previous) / on))
-                fc.numbers = {"median": n.median, "mad": n.mad, "background": n.background, "flux_ratio": n.flux_ratio,
-                              "shift_mas": n.shift_mas}
+                fc.numbers = {
+                    "median": n.median,
+                    "mad": n.mad,
+                    "background": n.background,
+                    "flux_ratio": n.flux_ratio,
+                    "shift_mas": n.shift_mas,
+                }
             except ValueError as exc:
                 fc.how += f"; not compared: {exc}"
         changes.append(fc)
@@ -193,7 +210,10 @@ def render(m, previous_manifest, mchanges: list[Change], fchanges: list[FileChan
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     env.filters["short"] = lambda v: "(unset)" if v is None else (repr(v) if isinstance(v, str) else str(v))
     sections: dict[str, list[Change]] = {}
@@ -203,5 +223,9 @@ def render(m, previous_manifest, mchanges: list[Change], fchanges: list[FileChan
     for f in fchanges or []:
         counts[f.status] = counts.get(f.status, 0) + 1
     return env.get_template("CHANGES.txt.j2").render(
-        m=m, previous=previous_manifest, sections=sections, files=fchanges, counts=counts,
+        m=m,
+        previous=previous_manifest,
+        sections=sections,
+        files=fchanges,
+        counts=counts,
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -44,7 +43,11 @@ log = logging.getLogger(__name__)
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every library's log messages on the console too.")) -> None:
+def _main(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Show every library's log messages on the console too."
+    ),
+) -> None:
     from processing.logs import setup_console
 
     setup_console(err, verbose)
@@ -56,7 +59,7 @@ def _load(manifest: Path):
     return load_manifest(manifest)
 
 
-def _split(values: Optional[str]) -> list[str] | None:
+def _split(values: str | None) -> list[str] | None:
     if not values:
         return None
     return [v.strip() for v in values.split(",") if v.strip()]
@@ -68,8 +71,8 @@ def _split(values: Optional[str]) -> list[str] | None:
 @app.command()
 def check(manifest: Path = typer.Argument(..., help="Release manifest (TOML).")) -> None:
     """Validate a release manifest and summarise it."""
-    from release.manifest import file_version
     from processing.instruments import instrument_of
+    from release.manifest import file_version
 
     lm = _load(manifest)
     m = lm.manifest
@@ -112,9 +115,11 @@ def check(manifest: Path = typer.Argument(..., help="Release manifest (TOML)."))
 @app.command()
 def plan(
     manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
-    targets: Optional[str] = typer.Option(None, help="Comma-separated targets (default: all)."),
-    bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: all)."),
-    workdir: Optional[Path] = typer.Option(None, help="Work folder whose cache to look in (default: hlsp-work/<project>)."),
+    targets: str | None = typer.Option(None, help="Comma-separated targets (default: all)."),
+    bands: str | None = typer.Option(None, help="Comma-separated bands (default: all)."),
+    workdir: Path | None = typer.Option(
+        None, help="Work folder whose cache to look in (default: hlsp-work/<project>)."
+    ),
 ) -> None:
     """Show what a run of this manifest would do, product by product, and what is cached."""
     from processing.instruments import instrument_of
@@ -168,11 +173,20 @@ def plan(
         tasks = Table("stage", "unit", "tasks", "cached", "will run", "what it does")
         for stage in graph.registry.ordered():
             ids = [tid for tid, t in graph.tasks.items() if t.stage == stage.name]
-            tasks.add_row(stage.name, stage.unit, str(len(ids)), str(sum(status[t] == "cached" for t in ids)),
-                          str(sum(status[t] == "run" for t in ids)), stage.description)
+            tasks.add_row(
+                stage.name,
+                stage.unit,
+                str(len(ids)),
+                str(sum(status[t] == "cached" for t in ids)),
+                str(sum(status[t] == "run" for t in ids)),
+                stage.description,
+            )
         out.print(tasks)
         if engine.jwst_version != m.pins.jwst:
-            out.print(f"[yellow]Installed jwst {engine.jwst_version} differs from pins.jwst {m.pins.jwst}: `hlsp run` will refuse.[/]")
+            out.print(
+                f"[yellow]Installed jwst {engine.jwst_version} differs from pins.jwst {m.pins.jwst}: `hlsp run` will "
+                "refuse.[/]"
+            )
     planned = default_registry().planned
     if planned:
         out.print(f"Stages not available in this version (left out of any run): {', '.join(planned)}")
@@ -186,14 +200,24 @@ def _default_workdir(lm) -> Path:
 @app.command()
 def run(
     manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
-    targets: Optional[str] = typer.Option(None, help="Comma-separated targets (default: all)."),
-    bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: all)."),
-    workdir: Optional[Path] = typer.Option(None, help="Work folder: cache, logs, products (default: hlsp-work/<project>)."),
-    workers: Optional[int] = typer.Option(None, min=1, help="Parallel tasks (default: by cores and free memory)."),
-    cache: Optional[Path] = typer.Option(None, help="Task cache folder, shareable between work folders (default: WORKDIR/cache)."),
-    allow_version_mismatch: bool = typer.Option(False, "--allow-version-mismatch", help="Run with a jwst other than pins.jwst (recorded in every product)."),
-    executor: str = typer.Option("local", help="'local' (a process pool) or 'dask' (a dask.distributed LocalCluster of --workers processes)."),
-    scheduler: Optional[str] = typer.Option(None, help="Run on an existing dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --executor dask)."),
+    targets: str | None = typer.Option(None, help="Comma-separated targets (default: all)."),
+    bands: str | None = typer.Option(None, help="Comma-separated bands (default: all)."),
+    workdir: Path | None = typer.Option(
+        None, help="Work folder: cache, logs, products (default: hlsp-work/<project>)."
+    ),
+    workers: int | None = typer.Option(None, min=1, help="Parallel tasks (default: by cores and free memory)."),
+    cache: Path | None = typer.Option(
+        None, help="Task cache folder, shareable between work folders (default: WORKDIR/cache)."
+    ),
+    allow_version_mismatch: bool = typer.Option(
+        False, "--allow-version-mismatch", help="Run with a jwst other than pins.jwst (recorded in every product)."
+    ),
+    executor: str = typer.Option(
+        "local", help="'local' (a process pool) or 'dask' (a dask.distributed LocalCluster of --workers processes)."
+    ),
+    scheduler: str | None = typer.Option(
+        None, help="Run on an existing dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --executor dask)."
+    ),
 ) -> None:
     """Process a release: raw exposures to mosaics, through the task graph, reusing the cache."""
     import time
@@ -206,14 +230,36 @@ def run(
     lm = _load(manifest)
     graph = build_graph(lm, _split(targets), _split(bands))
     wd = (workdir or _default_workdir(lm)).resolve()
-    engine = Engine(lm, graph, wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, workers=workers,
-                    executor=executor, scheduler=scheduler)
+    engine = Engine(
+        lm,
+        graph,
+        wd,
+        cache_dir=cache,
+        allow_version_mismatch=allow_version_mismatch,
+        workers=workers,
+        executor=executor,
+        scheduler=scheduler,
+    )
     log_file = attach_log_file(wd / "logs", "run")
-    log.info("run of %s (%d tasks, %s executor%s); log %s", lm.path.name, len(graph.tasks), engine.executor_kind,
-             f" at {scheduler}" if scheduler else f", {engine.workers} workers", log_file)
+    log.info(
+        "run of %s (%d tasks, %s executor%s); log %s",
+        lm.path.name,
+        len(graph.tasks),
+        engine.executor_kind,
+        f" at {scheduler}" if scheduler else f", {engine.workers} workers",
+        log_file,
+    )
     counts = graph.stage_counts()
-    with Progress(TextColumn("{task.description:>5}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=err, transient=False, disable=not err.is_terminal) as progress:
+    with Progress(
+        TextColumn("{task.description:>5}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
+    ) as progress:
         bars = {s: progress.add_task(s, total=n, info="") for s, n in counts.items() if n}
         tally: dict = {}
 
@@ -231,15 +277,28 @@ def run(
 
 
 def _print_summary(summary, elapsed: float, stages: list[str]) -> None:
-    table = Table("stage", "cached", "ran", "failed", "skipped", "slowest task", "peak memory (task)",
-                  title=f"run summary ({elapsed:.1f} s, {summary.executor} executor)")
+    table = Table(
+        "stage",
+        "cached",
+        "ran",
+        "failed",
+        "skipped",
+        "slowest task",
+        "peak memory (task)",
+        title=f"run summary ({elapsed:.1f} s, {summary.executor} executor)",
+    )
     for stage in stages:
         rs = [r for r in summary.results.values() if r.task.stage == stage]
         if rs:
             ran = [r.record for r in rs if r.status == "ran" and r.record]
             slow = f"{max(x['elapsed_s'] for x in ran):.1f} s" if ran else ""
             peak = f"{max(x.get('peak_rss_mb', 0) for x in ran):.0f} MB" if ran else ""
-            table.add_row(stage, *(str(sum(r.status == s for r in rs)) for s in ("cached", "ran", "failed", "skipped")), slow, peak)
+            table.add_row(
+                stage,
+                *(str(sum(r.status == s for r in rs)) for s in ("cached", "ran", "failed", "skipped")),
+                slow,
+                peak,
+            )
     out.print(table)
     failures = [r for r in summary.results.values() if r.status in ("failed", "skipped")]
     if failures:
@@ -276,8 +335,10 @@ def simulate(
     outdir: Path = typer.Argument(..., help="Folder for the synthetic program (must be empty or absent)."),
     size: str = typer.Option("demo", help="'demo' (small subarrays, 2 dithers) or 'full' (full detectors, 4 dithers)."),
     seed: int = typer.Option(1, help="Seed of every random draw: the same seed writes the same program."),
-    bands: Optional[str] = typer.Option(None, help="Comma-separated bands (default: F200W,F300M,F770W,F1000W,F2100W)."),
-    mast_mosaics: bool = typer.Option(False, "--mast-mosaics", help="Also run the jwst defaults to make the 'MAST' level-3 mosaics (minutes)."),
+    bands: str | None = typer.Option(None, help="Comma-separated bands (default: F200W,F300M,F770W,F1000W,F2100W)."),
+    mast_mosaics: bool = typer.Option(
+        False, "--mast-mosaics", help="Also run the jwst defaults to make the 'MAST' level-3 mosaics (minutes)."
+    ),
 ) -> None:
     """Write the synthetic observing program: raw exposures, a local CRDS context and the truth."""
     from rich.progress import Progress
@@ -293,7 +354,9 @@ def simulate(
         if b not in FILTERS:
             raise BadInput(f"--bands: '{b}' is not a band the synthetic instruments have ({', '.join(FILTERS)})")
     if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
-        raise BadInput(f"{outdir} exists and is not an empty folder: the synthetic program is written to a new folder only")
+        raise BadInput(
+            f"{outdir} exists and is not an empty folder: the synthetic program is written to a new folder only"
+        )
     staging = outdir.with_name(f".{outdir.name}.partial")
     if staging.exists():
         raise BadInput(f"{staging} is left from an interrupted run: remove it, then run again")
@@ -322,10 +385,18 @@ def simulate(
 @app.command()
 def package(
     manifest: Path = typer.Argument(..., help="Release manifest (TOML)."),
-    workdir: Optional[Path] = typer.Option(None, help="Work folder of `hlsp run` (default: hlsp-work/<project>)."),
-    releases: Path = typer.Option(Path("releases"), help="Where releases are published: RELEASES/<project>/<version>/."),
-    cache: Optional[Path] = typer.Option(None, help="Task cache folder, if `hlsp run` was given one (default: WORKDIR/cache)."),
-    allow_version_mismatch: bool = typer.Option(False, "--allow-version-mismatch", help="Package products made with a jwst other than pins.jwst (as `hlsp run` was told)."),
+    workdir: Path | None = typer.Option(None, help="Work folder of `hlsp run` (default: hlsp-work/<project>)."),
+    releases: Path = typer.Option(
+        Path("releases"), help="Where releases are published: RELEASES/<project>/<version>/."
+    ),
+    cache: Path | None = typer.Option(
+        None, help="Task cache folder, if `hlsp run` was given one (default: WORKDIR/cache)."
+    ),
+    allow_version_mismatch: bool = typer.Option(
+        False,
+        "--allow-version-mismatch",
+        help="Package products made with a jwst other than pins.jwst (as `hlsp run` was told).",
+    ),
 ) -> None:
     """Package the mosaics of a run as a MAST HLSP release (never overwrites a published version).
 
@@ -339,7 +410,9 @@ def package(
     lm = _load(manifest)
     check_packageable(lm)
     wd = (workdir or _default_workdir(lm)).resolve()
-    engine = Engine(lm, build_graph(lm), wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, read_only=True)
+    engine = Engine(
+        lm, build_graph(lm), wd, cache_dir=cache, allow_version_mismatch=allow_version_mismatch, read_only=True
+    )
     entries, missing = engine.product_index()
     if missing:
         raise BadInput(
@@ -358,17 +431,21 @@ def package(
 @app.command()
 def validate(
     release_dir: Path = typer.Argument(..., help="A release folder (RELEASES/<project>/<version>)."),
-    junit: Optional[Path] = typer.Option(None, help="Also write the findings as JUnit XML for CI systems."),
-    fitsverify: bool = typer.Option(True, "--fitsverify/--no-fitsverify", help="Run fitsverify on every FITS file (where installed)."),
-    strict: Optional[bool] = typer.Option(
-        None, "--strict/--no-strict",
+    junit: Path | None = typer.Option(None, help="Also write the findings as JUnit XML for CI systems."),
+    fitsverify: bool = typer.Option(
+        True, "--fitsverify/--no-fitsverify", help="Run fitsverify on every FITS file (where installed)."
+    ),
+    strict: bool | None = typer.Option(
+        None,
+        "--strict/--no-strict",
         help="Fail when a check cannot run (fitsverify missing). Default: on where CI=true, else off.",
     ),
-    against: Optional[Path] = typer.Option(
-        None, help="The previous release (or a folder of MAST level-3 mosaics): fail when a band moved more than the "
+    against: Path | None = typer.Option(
+        None,
+        help="The previous release (or a folder of MAST level-3 mosaics): fail when a band moved more than the "
         "release manifest's [comparisons.thresholds] allow (shift, flux ratio, background).",
     ),
-    figures: Optional[Path] = typer.Option(None, help="With --against: write the comparison figures and table here."),
+    figures: Path | None = typer.Option(None, help="With --against: write the comparison figures and table here."),
 ) -> None:
     """Check a release against MAST's rules and our own; exit 1 on any failure."""
     from processing.fileio import atomic_write_text
@@ -378,8 +455,13 @@ def validate(
         raise BadInput(f"{release_dir} is not a folder")
     if against is not None and not against.is_dir():
         raise BadInput(f"--against {against}: not a folder (the previous release, or a folder of level-3 mosaics)")
-    report = validate_release(release_dir, use_fitsverify=fitsverify, strict=strict_by_default() if strict is None else strict,
-                              against=against, figures=figures)
+    report = validate_release(
+        release_dir,
+        use_fitsverify=fitsverify,
+        strict=strict_by_default() if strict is None else strict,
+        against=against,
+        figures=figures,
+    )
     if junit:
         atomic_write_text(junit, report.junit())
     files = {f.file for f in report.findings if f.file != "."}
@@ -390,8 +472,10 @@ def validate(
         out.print(f"[yellow]not run:[/] {check} on {n} file(s): {escape(why)}")
     if report.ok:
         ran = len(report.findings) - len(report.skipped)
-        out.print(f"[bold green]valid[/] {release_dir}: {len(files)} files, {ran} checks passed"
-                  + (f", {len(report.skipped)} not run (see above; --strict fails them)" if report.skipped else ""))
+        out.print(
+            f"[bold green]valid[/] {release_dir}: {len(files)} files, {ran} checks passed"
+            + (f", {len(report.skipped)} not run (see above; --strict fails them)" if report.skipped else "")
+        )
         return
     table = Table(title=f"{len(report.failures)} problem(s) in {release_dir}")
     table.add_column("file", overflow="fold")
@@ -407,7 +491,7 @@ def validate(
 def compare(
     a: Path = typer.Argument(..., help="A release folder, a folder of mosaics, or one mosaic (FITS)."),
     b: Path = typer.Argument(..., help="What to compare it with: the same kind as A."),
-    outdir: Optional[Path] = typer.Option(None, help="Write a figure per band (A, B, A - B) and comparison.ecsv here."),
+    outdir: Path | None = typer.Option(None, help="Write a figure per band (A, B, A - B) and comparison.ecsv here."),
 ) -> None:
     """Compare two releases, two folders of mosaics or two files: per band the median and MAD
     of A - B, the background change, the galaxy's flux ratio and the shift (B is reprojected
@@ -424,13 +508,37 @@ def compare(
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     table = Table(title=f"{a} against {b}")
-    for col in ("target", "band", "product", "pixels", "median", "MAD", "background", "flux ratio", "shift (mas)", "E, N (mas)"):
+    for col in (
+        "target",
+        "band",
+        "product",
+        "pixels",
+        "median",
+        "MAD",
+        "background",
+        "flux ratio",
+        "shift (mas)",
+        "E, N (mas)",
+    ):
         table.add_column(col)
     for n in numbers:
-        table.add_row(n.target, n.band, n.product, str(n.pixels), f"{n.median:+.4f}", f"{n.mad:.4f}", f"{n.background:+.4f}",
-                      f"{n.flux_ratio:.4f}", f"{n.shift_mas:.1f}", f"{n.shift_east_mas:+.1f}, {n.shift_north_mas:+.1f}")
+        table.add_row(
+            n.target,
+            n.band,
+            n.product,
+            str(n.pixels),
+            f"{n.median:+.4f}",
+            f"{n.mad:.4f}",
+            f"{n.background:+.4f}",
+            f"{n.flux_ratio:.4f}",
+            f"{n.shift_mas:.1f}",
+            f"{n.shift_east_mas:+.1f}, {n.shift_north_mas:+.1f}",
+        )
     out.print(table)
-    out.print("MJy/sr; background: the change where the galaxy is faintest; flux ratio: A/B of the galaxy's brighter half (B moved onto A by the shift first)")
+    out.print(
+        "MJy/sr; background: the change where the galaxy is faintest; flux ratio: A/B of the galaxy's brighter half "
+        "(B moved onto A by the shift first)"
+    )
     for why in skipped:
         out.print(f"[yellow]not compared:[/] {escape(why)}")
     if outdir is not None and numbers:
@@ -442,11 +550,17 @@ def compare(
 @app.command()
 def report(
     manifest: Path = typer.Argument(..., help="Release manifest (TOML) of the release."),
-    workdir: Optional[Path] = typer.Option(None, help="Work folder of `hlsp run` (default: hlsp-work/<project>)."),
-    releases: Path = typer.Option(Path("releases"), help="Where the release is published: RELEASES/<project>/<version>/."),
-    cache: Optional[Path] = typer.Option(None, help="Task cache folder, if `hlsp run` was given one (default: WORKDIR/cache)."),
-    against: Optional[Path] = typer.Option(None, help="A previous release to compare with (figures and numbers in the report)."),
-    outdir: Optional[Path] = typer.Option(None, help="Report folder (default: WORKDIR/reports/<version>)."),
+    workdir: Path | None = typer.Option(None, help="Work folder of `hlsp run` (default: hlsp-work/<project>)."),
+    releases: Path = typer.Option(
+        Path("releases"), help="Where the release is published: RELEASES/<project>/<version>/."
+    ),
+    cache: Path | None = typer.Option(
+        None, help="Task cache folder, if `hlsp run` was given one (default: WORKDIR/cache)."
+    ),
+    against: Path | None = typer.Option(
+        None, help="A previous release to compare with (figures and numbers in the report)."
+    ),
+    outdir: Path | None = typer.Option(None, help="Report folder (default: WORKDIR/reports/<version>)."),
 ) -> None:
     """Write the release report: a static HTML page (previews, the stages' QA figures and
     tables, the changelog, the comparison with a previous release)."""
@@ -462,14 +576,22 @@ def report(
         raise BadInput(f"--against {against}: not a folder")
     from release.manifest import file_version
 
-    page = write_report(lm, dest, wd, outdir or wd / "reports" / file_version(lm.manifest.release.version), cache=cache,
-                        previous=against)
+    page = write_report(
+        lm,
+        dest,
+        wd,
+        outdir or wd / "reports" / file_version(lm.manifest.release.version),
+        cache=cache,
+        previous=against,
+    )
     out.print(f"[bold green]report[/] {page}")
 
 
 @app.command()
 def demo(
-    outdir: Path = typer.Option(Path("demo-output"), help="Where the synthetic program, the work folder and the demo release go."),
+    outdir: Path = typer.Option(
+        Path("demo-output"), help="Where the synthetic program, the work folder and the demo release go."
+    ),
 ) -> None:
     """Cut the demo releases from the synthetic program, end to end: 1.0.0, 1.1.0 (some bands
     changed) and the patch 1.1.1, each validated against the one before."""
@@ -494,7 +616,7 @@ def demo(
         if isinstance(value, list):
             return [pointed(v) for v in value]
         if isinstance(value, str) and value.startswith("../../demo-output/"):
-            return str(outdir / value[len("../../demo-output/"):])
+            return str(outdir / value[len("../../demo-output/") :])
         return value
 
     # three releases in sequence: 1.0.0, a second full release 1.1.0 (some bands' parameters
@@ -522,8 +644,17 @@ def demo(
         lm = _load(manifest)
         version = lm.manifest.release.version
         out.print(f"[bold]3.{k} processing {version}[/] -> {outdir / 'work'}")
-        run(manifest, targets=None, bands=None, workdir=outdir / "work", workers=None, cache=None, allow_version_mismatch=False,
-            executor="local", scheduler=None)
+        run(
+            manifest,
+            targets=None,
+            bands=None,
+            workdir=outdir / "work",
+            workers=None,
+            cache=None,
+            allow_version_mismatch=False,
+            executor="local",
+            scheduler=None,
+        )
         dest = release_dir(releases, lm)
         if dest.exists():
             out.print(f"[bold]4.{k} packaging {version}[/] {dest} is already published (kept as it is)")
@@ -531,13 +662,27 @@ def demo(
             out.print(f"[bold]4.{k} packaging {version}[/] -> {releases}")
             package(manifest, workdir=outdir / "work", releases=releases, cache=None, allow_version_mismatch=False)
         out.print(f"[bold]5.{k} validation {version}[/] {dest}" + (f" against {previous}" if previous else ""))
-        validate(dest, junit=outdir / f"validation-{version}.xml", fitsverify=True, strict=None, against=previous,
-                 figures=(outdir / "comparisons" / version) if previous else None)
-        report(manifest, workdir=outdir / "work", releases=releases, cache=None, against=previous,
-               outdir=outdir / "reports" / version)
+        validate(
+            dest,
+            junit=outdir / f"validation-{version}.xml",
+            fitsverify=True,
+            strict=None,
+            against=previous,
+            figures=(outdir / "comparisons" / version) if previous else None,
+        )
+        report(
+            manifest,
+            workdir=outdir / "work",
+            releases=releases,
+            cache=None,
+            against=previous,
+            outdir=outdir / "reports" / version,
+        )
         previous = dest
-    out.print(f"[bold green]The demo releases are in {releases}[/] (validated, each against the one before; JUnit reports "
-              f"{outdir}/validation-*.xml; reports {outdir}/reports/<version>/index.html)")
+    out.print(
+        f"[bold green]The demo releases are in {releases}[/] (validated, each against the one before; JUnit reports "
+        f"{outdir}/validation-*.xml; reports {outdir}/reports/<version>/index.html)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,9 +83,8 @@ def compare_arrays(a: np.ndarray, b: np.ndarray) -> dict:
         ``pixels``, ``median``, ``mad``, ``background``, ``flux_ratio`` and ``shift_px``
         ((dy, dx): A's image relative to B's, pixels).
     """
-    from skimage.registration import phase_cross_correlation
-
     from scipy.ndimage import shift as move
+    from skimage.registration import phase_cross_correlation
 
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
@@ -115,8 +114,14 @@ def compare_arrays(a: np.ndarray, b: np.ndarray) -> dict:
     bg_a, bg_b = float(np.median(a[both][faint])), float(np.median(b[both][faint]))
     fb = float(np.sum(b[both][bright] - bg_b))
     ratio = float(np.sum(a[both][bright] - bg_a) / fb) if fb > 0 else float("nan")
-    return {"pixels": n, "median": med, "mad": mad, "background": bg_a - bg_b, "flux_ratio": ratio,
-            "shift_px": (float(shift[0]), float(shift[1]))}
+    return {
+        "pixels": n,
+        "median": med,
+        "mad": mad,
+        "background": bg_a - bg_b,
+        "flux_ratio": ratio,
+        "shift_px": (float(shift[0]), float(shift[1])),
+    }
 
 
 def read_sci(path: Path):
@@ -147,9 +152,21 @@ def compare_files(pair: Pair) -> tuple[Numbers, np.ndarray, np.ndarray]:
     here = SkyCoord(*wa.pixel_to_world_values(cx, cy), unit="deg")
     moved = SkyCoord(*wa.pixel_to_world_values(cx + dx, cy + dy), unit="deg")
     east, north = here.spherical_offsets_to(moved)
-    numbers = Numbers(pair.target, pair.band, pair.product, pair.a.name, pair.b.name, r["pixels"], r["median"], r["mad"],
-                      r["background"], r["flux_ratio"], float(east.to_value("mas")), float(north.to_value("mas")),
-                      float(np.hypot(east.to_value("mas"), north.to_value("mas"))))
+    numbers = Numbers(
+        pair.target,
+        pair.band,
+        pair.product,
+        pair.a.name,
+        pair.b.name,
+        r["pixels"],
+        r["median"],
+        r["mad"],
+        r["background"],
+        r["flux_ratio"],
+        float(east.to_value("mas")),
+        float(north.to_value("mas")),
+        float(np.hypot(east.to_value("mas"), north.to_value("mas"))),
+    )
     return numbers, a, b_on_a
 
 
@@ -214,14 +231,26 @@ def check(n: Numbers, limits: dict[str, float | None]) -> list[str]:
     problems = []
     who = f"{n.target} {n.band}"
     if limits.get("max_shift_mas") is not None and not n.shift_mas <= limits["max_shift_mas"]:
-        problems.append(f"{who}: shifted by {n.shift_mas:.1f} mas (east {n.shift_east_mas:+.1f}, north {n.shift_north_mas:+.1f}) "
-                        f"> max_shift_mas {limits['max_shift_mas']:g}")
-    if limits.get("max_flux_ratio_change") is not None and not abs(n.flux_ratio - 1.0) <= limits["max_flux_ratio_change"]:
-        problems.append(f"{who}: flux ratio {n.flux_ratio:.4f} differs from 1 by more than max_flux_ratio_change "
-                        f"{limits['max_flux_ratio_change']:g}")
-    if limits.get("max_background_change_mjysr") is not None and not abs(n.background) <= limits["max_background_change_mjysr"]:
-        problems.append(f"{who}: background changed by {n.background:+.4f} MJy/sr > max_background_change_mjysr "
-                        f"{limits['max_background_change_mjysr']:g}")
+        problems.append(
+            f"{who}: shifted by {n.shift_mas:.1f} mas (east {n.shift_east_mas:+.1f}, north {n.shift_north_mas:+.1f}) "
+            f"> max_shift_mas {limits['max_shift_mas']:g}"
+        )
+    if (
+        limits.get("max_flux_ratio_change") is not None
+        and not abs(n.flux_ratio - 1.0) <= limits["max_flux_ratio_change"]
+    ):
+        problems.append(
+            f"{who}: flux ratio {n.flux_ratio:.4f} differs from 1 by more than max_flux_ratio_change "
+            f"{limits['max_flux_ratio_change']:g}"
+        )
+    if (
+        limits.get("max_background_change_mjysr") is not None
+        and not abs(n.background) <= limits["max_background_change_mjysr"]
+    ):
+        problems.append(
+            f"{who}: background changed by {n.background:+.4f} MJy/sr > max_background_change_mjysr "
+            f"{limits['max_background_change_mjysr']:g}"
+        )
     return problems
 
 
@@ -240,28 +269,47 @@ def plot(dest: Path, n: Numbers, a: np.ndarray, b: np.ndarray, label_a: str = "A
     a, b = a[::step, ::step], b[::step, ::step]
     d = a - b
     finite = a[np.isfinite(a)]
-    norm = ImageNormalize(finite if finite.size else np.zeros(1), interval=PercentileInterval(99.5), stretch=AsinhStretch(0.05))
+    norm = ImageNormalize(
+        finite if finite.size else np.zeros(1), interval=PercentileInterval(99.5), stretch=AsinhStretch(0.05)
+    )
     lim = np.nanpercentile(np.abs(d), 98) if np.isfinite(d).any() else 1.0
     fig, axes = plt.subplots(1, 3, figsize=(15, 5), dpi=90)
-    for ax, img, title, kw in ((axes[0], a, label_a, {"norm": norm, "cmap": "inferno"}),
-                               (axes[1], b, label_b, {"norm": norm, "cmap": "inferno"}),
-                               (axes[2], d, f"{label_a} - {label_b} (as they are: not aligned)", {"vmin": -lim, "vmax": lim, "cmap": "RdBu_r"})):
+    for ax, img, title, kw in (
+        (axes[0], a, label_a, {"norm": norm, "cmap": "inferno"}),
+        (axes[1], b, label_b, {"norm": norm, "cmap": "inferno"}),
+        (
+            axes[2],
+            d,
+            f"{label_a} - {label_b} (as they are: not aligned)",
+            {"vmin": -lim, "vmax": lim, "cmap": "RdBu_r"},
+        ),
+    ):
         im = ax.imshow(img, origin="lower", interpolation="nearest", **kw)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(f"x (pixels / {step})")
         ax.set_ylabel(f"y (pixels / {step})")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="MJy/sr")
-    fig.suptitle(f"{n.target} {n.band} (aligned by the shift): median {n.median:+.4f}, MAD {n.mad:.4f}, background {n.background:+.4f} MJy/sr; "
-                 f"flux ratio {n.flux_ratio:.4f}; shift {n.shift_mas:.1f} mas (E {n.shift_east_mas:+.1f}, N {n.shift_north_mas:+.1f})",
-                 fontsize=10)
+    fig.suptitle(
+        f"{n.target} {n.band} (aligned by the shift): median {n.median:+.4f}, MAD {n.mad:.4f}, background "
+        f"{n.background:+.4f} MJy/sr; "
+        f"flux ratio {n.flux_ratio:.4f}; shift {n.shift_mas:.1f} mas (E {n.shift_east_mas:+.1f}, N "
+        f"{n.shift_north_mas:+.1f})",
+        fontsize=10,
+    )
     fig.tight_layout()
     with atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
-def compare(a: Path, b: Path, outdir: Path | None = None, products: tuple[str, ...] = ("img",),
-            label_a: str = "A", label_b: str = "B") -> tuple[list[Numbers], list[str]]:
+def compare(
+    a: Path,
+    b: Path,
+    outdir: Path | None = None,
+    products: tuple[str, ...] = ("img",),
+    label_a: str = "A",
+    label_b: str = "B",
+) -> tuple[list[Numbers], list[str]]:
     """Compare every pair (:func:`pair_products`); with ``outdir``: a figure per pair and
     ``comparison.ecsv`` there. Returns the numbers and what could not be compared (and why)."""
     pairs, alone = pair_products(a, b, products)
@@ -279,5 +327,7 @@ def compare(a: Path, b: Path, outdir: Path | None = None, products: tuple[str, .
     if outdir is not None and out:
         from astropy.table import Table
 
-        Table(rows=[n.as_dict() for n in out]).write(Path(outdir) / "comparison.ecsv", format="ascii.ecsv", overwrite=True)
+        Table(rows=[n.as_dict() for n in out]).write(
+            Path(outdir) / "comparison.ecsv", format="ascii.ecsv", overwrite=True
+        )
     return out, skipped

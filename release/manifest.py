@@ -58,7 +58,8 @@ _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 def _check_version(value: str) -> str:
     if not _VERSION_RE.match(value):
         raise PydanticCustomError(
-            "release_version", "'{value}' is not a release version MAJOR.MINOR.PATCH such as 1.1.0",
+            "release_version",
+            "'{value}' is not a release version MAJOR.MINOR.PATCH such as 1.1.0",
             {"value": value},
         )
     return value
@@ -75,7 +76,8 @@ def _check_jwst_version(value: str) -> str:
 def _check_context(value: str) -> str:
     if not _CONTEXT_RE.match(value):
         raise PydanticCustomError(
-            "crds_context", "'{value}' is not a JWST CRDS context name like jwst_1201.pmap",
+            "crds_context",
+            "'{value}' is not a JWST CRDS context name like jwst_1201.pmap",
             {"value": value},
         )
     return value
@@ -97,7 +99,8 @@ def _check_target_name(value: str) -> str:
         raise PydanticCustomError("target_name", "target names are strings")
     if value != value.lower() and _TARGET_RE.match(value.lower()):
         raise PydanticCustomError(
-            "target_name", "target name '{value}' must be lower case (did you mean '{lower}'?)",
+            "target_name",
+            "target name '{value}' must be lower case (did you mean '{lower}'?)",
             {"value": value, "lower": value.lower()},
         )
     if len(value) > 30 or not _TARGET_RE.match(value) or ".." in value:
@@ -133,7 +136,8 @@ def _normalise_band(value: Any) -> Any:
 def _check_band(value: str) -> str:
     if value not in all_filters():
         raise PydanticCustomError(
-            "band", "'{value}' is not a NIRCam or MIRI imaging filter{hint}",
+            "band",
+            "'{value}' is not a NIRCam or MIRI imaging filter{hint}",
             {"value": value, "hint": did_you_mean(value, all_filters())},
         )
     return value
@@ -183,7 +187,8 @@ def _unique_band_keys(value: Any) -> Any:
             norm = _normalise_band(key)
             if norm in seen:
                 raise PydanticCustomError(
-                    "duplicate_band", "'{a}' and '{b}' are the same band: give its table once",
+                    "duplicate_band",
+                    "'{a}' and '{b}' are the same band: give its table once",
                     {"a": seen[norm], "b": key},
                 )
             seen[norm] = key
@@ -193,7 +198,8 @@ def _unique_band_keys(value: Any) -> Any:
 def _check_pattern(value: str) -> str:
     if not value or "/" in value or "\\" in value:
         raise PydanticCustomError(
-            "pattern", "'{value}' must be a file-name pattern without directories (e.g. 'jw02107001*')",
+            "pattern",
+            "'{value}' must be a file-name pattern without directories (e.g. 'jw02107001*')",
             {"value": value},
         )
     return value
@@ -234,7 +240,8 @@ class StrictModel(BaseModel):
             for key in data:
                 if key not in known:
                     raise PydanticCustomError(
-                        "unknown_key", "unknown key{hint}",
+                        "unknown_key",
+                        "unknown key{hint}",
                         {"key": key, "hint": did_you_mean(key, sorted(known))},
                     )
         return data
@@ -254,7 +261,9 @@ class Release(StrictModel):
     """What is being released, by whom, under which licence."""
 
     project: ProjectId = Field(description="MAST HLSP id, the first field of every file name, e.g. 'phangs-jwst'.")
-    title: HeaderText = Field(description="Long project title (HLSPNAME keyword; printable ASCII, at most 68 characters).")
+    title: HeaderText = Field(
+        description="Long project title (HLSPNAME keyword; printable ASCII, at most 68 characters)."
+    )
     version: ReleaseVersion = Field(
         description="Release version MAJOR.MINOR.PATCH. File names carry vMAJORpMINOR[pPATCH], "
         "the patch part only when it is not 0: 1.1.0 -> v1p1, 1.0.1 -> v1p0p1."
@@ -263,19 +272,29 @@ class Release(StrictModel):
         default=None, description="The version this release replaces (for the README and changelog); must be lower."
     )
     kind: Literal["full", "patch"] = Field(
-        default="full", description="'full' cuts every target; 'patch' regenerates the targets named in [patch] and carries the rest over from the parent."
+        default="full",
+        description="'full' cuts every target; 'patch' regenerates the targets named in [patch] and carries the rest "
+        "over from the parent.",
     )
     doi: Doi = Field(description="DOI of the HLSP collection (DOI keyword).")
-    lead: HeaderText = Field(description="Name of the project lead (HLSPLEAD keyword; printable ASCII, at most 68 characters).")
+    lead: HeaderText = Field(
+        description="Name of the project lead (HLSPLEAD keyword; printable ASCII, at most 68 characters)."
+    )
     pi: Text = Field(description="Principal investigator of the observing program(s).")
     contact: Contact = Field(description="Who answers questions about this release.")
     license: HeaderText = Field(default="CC BY 4.0", description="Licence of the products (LICENSE keyword).")
     license_url: HeaderText = Field(
-        default="https://creativecommons.org/licenses/by/4.0/", description="URL of the licence text (LICENURL keyword)."
+        default="https://creativecommons.org/licenses/by/4.0/",
+        description="URL of the licence text (LICENURL keyword).",
     )
-    references: list[HeaderText] = Field(default_factory=list, description="Bibliographic references (ADS bibcodes or DOIs); the first goes into REFERENC.")
+    references: list[HeaderText] = Field(
+        default_factory=list,
+        description="Bibliographic references (ADS bibcodes or DOIs); the first goes into REFERENC.",
+    )
     summary: str = Field(default="", description="Short project summary for the README (aims, coverage).")
-    changes: list[str] = Field(default_factory=list, description="What changed since the previous version, for the README and CHANGES.")
+    changes: list[str] = Field(
+        default_factory=list, description="What changed since the previous version, for the README and CHANGES."
+    )
     known_issues: list[str] = Field(default_factory=list, description="Known issues listed in the README.")
 
 
@@ -283,40 +302,52 @@ class Pins(StrictModel):
     """The software and calibration every product of the release is made with."""
 
     jwst: JwstVersion = Field(description="Exact jwst package version; a run refuses any other installed version.")
-    crds_context: CrdsContext = Field(description="CRDS context every reference-file lookup uses, e.g. 'jwst_1201.pmap'.")
+    crds_context: CrdsContext = Field(
+        description="CRDS context every reference-file lookup uses, e.g. 'jwst_1201.pmap'."
+    )
     crds_path: str | None = Field(
-        default=None, description="CRDS cache directory (relative paths are relative to the manifest). Default: $CRDS_PATH."
+        default=None,
+        description="CRDS cache directory (relative paths are relative to the manifest). Default: $CRDS_PATH.",
     )
     crds_server_url: str = Field(
-        default="https://jwst-crds.stsci.edu", description="CRDS server used to fill the cache when crds_mode is 'remote' or 'auto'."
+        default="https://jwst-crds.stsci.edu",
+        description="CRDS server used to fill the cache when crds_mode is 'remote' or 'auto'.",
     )
     crds_mode: Literal["auto", "local", "remote"] = Field(
-        default="auto", description="'local' never contacts the server (the cache must hold the context); 'remote' syncs from it; 'auto' lets crds decide."
+        default="auto",
+        description="'local' never contacts the server (the cache must hold the context); 'remote' syncs from it; "
+        "'auto' lets crds decide.",
     )
 
 
 class DataSource(StrictModel):
     source: Literal["mast", "local", "synthetic"] = Field(
         default="mast",
-        description="'mast': exposures are downloaded from MAST by program id; 'local': uncal files already under path; "
+        description="'mast': exposures are downloaded from MAST by program id; 'local': uncal files already under "
+        "path; "
         "'synthetic': the embedded synthetic program written by `hlsp simulate` under path.",
     )
     path: str | None = Field(
-        default=None, description="Directory of the raw exposures (relative to the manifest); required for 'local' and 'synthetic'."
+        default=None,
+        description="Directory of the raw exposures (relative to the manifest); required for 'local' and 'synthetic'.",
     )
 
 
 class Program(StrictModel):
     """What was observed."""
 
-    proposal_ids: list[Annotated[int, Field(ge=1, le=99999)]] = Field(min_length=1, description="JWST proposal (program) ids, e.g. [2107].")
+    proposal_ids: list[Annotated[int, Field(ge=1, le=99999)]] = Field(
+        min_length=1, description="JWST proposal (program) ids, e.g. [2107]."
+    )
     instruments: list[Instrument] = Field(min_length=1, description="Instruments in the release: 'nircam', 'miri'.")
     bands: BandList = Field(description="Filters in the release, e.g. ['F200W', 'F300M', 'F770W'].")
     data: DataSource = Field(default_factory=DataSource, description="Where the raw exposures come from.")
 
 
 class Observations(StrictModel):
-    skip: list[FilePattern] = Field(default_factory=list, description="Exposure file-name patterns to leave out (fnmatch).")
+    skip: list[FilePattern] = Field(
+        default_factory=list, description="Exposure file-name patterns to leave out (fnmatch)."
+    )
     include: list[FilePattern] = Field(
         default_factory=list, description="If given, only exposures matching one of these patterns are used."
     )
@@ -330,9 +361,12 @@ class MiriBackground(StrictModel):
         description="'own': the target's own off-field exposures; 'borrowed': those of another target (borrow_from); "
         "'both': own and borrowed together; 'none': no background subtraction at level 2.",
     )
-    borrow_from: TargetName | None = Field(default=None, description="Target whose off-field exposures are used ('borrowed' or 'both').")
+    borrow_from: TargetName | None = Field(
+        default=None, description="Target whose off-field exposures are used ('borrowed' or 'both')."
+    )
     observations: list[FilePattern] = Field(
-        default_factory=list, description="Patterns selecting which of the lender's off-field exposures to use (default: all)."
+        default_factory=list,
+        description="Patterns selecting which of the lender's off-field exposures to use (default: all).",
     )
 
 
@@ -345,8 +379,12 @@ class ExternalImage(StrictModel):
 class Anchoring(StrictModel):
     """Wide-field images that set the absolute background level, in order of preference."""
 
-    nircam: list[ExternalImage] = Field(default_factory=list, description="For the NIRCam reference band (PHANGS: IRAC1 then WISE1).")
-    miri: list[ExternalImage] = Field(default_factory=list, description="For the MIRI reference band (PHANGS: IRAC4 then WISE3).")
+    nircam: list[ExternalImage] = Field(
+        default_factory=list, description="For the NIRCam reference band (PHANGS: IRAC1 then WISE1)."
+    )
+    miri: list[ExternalImage] = Field(
+        default_factory=list, description="For the MIRI reference band (PHANGS: IRAC4 then WISE3)."
+    )
 
 
 class ParameterLayers(StrictModel):
@@ -354,22 +392,33 @@ class ParameterLayers(StrictModel):
 
     default: StageParameters = Field(default_factory=dict, description="For every band.")
     instrument: dict[Instrument, StageParameters] = Field(default_factory=dict, description="Per instrument.")
-    band: Annotated[dict[Band, StageParameters], BeforeValidator(_unique_band_keys)] = Field(default_factory=dict, description="Per band.")
+    band: Annotated[dict[Band, StageParameters], BeforeValidator(_unique_band_keys)] = Field(
+        default_factory=dict, description="Per band."
+    )
 
 
 class Target(StrictModel):
     """One galaxy (or field) of the release."""
 
-    designation: HeaderText | None = Field(default=None, description="Human-readable name (HLSPTARG keyword), e.g. 'NGC 628'. Default: the key.")
+    designation: HeaderText | None = Field(
+        default=None, description="Human-readable name (HLSPTARG keyword), e.g. 'NGC 628'. Default: the key."
+    )
     ra: float = Field(ge=0, lt=360, description="Right ascension of the target centre, degrees (ICRS).")
     dec: float = Field(ge=-90, le=90, description="Declination of the target centre, degrees (ICRS).")
-    bands: BandList | None = Field(default=None, description="Bands observed for this target (at least one). Default: all of program.bands.")
+    bands: BandList | None = Field(
+        default=None, description="Bands observed for this target (at least one). Default: all of program.bands."
+    )
     observations: Observations = Field(default_factory=Observations, description="Exposures to skip or to restrict to.")
-    miri_background: MiriBackground = Field(default_factory=MiriBackground, description="Where the MIRI off-field exposures come from.")
-    parameters: ParameterLayers = Field(default_factory=ParameterLayers, description="Step parameters for this target only (highest precedence).")
+    miri_background: MiriBackground = Field(
+        default_factory=MiriBackground, description="Where the MIRI off-field exposures come from."
+    )
+    parameters: ParameterLayers = Field(
+        default_factory=ParameterLayers, description="Step parameters for this target only (highest precedence)."
+    )
     anchoring: Anchoring = Field(default_factory=Anchoring, description="Wide-field images for background anchoring.")
     astrometry_catalog: Annotated[str, AfterValidator(_check_catalog)] | None = Field(
-        default=None, description="Absolute astrometric reference catalogue (file with RA/DEC columns, relative to the manifest)."
+        default=None,
+        description="Absolute astrometric reference catalogue (file with RA/DEC columns, relative to the manifest).",
     )
     notes: list[str] = Field(default_factory=list, description="Changelog notes for this target in this release.")
 
@@ -377,46 +426,77 @@ class Target(StrictModel):
 class Products(StrictModel):
     convolved_fwhm_arcsec: list[Annotated[float, Field(gt=0, le=60)]] = Field(
         default_factory=lambda: [0.85, 0.90, 1.00],
-        description="Gaussian resolutions (FWHM, arcsec) of the PSF-matched products; the paper's 0.85, 0.90, 1.00 by default.",
+        description="Gaussian resolutions (FWHM, arcsec) of the PSF-matched products; the paper's 0.85, 0.90, 1.00 "
+        "by default.",
     )
     psf_path: str | None = Field(
         default=None,
         description="Folder of the bands' PSFs for the PSF-matched products, one FITS per band named psf_<BAND>.fits "
-        "(e.g. stpsf output: the image in the first HDU, its pixel scale in PIXELSCL, arcsec), relative to the manifest. "
+        "(e.g. stpsf output: the image in the first HDU, its pixel scale in PIXELSCL, arcsec), relative to the "
+        "manifest. "
         "Default for a synthetic program: its psf/ folder (the synthetic sky's PSFs).",
     )
     psfs: dict[Band, str] = Field(
         default_factory=dict,
-        description="PSF file of a band (relative to the manifest), over psf_path: e.g. {F2100W = \"psf/F2100W_stpsf.fits\"}.",
+        description="PSF file of a band (relative to the manifest), over psf_path: e.g. {F2100W = "
+        '"psf/F2100W_stpsf.fits"}.',
     )
-    tweakback: bool = Field(default=True, description="Ship per-exposure files with the absolute astrometry back-propagated, as one tarball per target and band.")
+    tweakback: bool = Field(
+        default=True,
+        description="Ship per-exposure files with the absolute astrometry back-propagated, as one tarball per target "
+        "and band.",
+    )
     previews: bool = Field(default=True, description="One PNG preview per mosaic.")
 
 
 class ComparisonThresholds(StrictModel):
     """How far a band may move against the previous release (`hlsp validate --against`)."""
 
-    max_shift_mas: float = Field(default=30.0, ge=0, description="Largest shift of a mosaic against its counterpart (cross-correlation), milliarcseconds.")
-    max_flux_ratio_change: float = Field(default=0.02, ge=0, description="Largest |flux ratio - 1| of the galaxy (the brighter half of the pixels, each above its faint level, once aligned).")
-    max_background_change_mjysr: float = Field(default=0.1, ge=0, description="Largest change of the level where the galaxy is faintest, MJy/sr.")
+    max_shift_mas: float = Field(
+        default=30.0,
+        ge=0,
+        description="Largest shift of a mosaic against its counterpart (cross-correlation), milliarcseconds.",
+    )
+    max_flux_ratio_change: float = Field(
+        default=0.02,
+        ge=0,
+        description="Largest |flux ratio - 1| of the galaxy (the brighter half of the pixels, each above its faint "
+        "level, once aligned).",
+    )
+    max_background_change_mjysr: float = Field(
+        default=0.1, ge=0, description="Largest change of the level where the galaxy is faintest, MJy/sr."
+    )
 
 
 class ComparisonOverride(StrictModel):
     """Limits for one band, target or target/band (what this release is meant to change)."""
 
-    max_shift_mas: float | None = Field(default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited.")
-    max_flux_ratio_change: float | None = Field(default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited.")
-    max_background_change_mjysr: float | None = Field(default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited.")
+    max_shift_mas: float | None = Field(
+        default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited."
+    )
+    max_flux_ratio_change: float | None = Field(
+        default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited."
+    )
+    max_background_change_mjysr: float | None = Field(
+        default=None, ge=0, description="As [comparisons.thresholds]; unset: inherited."
+    )
 
 
 class Comparisons(StrictModel):
     mast_mosaics: str | None = Field(default=None, description="Directory of MAST level-3 mosaics to compare against.")
-    previous_release: str | None = Field(default=None, description="Directory of the previous release to compare against.")
-    thresholds: ComparisonThresholds = Field(default_factory=ComparisonThresholds, description="How far a band may move against the previous release (`hlsp validate RELEASE --against PREVIOUS`).")
+    previous_release: str | None = Field(
+        default=None, description="Directory of the previous release to compare against."
+    )
+    thresholds: ComparisonThresholds = Field(
+        default_factory=ComparisonThresholds,
+        description="How far a band may move against the previous release (`hlsp validate RELEASE --against "
+        "PREVIOUS`).",
+    )
     overrides: dict[str, ComparisonOverride] = Field(
         default_factory=dict,
-        description="Limits per band ('F200W'), target ('ngc3627') or target and band ('ngc3627/F200W'), over the thresholds, "
-        "e.g. a release that fixes one target's astrometry: {\"ngc3627\" = {max_shift_mas = 500}}.",
+        description="Limits per band ('F200W'), target ('ngc3627') or target and band ('ngc3627/F200W'), over the "
+        "thresholds, "
+        'e.g. a release that fixes one target\'s astrometry: {"ngc3627" = {max_shift_mas = 500}}.',
     )
 
 
@@ -424,8 +504,12 @@ class Patch(StrictModel):
     """A patch regenerates some targets of a parent release and inherits everything else."""
 
     parent: str = Field(description="The parent release's manifest file (relative to this manifest).")
-    targets: list[TargetName] = Field(min_length=1, description="Targets this patch regenerates; each must be in the parent.")
-    instruments: list[Instrument] | None = Field(default=None, description="Limit the regeneration to these instruments.")
+    targets: list[TargetName] = Field(
+        min_length=1, description="Targets this patch regenerates; each must be in the parent."
+    )
+    instruments: list[Instrument] | None = Field(
+        default=None, description="Limit the regeneration to these instruments."
+    )
     bands: BandList | None = Field(default=None, description="Limit the regeneration to these bands.")
 
 
@@ -436,10 +520,16 @@ class Manifest(StrictModel):
     release: Release = Field(description="What is released, by whom, under which licence.")
     pins: Pins = Field(description="jwst version and CRDS context every product is made with.")
     program: Program = Field(description="The observing program(s): proposal ids, instruments, bands, data location.")
-    targets: dict[TargetName, Target] = Field(min_length=1, description="The targets, keyed by their MAST-safe lower-case name.")
-    parameters: ParameterLayers = Field(default_factory=ParameterLayers, description="Step parameters for every target.")
+    targets: dict[TargetName, Target] = Field(
+        min_length=1, description="The targets, keyed by their MAST-safe lower-case name."
+    )
+    parameters: ParameterLayers = Field(
+        default_factory=ParameterLayers, description="Step parameters for every target."
+    )
     products: Products = Field(default_factory=Products, description="What goes out besides the mosaics.")
-    comparisons: Comparisons = Field(default_factory=Comparisons, description="MAST mosaics and the previous release to compare against.")
+    comparisons: Comparisons = Field(
+        default_factory=Comparisons, description="MAST mosaics and the previous release to compare against."
+    )
     patch: Patch | None = Field(default=None, description="Required when release.kind = 'patch'.")
 
     # -- derived facts ---------------------------------------------------------------------
@@ -454,8 +544,11 @@ class Manifest(StrictModel):
             return True
         from processing.instruments import instrument_of
 
-        return (target in self.patch.targets and (not self.patch.instruments or instrument_of(band) in self.patch.instruments)
-                and (not self.patch.bands or band.upper() in self.patch.bands))
+        return (
+            target in self.patch.targets
+            and (not self.patch.instruments or instrument_of(band) in self.patch.instruments)
+            and (not self.patch.bands or band.upper() in self.patch.bands)
+        )
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -492,7 +585,9 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
     if rel.previous is not None and version_tuple(rel.previous) >= version_tuple(rel.version):
         problems.append(("release.previous", f"{rel.previous} is not lower than release.version {rel.version}"))
     if rel.kind == "patch" and m.patch is None:
-        problems.append(("patch", "release.kind is 'patch' but there is no [patch] table naming the parent and targets"))
+        problems.append(
+            ("patch", "release.kind is 'patch' but there is no [patch] table naming the parent and targets")
+        )
     if rel.kind == "full" and m.patch is not None:
         problems.append(("release.kind", "a [patch] table is given, so release.kind must be 'patch'"))
 
@@ -500,12 +595,19 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
     for i, band in enumerate(m.program.bands):
         inst = instrument_of(band)
         if inst not in insts:
-            problems.append((f"program.bands[{i}]", f"{band} is a {inst} filter but program.instruments is {sorted(insts)}"))
+            problems.append(
+                (f"program.bands[{i}]", f"{band} is a {inst} filter but program.instruments is {sorted(insts)}")
+            )
     if len(set(m.program.bands)) != len(m.program.bands):
         problems.append(("program.bands", "lists a band twice"))
     fv = file_version(rel.version)
     if len(fv) > 9:
-        problems.append(("release.version", f"{rel.version} gives the file-name version '{fv}', longer than the 9 characters MAST allows"))
+        problems.append(
+            (
+                "release.version",
+                f"{rel.version} gives the file-name version '{fv}', longer than the 9 characters MAST allows",
+            )
+        )
     else:
         from release.naming import check_name, release_names
 
@@ -514,7 +616,9 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
             bad = check_name(name)
             if bad and key not in reported:  # one example per target: the rest break the same way
                 reported.add(key)
-                problems.append((key, f"its release files would break MAST's naming rules, e.g. {name}: {'; '.join(bad)}"))
+                problems.append(
+                    (key, f"its release files would break MAST's naming rules, e.g. {name}: {'; '.join(bad)}")
+                )
     data = m.program.data
     if data.source in ("local", "synthetic") and not data.path:
         problems.append(("program.data.path", f"is required when program.data.source is '{data.source}'"))
@@ -528,7 +632,9 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
                 problems.append((f"{base}.bands", "lists a band twice"))
             for i, band in enumerate(t.bands):
                 if band not in m.program.bands:
-                    problems.append((f"{base}.bands[{i}]", f"{band} is not in program.bands{did_you_mean(band, m.program.bands)}"))
+                    problems.append(
+                        (f"{base}.bands[{i}]", f"{band} is not in program.bands{did_you_mean(band, m.program.bands)}")
+                    )
         problems += _check_layers(t.parameters, f"{base}.parameters", m.target_bands(name), insts)
         bg = t.miri_background
         if bg.source in ("borrowed", "both"):
@@ -538,13 +644,25 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
                 problems.append((f"{base}.miri_background.borrow_from", "a target cannot borrow from itself"))
             elif bg.borrow_from not in m.targets:
                 problems.append(
-                    (f"{base}.miri_background.borrow_from",
-                     f"'{bg.borrow_from}' is not a target of this manifest{did_you_mean(bg.borrow_from, m.targets)}")
+                    (
+                        f"{base}.miri_background.borrow_from",
+                        f"'{bg.borrow_from}' is not a target of this manifest{did_you_mean(bg.borrow_from, m.targets)}",
+                    )
                 )
             elif not any(instrument_of(b) == "miri" for b in m.target_bands(bg.borrow_from)):
-                problems.append((f"{base}.miri_background.borrow_from", f"'{bg.borrow_from}' has no MIRI bands to lend off-field exposures from"))
+                problems.append(
+                    (
+                        f"{base}.miri_background.borrow_from",
+                        f"'{bg.borrow_from}' has no MIRI bands to lend off-field exposures from",
+                    )
+                )
         elif bg.borrow_from is not None or bg.observations:
-            problems.append((f"{base}.miri_background.source", f"is '{bg.source}' but borrow_from/observations are set; use 'borrowed' or 'both'"))
+            problems.append(
+                (
+                    f"{base}.miri_background.source",
+                    f"is '{bg.source}' but borrow_from/observations are set; use 'borrowed' or 'both'",
+                )
+            )
         for inst in ("nircam", "miri"):
             if getattr(t.anchoring, inst) and inst not in insts:
                 problems.append((f"{base}.anchoring.{inst}", f"{inst} is not in program.instruments"))
@@ -553,7 +671,12 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
     if m.patch is not None:
         for i, tname in enumerate(m.patch.targets):
             if tname not in m.targets:
-                problems.append((f"patch.targets[{i}]", f"'{tname}' is not a target of the parent release{did_you_mean(tname, m.targets)}"))
+                problems.append(
+                    (
+                        f"patch.targets[{i}]",
+                        f"'{tname}' is not a target of the parent release{did_you_mean(tname, m.targets)}",
+                    )
+                )
         for i, inst in enumerate(m.patch.instruments or []):
             if inst not in insts:
                 problems.append((f"patch.instruments[{i}]", f"{inst} is not in program.instruments"))
@@ -570,13 +693,19 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
 
         names = [convolved_product(f) for f in m.products.convolved_fwhm_arcsec]
         for name in sorted({n for n in names if names.count(n) > 1}):
-            problems.append(("products.convolved_fwhm_arcsec", f"two resolutions share the product name {name} "
-                             "(names keep two decimals of arcsec)"))
+            problems.append(
+                (
+                    "products.convolved_fwhm_arcsec",
+                    f"two resolutions share the product name {name} (names keep two decimals of arcsec)",
+                )
+            )
     for key in m.comparisons.overrides:
         target, _, band = key.partition("/")
         ok = (key.upper() in m.program.bands) or (target in m.targets and (not band or band.upper() in m.program.bands))
         if not ok:
-            problems.append((f"comparisons.overrides.{key}", "is not a band of program.bands, a target, or target/BAND"))
+            problems.append(
+                (f"comparisons.overrides.{key}", "is not a band of program.bands, a target, or target/BAND")
+            )
     for band in m.products.psfs:
         if band not in m.program.bands:
             problems.append((f"products.psfs.{band}", f"{band} is not in program.bands"))
@@ -611,7 +740,7 @@ def _borrow_cycles(m: Manifest) -> list[tuple[str, str]]:
             chain.append(node)
             node = edges[node]
         if node in chain:
-            cycle = chain[chain.index(node):]
+            cycle = chain[chain.index(node) :]
             key = frozenset(cycle)
             if key not in reported:
                 reported.add(key)
@@ -650,9 +779,17 @@ def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
         elif err["type"].startswith("literal_error"):
             msg = f"{err['input']!r} is not allowed: {msg.replace('Input should be ', 'expected ')}"
         elif err["type"] in ("bool_type", "float_type", "int_type", "list_type", "dict_type", "string_type"):
-            need = {"bool_type": "a boolean (true or false)", "float_type": "a number", "int_type": "an integer",
-                    "list_type": "a list", "dict_type": "a table", "string_type": "a string"}[err["type"]]
-            hint = " (write it without quotes)" if isinstance(err["input"], str) and err["type"] != "string_type" else ""
+            need = {
+                "bool_type": "a boolean (true or false)",
+                "float_type": "a number",
+                "int_type": "an integer",
+                "list_type": "a list",
+                "dict_type": "a table",
+                "string_type": "a string",
+            }[err["type"]]
+            hint = (
+                " (write it without quotes)" if isinstance(err["input"], str) and err["type"] != "string_type" else ""
+            )
             msg = f"{err['input']!r} is {type(err['input']).__name__}; {need} is needed{hint}"
         problems.append((_format_loc(loc), msg))
     return problems
@@ -721,7 +858,7 @@ def _rebase_paths(data: dict, src_dir: Path, dest_dir: Path) -> dict:
     return out
 
 
-def _normalise_parameters(m: "Manifest") -> "Manifest":
+def _normalise_parameters(m: Manifest) -> Manifest:
     """The manifest with every step parameter as the stage will receive it (ints for floats
     become floats): the value that reaches a stage, the content hash and the cache keys are
     those of the validated value."""
@@ -743,7 +880,7 @@ def _normalise_parameters(m: "Manifest") -> "Manifest":
 class LoadedManifest:
     """A validated manifest and where it came from."""
 
-    def __init__(self, manifest: Manifest, path: Path, parent: "LoadedManifest | None" = None):
+    def __init__(self, manifest: Manifest, path: Path, parent: LoadedManifest | None = None):
         self.manifest = manifest
         self.path = path
         self.parent = parent
@@ -760,7 +897,7 @@ class LoadedManifest:
         return p if p.is_absolute() else (self.base_dir / p).resolve()
 
 
-def _raw_with_parent(path: Path, seen: tuple[Path, ...]) -> tuple[dict, "LoadedManifest | None"]:
+def _raw_with_parent(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LoadedManifest | None]:
     data = read_toml(path)
     patch = data.get("patch")
     if not isinstance(patch, dict) or "parent" not in patch:
@@ -781,7 +918,10 @@ def _raw_with_parent(path: Path, seen: tuple[Path, ...]) -> tuple[dict, "LoadedM
     merged["release"]["previous"] = parent.manifest.release.version
     # Targets a patch mentions must already exist in the parent.
     problems = [
-        (f"targets.{t}", f"'{t}' is not a target of the parent release {parent_path.name}{did_you_mean(t, parent.manifest.targets)}")
+        (
+            f"targets.{t}",
+            f"'{t}' is not a target of the parent release {parent_path.name}{did_you_mean(t, parent.manifest.targets)}",
+        )
         for t in (data.get("targets") or {})
         if t not in parent.manifest.targets
     ]
@@ -799,7 +939,9 @@ def _load(path: Path, seen: tuple[Path, ...] = ()) -> LoadedManifest:
         raise ManifestError(str(path), _pydantic_problems(exc)) from None
     problems = _cross_check(manifest)
     if parent is not None and manifest.release.project != parent.manifest.release.project:
-        problems.append(("release.project", f"a patch must keep the parent's project id '{parent.manifest.release.project}'"))
+        problems.append(
+            ("release.project", f"a patch must keep the parent's project id '{parent.manifest.release.project}'")
+        )
     if problems:
         raise ManifestError(str(path), problems)
     return LoadedManifest(_normalise_parameters(manifest), path, parent)
@@ -818,6 +960,13 @@ def manifest_json_schema() -> dict[str, Any]:
 
 
 __all__ = [
-    "INSTRUMENTS", "FILTERS", "LoadedManifest", "Manifest", "SCHEMA_VERSION", "file_version",
-    "load_manifest", "manifest_json_schema", "version_tuple",
+    "INSTRUMENTS",
+    "FILTERS",
+    "LoadedManifest",
+    "Manifest",
+    "SCHEMA_VERSION",
+    "file_version",
+    "load_manifest",
+    "manifest_json_schema",
+    "version_tuple",
 ]

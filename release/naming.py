@@ -23,7 +23,15 @@ from dataclasses import dataclass
 OBSERVATORY = "jwst"
 MAX_NAME = 90
 EXTENSIONS = ("fits", "fits.gz", "tar.gz", "png", "txt", "csv", "ecsv", "md", "toml")
-_FIELD_LIMITS = {"project": 20, "observatory": 20, "instrument": 20, "target": 30, "filter": 20, "version": 9, "product": 16}
+_FIELD_LIMITS = {
+    "project": 20,
+    "observatory": 20,
+    "instrument": 20,
+    "target": 30,
+    "filter": 20,
+    "version": 9,
+    "product": 16,
+}
 _FIELD_RE = {
     "project": re.compile(r"^[a-z][a-z0-9-]*[a-z0-9]$"),
     "observatory": re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$"),
@@ -143,7 +151,9 @@ def release_names(manifest, version: str) -> list[tuple[str, str]]:
             inst = instrument_of(band)
             insts.add(inst)
             for product in products:
-                name = HlspName(m.release.project, inst, target, band.lower(), version, product, ext.get(product, "fits"))
+                name = HlspName(
+                    m.release.project, inst, target, band.lower(), version, product, ext.get(product, "fits")
+                )
                 out.append((f"targets.{target}", str(name)))
     coll = collection_instrument(insts or m.program.instruments)
     for product, e in (("readme", "txt"), ("manifest", "csv"), ("manifest", "toml")):

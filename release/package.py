@@ -37,16 +37,40 @@ from release.naming import collection_instrument, convolved_product, make_name
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = ("SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "CON", "WHT")
-UNITS = {"SCI": "MJy/sr", "ERR": "MJy/sr", "VAR_POISSON": "(MJy/sr)**2", "VAR_RNOISE": "(MJy/sr)**2", "VAR_FLAT": "(MJy/sr)**2"}
+UNITS = {
+    "SCI": "MJy/sr",
+    "ERR": "MJy/sr",
+    "VAR_POISSON": "(MJy/sr)**2",
+    "VAR_RNOISE": "(MJy/sr)**2",
+    "VAR_FLAT": "(MJy/sr)**2",
+}
 EXT_COMMENT = {
-    "SCI": "surface brightness", "ERR": "1-sigma uncertainty (Poisson and read noise)",
-    "DQ": "data quality flags (jwst dqflags bits)", "VAR_POISSON": "variance from Poisson noise",
-    "VAR_RNOISE": "variance from read noise", "VAR_FLAT": "variance from flat-field uncertainty",
-    "CON": "context: bit mask of contributing inputs", "WHT": "relative weight",
+    "SCI": "surface brightness",
+    "ERR": "1-sigma uncertainty (Poisson and read noise)",
+    "DQ": "data quality flags (jwst dqflags bits)",
+    "VAR_POISSON": "variance from Poisson noise",
+    "VAR_RNOISE": "variance from read noise",
+    "VAR_FLAT": "variance from flat-field uncertainty",
+    "CON": "context: bit mask of contributing inputs",
+    "WHT": "relative weight",
 }
 #: Keywords carried over from the jwst mosaic's primary header.
-CARRY = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "PUPIL", "CAL_VER", "CRDS_VER", "CRDS_CTX",
-         "HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS", "HLSPVMIS")
+CARRY = (
+    "TELESCOP",
+    "INSTRUME",
+    "DETECTOR",
+    "FILTER",
+    "PUPIL",
+    "CAL_VER",
+    "CRDS_VER",
+    "CRDS_CTX",
+    "HLSPMANI",
+    "HLSPTASK",
+    "HLSPCODE",
+    "HLSPJWST",
+    "HLSPCRDS",
+    "HLSPVMIS",
+)
 #: Products a manifest can ask for that this version does not write (the README and the
 #: command say so).
 NOT_IN_THIS_VERSION: dict[str, str] = {}
@@ -78,8 +102,10 @@ def check_packageable(lm: LoadedManifest) -> None:
         try:
             load_release_manifest(path)
         except Exception as exc:  # noqa: BLE001 - any unusable previous release is the user's to fix
-            raise BadInput(f"{lm.path.name}: comparisons.previous_release: {path} is not a release folder of this system "
-                           f"({type(exc).__name__}: {exc})") from exc
+            raise BadInput(
+                f"{lm.path.name}: comparisons.previous_release: {path} is not a release folder of this system "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
 
 def parent_release(lm: LoadedManifest, releases_root: Path) -> Path | None:
@@ -90,8 +116,10 @@ def parent_release(lm: LoadedManifest, releases_root: Path) -> Path | None:
         return None
     path = Path(releases_root) / m.release.project / file_version(m.release.previous)
     if not (path / next((p.name for p in path.glob("*_manifest.csv")), "-")).is_file():
-        raise BadInput(f"{lm.path.name}: a patch carries its parent's files over, but the parent release {m.release.previous} "
-                       f"is not published at {path}: package the parent first")
+        raise BadInput(
+            f"{lm.path.name}: a patch carries its parent's files over, but the parent release {m.release.previous} "
+            f"is not published at {path}: package the parent first"
+        )
     return path
 
 
@@ -124,7 +152,9 @@ def package_release(lm: LoadedManifest, products: list, releases_root: Path, sim
         raise BadInput(f"mosaics for {', '.join(extra)} are not products of {lm.path.name}")
     with folder_lock(dest.parent, "the release folder", "package"):
         if dest.exists() or dest.is_symlink():
-            raise BadInput(f"{dest} is already published: a released version is never overwritten (raise release.version)")
+            raise BadInput(
+                f"{dest} is already published: a released version is never overwritten (raise release.version)"
+            )
         for stale in sorted(dest.parent.glob(".staging-*")):
             # under the lock no other packaging runs: any staging folder is a killed one's
             log.info("removing %s, left by an interrupted packaging", stale)
@@ -137,7 +167,9 @@ def package_release(lm: LoadedManifest, products: list, releases_root: Path, sim
         except BaseException as exc:
             remove_scratch(staging)  # our own staging: a failed packaging leaves nothing behind
             if isinstance(exc, Exception) and not isinstance(exc, HlspError):
-                raise WorkFailed(f"packaging {dest.name} failed: {type(exc).__name__}: {exc}; nothing was published") from exc
+                raise WorkFailed(
+                    f"packaging {dest.name} failed: {type(exc).__name__}: {exc}; nothing was published"
+                ) from exc
             raise
         os.rename(staging, dest)  # the release appears whole or not at all
     log.info("published %s (%d files)", dest, len(files))
@@ -177,7 +209,13 @@ def _write_tweakback_product(lm: LoadedManifest, entry, staging: Path, simulated
     if not m.products.tweakback:
         return []
     inst = instrument_of(entry.band)
-    out = staging / entry.target / make_name(m.release.project, inst, entry.target, entry.band, file_version(m.release.version), "tweakback", "tar.gz")
+    out = (
+        staging
+        / entry.target
+        / make_name(
+            m.release.project, inst, entry.target, entry.band, file_version(m.release.version), "tweakback", "tar.gz"
+        )
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(entry.path, out)
     return [PackagedFile(out, "tweakback", entry.target, inst, entry.band.lower())]
@@ -190,15 +228,24 @@ def _write_variant_img_product(lm: LoadedManifest, entry, staging: Path, simulat
 
     m = lm.manifest
     inst = instrument_of(entry.band)
-    out = staging / entry.target / make_name(m.release.project, inst, entry.target, entry.band, file_version(m.release.version), entry.product, "fits")
+    out = (
+        staging
+        / entry.target
+        / make_name(
+            m.release.project, inst, entry.target, entry.band, file_version(m.release.version), entry.product, "fits"
+        )
+    )
     write_variant_img(entry.path, out, lm, entry.target, entry.band, simulated)
     return [PackagedFile(out, entry.product, entry.target, inst, entry.band.lower())]
 
 
 #: Release product type, as stages declare them (``img-{variant}`` for every variant) -> the
 #: function that writes it into a release.
-PRODUCT_WRITERS = {"img": _write_img_product, "tweakback": _write_tweakback_product,
-                   "img-{variant}": _write_variant_img_product}
+PRODUCT_WRITERS = {
+    "img": _write_img_product,
+    "tweakback": _write_tweakback_product,
+    "img-{variant}": _write_variant_img_product,
+}
 
 
 def _target_tables() -> dict:
@@ -207,8 +254,9 @@ def _target_tables() -> dict:
     return default_registry().target_tables()
 
 
-def _write_target_table(lm: LoadedManifest, ptype: str, target: str, entries: list, staging: Path,
-                        parent_table: Path | None = None) -> list[PackagedFile]:
+def _write_target_table(
+    lm: LoadedManifest, ptype: str, target: str, entries: list, staging: Path, parent_table: Path | None = None
+) -> list[PackagedFile]:
     """One table per target of a per-target product (e.g. the anchoring offsets): the bands'
     tables stacked in band order, each row with its band, the metadata of each band kept
     under its name. ``parent_table``: a patch that remakes some of the target's bands keeps
@@ -234,15 +282,23 @@ def _write_target_table(lm: LoadedManifest, ptype: str, target: str, entries: li
     if len(table):
         table = table[np.argsort(np.asarray(table["band"], str), kind="stable")]
     table.meta.clear()
-    table.meta.update({"release": m.release.project, "version": m.release.version, "target": target, "product": ptype, "bands": meta})
+    table.meta.update(
+        {"release": m.release.project, "version": m.release.version, "target": target, "product": ptype, "bands": meta}
+    )
     inst = collection_instrument(instrument_of(b) for b in meta)
-    out = staging / target / make_name(m.release.project, inst, target, "multi", file_version(m.release.version), ptype, "ecsv")
+    out = (
+        staging
+        / target
+        / make_name(m.release.project, inst, target, "multi", file_version(m.release.version), ptype, "ecsv")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     table.write(out, format="ascii.ecsv", overwrite=True)
     return [PackagedFile(out, ptype, target, inst, "multi")]
 
 
-def _carry_over(lm: LoadedManifest, parent: Path, staging: Path, patched_tables: set) -> tuple[list[PackagedFile], dict]:
+def _carry_over(
+    lm: LoadedManifest, parent: Path, staging: Path, patched_tables: set
+) -> tuple[list[PackagedFile], dict]:
     """A patch's copy of every parent file it does not remake (byte-identical, the parent's
     name and version), and the parent's per-target tables of the targets it patches
     (``{(type, target): path}``, merged by :func:`_write_target_table`)."""
@@ -276,7 +332,9 @@ def _carry_over(lm: LoadedManifest, parent: Path, staging: Path, patched_tables:
     return files, tables
 
 
-def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: bool, parent: Path | None = None) -> list[PackagedFile]:
+def _write_files(
+    lm: LoadedManifest, products: list, staging: Path, simulated: bool, parent: Path | None = None
+) -> list[PackagedFile]:
     m = lm.manifest
     fv = file_version(m.release.version)
     files: list[PackagedFile] = []
@@ -309,8 +367,14 @@ def _write_files(lm: LoadedManifest, products: list, staging: Path, simulated: b
         path = staging / make_name(m.release.project, insts, "all", "multi", fv, "changes", "txt")
         atomic_write_text(path, text)
         files.append(PackagedFile(path, "changes", "all", insts, "multi"))
-        changes = {"previous": old.release.version, "manifest": mchanges, "file": path.name,
-                   "counts": {s: sum(1 for f in fchanges if f.status == s) for s in ("unchanged", "changed", "added", "removed")}}
+        changes = {
+            "previous": old.release.version,
+            "manifest": mchanges,
+            "file": path.name,
+            "counts": {
+                s: sum(1 for f in fchanges if f.status == s) for s in ("unchanged", "changed", "added", "removed")
+            },
+        }
     readme = staging / make_name(m.release.project, insts, "all", "multi", fv, "readme", "txt")
     atomic_write_text(readme, render_readme(lm, files, simulated, changes))
     files.append(PackagedFile(readme, "readme", "all", insts, "multi"))
@@ -340,8 +404,10 @@ def release_manifest_text(lm: LoadedManifest) -> str:
 
     m = lm.manifest
     body = tomli_w.dumps(_drop_none(m.model_dump(mode="json")))
-    return (f"# The release manifest of {m.release.project} {m.release.version}, validated and merged: every\n"
-            f"# product of this release was made from it. Content sha256 (HLSPMANI): {m.content_hash()}\n{body}")
+    return (
+        f"# The release manifest of {m.release.project} {m.release.version}, validated and merged: every\n"
+        f"# product of this release was made from it. Content sha256 (HLSPMANI): {m.content_hash()}\n{body}"
+    )
 
 
 def _mjd_to_iso(mjd: float) -> str:
@@ -420,7 +486,18 @@ def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str,
         wcs_header = WCS(src["SCI"].header).to_header()
         wcs_header["RADESYS"] = "ICRS"
         wcs_header.remove("EQUINOX", ignore_missing=True)
-        for k in ("MJDREF", "MJD-OBS", "DATE-OBS", "DATEREF", "MJD-AVG", "DATE-AVG", "MJD-BEG", "MJD-END", "DATE-BEG", "DATE-END"):
+        for k in (
+            "MJDREF",
+            "MJD-OBS",
+            "DATE-OBS",
+            "DATEREF",
+            "MJD-AVG",
+            "DATE-AVG",
+            "MJD-BEG",
+            "MJD-END",
+            "DATE-BEG",
+            "DATE-END",
+        ):
             wcs_header.remove(k, ignore_missing=True, remove_all=True)
         hdus = [prim]
         for ext in IMAGE_EXTENSIONS:
@@ -438,7 +515,11 @@ def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str,
                 hdu.header["COMMENT"] = EXT_COMMENT[ext]
             hdus.append(hdu)
         inputs = _input_exposures(src)
-        cols = [fits.Column(name="EXPOSURE", format=f"{max(len(x) for x in inputs) if inputs else 1}A", array=np.array(inputs))]
+        cols = [
+            fits.Column(
+                name="EXPOSURE", format=f"{max(len(x) for x in inputs) if inputs else 1}A", array=np.array(inputs)
+            )
+        ]
         tab = fits.BinTableHDU.from_columns(cols, name="INPUTS")
         tab.header["COMMENT"] = "archive exposures (uncal file stems) this mosaic was made from"
         hdus.append(tab)
@@ -462,7 +543,12 @@ def write_variant_img(src_path: Path, dest: Path, lm: LoadedManifest, target: st
             hdu = fits.ImageHDU(src[ext].data, header=src[ext].header.copy(), name=ext)
             hdu.header["RADESYS"] = "ICRS"
             hdu.header.remove("EQUINOX", ignore_missing=True)
-            set_card(hdu.header, "BUNIT", UNITS[ext], "PSF-matched surface brightness" if ext == "SCI" else "uncertainty, propagated through the kernel")
+            set_card(
+                hdu.header,
+                "BUNIT",
+                UNITS[ext],
+                "PSF-matched surface brightness" if ext == "SCI" else "uncertainty, propagated through the kernel",
+            )
             hdus.append(hdu)
         with atomic_path(dest) as tmp:
             fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
@@ -501,10 +587,9 @@ def write_preview(img: Path, dest: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     from astropy.io import fits
     from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
+    from astropy.wcs import WCS
 
     from processing.fileio import atomic_path
-
-    from astropy.wcs import WCS
 
     with fits.open(img, memmap=True) as hdul:
         sci = hdul["SCI"]
@@ -512,7 +597,9 @@ def write_preview(img: Path, dest: Path, title: str) -> None:
         small = np.asarray(sci.data[::step, ::step], float)
         wcs = WCS(sci.header).celestial[::step, ::step]
     finite = small[np.isfinite(small)]
-    norm = ImageNormalize(finite if finite.size else np.zeros(1), interval=PercentileInterval(99.5), stretch=AsinhStretch(0.05))
+    norm = ImageNormalize(
+        finite if finite.size else np.zeros(1), interval=PercentileInterval(99.5), stretch=AsinhStretch(0.05)
+    )
     fig = plt.figure(figsize=(7.5, 6.5 * small.shape[0] / small.shape[1] + 0.8), dpi=110)
     ax = fig.add_subplot(projection=wcs)
     im = ax.imshow(small, origin="lower", cmap="inferno", norm=norm, interpolation="nearest")
@@ -535,20 +622,34 @@ def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool
     m = lm.manifest
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
     flags = sorted(((int(np.log2(v)), k, v) for k, v in dqflags.pixel.items() if v), key=lambda x: x[2])
     from processing.stages import default_registry
 
     wanted = {i.lower() for i in m.program.instruments}
-    stages = [{"name": s.name, "description": s.description,
-               "instruments": "" if set(s.instruments) >= wanted else ", ".join(i for i in s.instruments if i in wanted)}
-              for s in default_registry().ordered() if wanted & set(s.instruments)]
+    stages = [
+        {
+            "name": s.name,
+            "description": s.description,
+            "instruments": "" if set(s.instruments) >= wanted else ", ".join(i for i in s.instruments if i in wanted),
+        }
+        for s in default_registry().ordered()
+        if wanted & set(s.instruments)
+    ]
     return env.get_template("README.txt.j2").render(
         stages=stages,
-        m=m, file_version=file_version(m.release.version), date=datetime.date.today().isoformat(),
+        m=m,
+        file_version=file_version(m.release.version),
+        date=datetime.date.today().isoformat(),
         files=[{"name": f.path.name, "product": f.product, "target": f.target, "filter": f.filter} for f in files],
-        targets=m.targets, flags=flags, simulated=simulated, not_in_version=NOT_IN_THIS_VERSION,
+        targets=m.targets,
+        flags=flags,
+        simulated=simulated,
+        not_in_version=NOT_IN_THIS_VERSION,
         want_tweakback=m.products.tweakback,
         convolved=[{"fwhm": f, "product": convolved_product(f)} for f in m.products.convolved_fwhm_arcsec],
         want_anchoring=any(f.product == "anchoring" for f in files),
@@ -571,6 +672,16 @@ def write_manifest_csv(dest: Path, files: list[PackagedFile], root: Path, versio
     for f in sorted(files, key=lambda f: str(f.path)):
         rel = f.path.relative_to(root).as_posix()
         parsed = parse_name(f.path.name)  # a patch carries the parent's files with their version
-        w.writerow([rel, f.path.stat().st_size, file_sha256(f.path), f.product, f.target, f.instrument, f.filter,
-                    parsed.version if parsed else version])
+        w.writerow(
+            [
+                rel,
+                f.path.stat().st_size,
+                file_sha256(f.path),
+                f.product,
+                f.target,
+                f.instrument,
+                f.filter,
+                parsed.version if parsed else version,
+            ]
+        )
     atomic_write_text(dest, buf.getvalue())

@@ -59,11 +59,12 @@ def _table_html(path: Path) -> str:
     buf = io.StringIO()
     t.write(buf, format="ascii.html", htmldict={"table_class": "qa"})
     text = buf.getvalue()
-    return text[text.index("<table"): text.index("</table>") + len("</table>")]
+    return text[text.index("<table") : text.index("</table>") + len("</table>")]
 
 
-def write_report(lm, release: Path, workdir: Path, outdir: Path, cache: Path | None = None,
-                 previous: Path | None = None) -> Path:
+def write_report(
+    lm, release: Path, workdir: Path, outdir: Path, cache: Path | None = None, previous: Path | None = None
+) -> Path:
     """Write ``outdir/index.html`` (and its images) for ``release``, made from manifest ``lm``
     in ``workdir``; ``previous``: a release to compare with. Returns the page."""
     import jinja2
@@ -82,7 +83,9 @@ def write_report(lm, release: Path, workdir: Path, outdir: Path, cache: Path | N
         if others:
             from processing.errors import BadInput
 
-            raise BadInput(f"{outdir} holds other files ({', '.join(others[:3])}...): not a report folder; choose another --outdir")
+            raise BadInput(
+                f"{outdir} holds other files ({', '.join(others[:3])}...): not a report folder; choose another --outdir"
+            )
         for name in ours - {"index.html"}:
             if (outdir / name).is_dir():
                 shutil.rmtree(outdir / name)
@@ -103,20 +106,40 @@ def write_report(lm, release: Path, workdir: Path, outdir: Path, cache: Path | N
         if parsed.product == "img-preview":
             previews[(parsed.target, parsed.filter.upper())] = copy(p, p.name)
         elif parsed.ext == "ecsv" and parsed.filter == "multi":
-            tables.setdefault(parsed.target, []).append({"product": parsed.product, "name": p.name, "html": _table_html(p)})
+            tables.setdefault(parsed.target, []).append(
+                {"product": parsed.product, "name": p.name, "html": _table_html(p)}
+            )
     targets = []
     for target in m.targets:
         bands = []
         for band in m.target_bands(target):
-            qa = [{"stage": stage, "src": copy(png, f"{target}_{band.lower()}_{stage}_{png.name}")}
-                  for stage, png in figures.get((target, band), [])]
-            bands.append({"band": band, "preview": previews.get((target, band)), "qa": qa,
-                          "regenerated": m.regenerates(target, band)})
-        inst_figs = [{"stage": stage, "src": copy(png, f"{target}_{unit}_{stage}_{png.name}")}
-                     for (t, unit), figs in figures.items() if t == target and unit in ("nircam", "miri", "all")
-                     for stage, png in figs]
-        targets.append({"name": target, "designation": m.targets[target].designation or target, "bands": bands,
-                        "instrument_figures": inst_figs, "tables": tables.get(target, [])})
+            qa = [
+                {"stage": stage, "src": copy(png, f"{target}_{band.lower()}_{stage}_{png.name}")}
+                for stage, png in figures.get((target, band), [])
+            ]
+            bands.append(
+                {
+                    "band": band,
+                    "preview": previews.get((target, band)),
+                    "qa": qa,
+                    "regenerated": m.regenerates(target, band),
+                }
+            )
+        inst_figs = [
+            {"stage": stage, "src": copy(png, f"{target}_{unit}_{stage}_{png.name}")}
+            for (t, unit), figs in figures.items()
+            if t == target and unit in ("nircam", "miri", "all")
+            for stage, png in figs
+        ]
+        targets.append(
+            {
+                "name": target,
+                "designation": m.targets[target].designation or target,
+                "bands": bands,
+                "instrument_figures": inst_figs,
+                "tables": tables.get(target, []),
+            }
+        )
     comparisons = []
     against = [("previous", Path(previous), f"{Path(previous).name} (previous)")] if previous is not None else []
     if m.comparisons.mast_mosaics:  # MAST's level-3 mosaics (the synthetic program: jwst defaults)
@@ -125,17 +148,37 @@ def write_report(lm, release: Path, workdir: Path, outdir: Path, cache: Path | N
         if not folder.is_dir():
             comparisons.append({"kind": kind, "label": label, "rows": [], "skipped": [f"{folder} is not a folder"]})
             continue
-        numbers, skipped = compare(release, folder, outdir / kind, label_a=f"{release.name} (this release)", label_b=label)
-        comparisons.append({"kind": kind, "label": label, "skipped": skipped,
-                            "rows": [{**n.as_dict(), "figure": f"{kind}/{n.target}_{n.band.lower()}_{n.product}_comparison.png"}
-                                     for n in numbers]})
+        numbers, skipped = compare(
+            release, folder, outdir / kind, label_a=f"{release.name} (this release)", label_b=label
+        )
+        comparisons.append(
+            {
+                "kind": kind,
+                "label": label,
+                "skipped": skipped,
+                "rows": [
+                    {**n.as_dict(), "figure": f"{kind}/{n.target}_{n.band.lower()}_{n.product}_comparison.png"}
+                    for n in numbers
+                ],
+            }
+        )
     changes = next(release.glob("*_changes.txt"), None)
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
-                             undefined=jinja2.StrictUndefined, autoescape=jinja2.select_autoescape(["html"]))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
     page = env.get_template("report.html.j2").render(
-        m=m, version=m.release.version, file_version=file_version(m.release.version), release=release.name,
-        date=datetime.date.today().isoformat(), manifest_hash=m.content_hash(), n_files=len(files), targets=targets,
-        comparisons=comparisons, changes=changes.read_text() if changes else None,
+        m=m,
+        version=m.release.version,
+        file_version=file_version(m.release.version),
+        release=release.name,
+        date=datetime.date.today().isoformat(),
+        manifest_hash=m.content_hash(),
+        n_files=len(files),
+        targets=targets,
+        comparisons=comparisons,
+        changes=changes.read_text() if changes else None,
     )
     dest = outdir / "index.html"
     dest.write_text(page)
@@ -161,15 +204,33 @@ def render_in_chromium(page: Path, screenshot: Path | None = None, timeout: floa
 
     exe = chromium_executable()
     if exe is None:
-        raise FileNotFoundError("chromium is not installed (Debian package 'chromium'; `make sysdeps` installs it as root)")
+        raise FileNotFoundError(
+            "chromium is not installed (Debian package 'chromium'; `make sysdeps` installs it as root)"
+        )
     with tempfile.TemporaryDirectory() as profile:
-        flags = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-                 "--allow-file-access-from-files", "--virtual-time-budget=20000"]
+        flags = [
+            exe,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=20000",
+        ]
         url = Path(page).resolve().as_uri()
         dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=timeout).stdout
         if screenshot is not None:
-            subprocess.run(flags + [f"--screenshot={screenshot}", "--window-size=1400,2400", url],
-                           capture_output=True, text=True, timeout=timeout)
+            subprocess.run(
+                flags + [f"--screenshot={screenshot}", "--window-size=1400,2400", url],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
     images = re.search(r'data-images="(\d+)"', dom)
     broken = re.search(r'data-broken-images="(\d+)"', dom)
-    return {"images": int(images.group(1)) if images else None, "broken": int(broken.group(1)) if broken else None, "dom": dom}
+    return {
+        "images": int(images.group(1)) if images else None,
+        "broken": int(broken.group(1)) if broken else None,
+        "dom": dom,
+    }

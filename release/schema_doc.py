@@ -78,8 +78,10 @@ def reference_text() -> str:
         lines += ["| key | type | required / default | meaning |", "| --- | --- | --- | --- |"]
         required = set(model.get("required", []))
         for key, prop in model.get("properties", {}).items():
-            default = "required" if key in required else (
-                f"`{json.dumps(prop['default'])}`" if "default" in prop else "optional"
+            default = (
+                "required"
+                if key in required
+                else (f"`{json.dumps(prop['default'])}`" if "default" in prop else "optional")
             )
             desc = (prop.get("description") or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{key}` | {_type_of(prop)} | {default} | {desc} |")
@@ -100,19 +102,27 @@ def _stage_reference() -> list[str]:
         "",
     ]
     for stage in reg.ordered():
-        ins = ", ".join(f"`{i.name}` ({i.relation}" + (f" of {i.stage} `*{i.suffix}`" if i.stage else "") + ")"
-                        for i in stage.inputs)
+        ins = ", ".join(
+            f"`{i.name}` ({i.relation}" + (f" of {i.stage} `*{i.suffix}`" if i.stage else "") + ")"
+            for i in stage.inputs
+        )
         prods = ", ".join(f"`{p.type}`" for p in stage.products) or "none"
-        lines += [f"### `{stage.name}`: {stage.description}", "",
-                  f"- unit: {stage.unit}; instruments: {', '.join(stage.instruments)}",
-                  f"- inputs: {ins}; outputs: {', '.join(f'`*{o}`' for o in stage.outputs)}; release products: {prods}",
-                  f"- {stage.parameters.describe()}"]
+        lines += [
+            f"### `{stage.name}`: {stage.description}",
+            "",
+            f"- unit: {stage.unit}; instruments: {', '.join(stage.instruments)}",
+            f"- inputs: {ins}; outputs: {', '.join(f'`*{o}`' for o in stage.outputs)}; release products: {prods}",
+            f"- {stage.parameters.describe()}",
+        ]
         for inst in stage.instruments:
             d = stage.parameters.default_values(inst)
             if d:
                 lines.append(f"- defaults for {inst}: `{json.dumps(d, sort_keys=True)}`")
         lines.append("")
     if reg.planned:
-        lines += [f"Not available in this version (a manifest setting their parameters is refused): "
-                  f"{', '.join(f'`{p}`' for p in reg.planned)}.", ""]
+        lines += [
+            f"Not available in this version (a manifest setting their parameters is refused): "
+            f"{', '.join(f'`{p}`' for p in reg.planned)}.",
+            "",
+        ]
     return lines

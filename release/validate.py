@@ -51,9 +51,25 @@ from processing.fileio import file_sha256
 from release.naming import check_name, parse_name
 
 REQUIRED_PRIMARY = {
-    "TELESCOP": str, "OBSERVAT": str, "INSTRUME": str, "FILTER": str, "RA_TARG": float, "DEC_TARG": float,
-    "DATE-BEG": str, "DATE-END": str, "MJD-BEG": float, "MJD-END": float, "MJD-MID": float, "TIMESYS": str,
-    "XPOSURE": float, "HLSPID": str, "HLSPTARG": str, "HLSPVER": str, "DOI": str, "LICENSE": str, "LICENURL": str,
+    "TELESCOP": str,
+    "OBSERVAT": str,
+    "INSTRUME": str,
+    "FILTER": str,
+    "RA_TARG": float,
+    "DEC_TARG": float,
+    "DATE-BEG": str,
+    "DATE-END": str,
+    "MJD-BEG": float,
+    "MJD-END": float,
+    "MJD-MID": float,
+    "TIMESYS": str,
+    "XPOSURE": float,
+    "HLSPID": str,
+    "HLSPTARG": str,
+    "HLSPVER": str,
+    "DOI": str,
+    "LICENSE": str,
+    "LICENURL": str,
 }
 RECOMMENDED_PRIMARY = ("HLSPNAME", "HLSPLEAD", "TELAPSE", "PROPOSID")
 IMG_LAYOUT = ("PRIMARY", "SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "CON", "WHT", "INPUTS")
@@ -61,8 +77,16 @@ IMG_LAYOUT = ("PRIMARY", "SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_F
 CONVOLVED_LAYOUT = ("PRIMARY", "SCI", "ERR")
 #: Relative tolerance of the beam keywords against the FWHM in the product name.
 BEAM_TOLERANCE = 1e-6
-IMG_DTYPES = {"SCI": "float32", "ERR": "float32", "DQ": "uint32", "VAR_POISSON": "float32", "VAR_RNOISE": "float32",
-              "VAR_FLAT": "float32", "CON": "int32", "WHT": "float32"}
+IMG_DTYPES = {
+    "SCI": "float32",
+    "ERR": "float32",
+    "DQ": "uint32",
+    "VAR_POISSON": "float32",
+    "VAR_RNOISE": "float32",
+    "VAR_FLAT": "float32",
+    "CON": "int32",
+    "WHT": "float32",
+}
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$")
 #: Tolerance of the date consistency checks (DATE-* against MJD-*, TELAPSE), seconds.
 DATE_TOLERANCE_S = 1.0
@@ -129,19 +153,21 @@ class Report:
         by_file: dict[str, list[Finding]] = {}
         for f in self.findings:
             by_file.setdefault(f.file, []).append(f)
-        out = ['<?xml version="1.0" encoding="UTF-8"?>',
-               f'<testsuites name={quoteattr("hlsp validate " + str(self.root))} tests="{len(self.findings)}" '
-               f'failures="{len(self.failures)}" skipped="{len(self.skipped)}">']
+        out = [
+            '<?xml version="1.0" encoding="UTF-8"?>',
+            f'<testsuites name={quoteattr("hlsp validate " + str(self.root))} tests="{len(self.findings)}" '
+            f'failures="{len(self.failures)}" skipped="{len(self.skipped)}">',
+        ]
         for file, fs in sorted(by_file.items()):
             fails = sum(not f.ok for f in fs)
             skips = sum(f.skipped for f in fs)
             out.append(f'  <testsuite name={quoteattr(file)} tests="{len(fs)}" failures="{fails}" skipped="{skips}">')
             for f in fs:
-                out.append(f'    <testcase classname={quoteattr(file)} name={quoteattr(f.check)}>')
+                out.append(f"    <testcase classname={quoteattr(file)} name={quoteattr(f.check)}>")
                 if not f.ok:
-                    out.append(f'      <failure message={quoteattr(f.message)}>{escape(f.message)}</failure>')
+                    out.append(f"      <failure message={quoteattr(f.message)}>{escape(f.message)}</failure>")
                 elif f.skipped:
-                    out.append(f'      <skipped message={quoteattr(f.message)}/>')
+                    out.append(f"      <skipped message={quoteattr(f.message)}/>")
                 out.append("    </testcase>")
             out.append("  </testsuite>")
         out.append("</testsuites>")
@@ -163,16 +189,25 @@ def _walk(report: Report, root: Path) -> dict[str, Path]:
             rel = p.relative_to(root).as_posix()
             st = os.lstat(p)
             if stat.S_ISLNK(st.st_mode):
-                report.add(rel, "no symbolic links", f"is a symbolic link (to {os.readlink(p)}): a release holds files, "
-                           "never links, and validation does not follow it")
+                report.add(
+                    rel,
+                    "no symbolic links",
+                    f"is a symbolic link (to {os.readlink(p)}): a release holds files, "
+                    "never links, and validation does not follow it",
+                )
             elif stat.S_ISDIR(st.st_mode):
                 continue
             elif not stat.S_ISREG(st.st_mode):
                 report.add(rel, "regular file", f"is not a regular file ({stat.filemode(st.st_mode)})")
             else:
                 files[rel] = p
-                report.add(rel, "world-readable", None if st.st_mode & 0o004 else
-                           f"mode {stat.filemode(st.st_mode)}: others cannot read it (a release is for others)")
+                report.add(
+                    rel,
+                    "world-readable",
+                    None
+                    if st.st_mode & 0o004
+                    else f"mode {stat.filemode(st.st_mode)}: others cannot read it (a release is for others)",
+                )
         dirnames[:] = [d for d in dirnames if not (here / d).is_symlink()]
     return dict(sorted(files.items()))
 
@@ -189,8 +224,13 @@ def _load_release_manifest(report: Report, rels: dict[str, Path]):
 
     tomls = [r for r in rels if r.endswith("_manifest.toml") and "/" not in r]
     if not tomls:
-        report.add(".", "release manifest present", "expected one *_manifest.toml (the release manifest) at the top, found none")
+        report.add(
+            ".",
+            "release manifest present",
+            "expected one *_manifest.toml (the release manifest) at the top, found none",
+        )
         return None, None
+
     def name_version(rel: str) -> tuple:
         parsed = parse_name(rel)
         return tuple(int(x) for x in re.findall(r"\d+", parsed.version)) if parsed else ()
@@ -203,7 +243,9 @@ def _load_release_manifest(report: Report, rels: dict[str, Path]):
         try:
             loaded[rel] = Manifest.model_validate(tomllib.loads(rels[rel].read_text()))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValidationError) as exc:
-            report.add(rel, "release manifest readable", f"is not a valid release manifest: {' '.join(str(exc).split())[:300]}")
+            report.add(
+                rel, "release manifest readable", f"is not a valid release manifest: {' '.join(str(exc).split())[:300]}"
+            )
             if rel == own_name:
                 return None, None
     own = own_name
@@ -219,14 +261,25 @@ def _load_release_manifest(report: Report, rels: dict[str, Path]):
         if rel == own:
             continue
         fv = file_version(x.release.version)
-        report.add(rel, "parent manifest", None if fv in chain else
-                   f"a second release manifest ({x.release.version}) that is not a parent of this patch release {m.release.version}")
+        report.add(
+            rel,
+            "parent manifest",
+            None
+            if fv in chain
+            else f"a second release manifest ({x.release.version}) that is not a parent of this patch release "
+            f"{m.release.version}",
+        )
         report.carried_manifests[fv] = x
     return m, own
 
 
-def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool = False, against: str | Path | None = None,
-                     figures: str | Path | None = None) -> Report:
+def validate_release(
+    root: str | Path,
+    use_fitsverify: bool = True,
+    strict: bool = False,
+    against: str | Path | None = None,
+    figures: str | Path | None = None,
+) -> Report:
     """Every check of the module docstring; with ``against`` (the previous release, or a
     folder of MAST-like level-3 mosaics) also each mosaic against its counterpart, within the
     limits of the release manifest's ``[comparisons]`` (release/compare.py); ``figures``: a
@@ -244,8 +297,13 @@ def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool
         parsed = parse_name(p.name)
         if parsed and parsed.target != "all":
             folder = Path(rel).parent.as_posix()
-            report.add(rel, "target folder", None if folder == parsed.target else
-                       f"is a product of target '{parsed.target}' but sits in folder '{folder}'")
+            report.add(
+                rel,
+                "target folder",
+                None
+                if folder == parsed.target
+                else f"is a product of target '{parsed.target}' but sits in folder '{folder}'",
+            )
 
     manifests = [r for r in rels if r.endswith("_manifest.csv") and "/" not in r]
     readmes = [r for r in rels if r.endswith("_readme.txt") and "/" not in r]
@@ -276,11 +334,19 @@ def validate_release(root: str | Path, use_fitsverify: bool = True, strict: bool
     readme_sim = bool(readmes) and "SIMULATED DATA" in rels[readmes[0]].read_text(errors="replace")
     any_sim = any(v is True for v in flags.values())
     if any_sim and readmes:
-        report.add(readmes[0], "README says simulated", None if readme_sim else "the products are SIMULATD = T but the README does not say so")
+        report.add(
+            readmes[0],
+            "README says simulated",
+            None if readme_sim else "the products are SIMULATD = T but the README does not say so",
+        )
     if readme_sim or any_sim:
         for rel, v in flags.items():
             if rel.endswith("_img.fits") and v != "unreadable":
-                report.add(rel, "SIMULATD", None if v is True else "SIMULATD missing or F in a release made from simulated data")
+                report.add(
+                    rel,
+                    "SIMULATD",
+                    None if v is True else "SIMULATD missing or F in a release made from simulated data",
+                )
     return report
 
 
@@ -300,9 +366,24 @@ def _check_against(report: Report, root: Path, previous: Path, m, figures) -> No
                 continue
             rel = p.relative_to(root).as_posix()
             theirs = previous / rel
-            report.add(rel, f"carried over from {label}", None if theirs.is_file() and file_sha256(theirs) == file_sha256(p) else
-                       (f"is not in {previous}" if not theirs.is_file() else f"differs from {label}'s file of that name (sha256)"))
-    numbers, skipped = compare(root, previous, Path(figures) if figures else None, label_a=f"{root.name} (this release)", label_b=f"{label} (previous)")
+            report.add(
+                rel,
+                f"carried over from {label}",
+                None
+                if theirs.is_file() and file_sha256(theirs) == file_sha256(p)
+                else (
+                    f"is not in {previous}"
+                    if not theirs.is_file()
+                    else f"differs from {label}'s file of that name (sha256)"
+                ),
+            )
+    numbers, skipped = compare(
+        root,
+        previous,
+        Path(figures) if figures else None,
+        label_a=f"{root.name} (this release)",
+        label_b=f"{label} (previous)",
+    )
     by_name = {p.name: p for p in root.rglob("*.fits")}
     for why in skipped:
         report.skip(".", f"against {label}", why)
@@ -329,19 +410,53 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
     wanted = {(t, b.lower()) for t in m.targets for b in m.target_bands(t)}
     from release.naming import convolved_product
 
-    products = (["img"] + (["img-preview"] if m.products.previews else []) + (["tweakback"] if m.products.tweakback else [])
-                + [convolved_product(f) for f in m.products.convolved_fwhm_arcsec])
+    products = (
+        ["img"]
+        + (["img-preview"] if m.products.previews else [])
+        + (["tweakback"] if m.products.tweakback else [])
+        + [convolved_product(f) for f in m.products.convolved_fwhm_arcsec]
+    )
     ext = {"img-preview": "png", "tweakback": "tar.gz"}
     allowed: dict[tuple[str, str], list[str]] = {}
     for target, band in sorted(wanted):
         allowed[(target, band)] = versions(target, [band])
         for product in products:
-            rel = next((f"{target}/{n}" for v in allowed[(target, band)]
-                        for n in [HlspName(m.release.project, instrument_of(band.upper()), target, band, v, product, ext.get(product, "fits"))]
-                        if f"{target}/{n}" in rels), None)
-            shown = f"{target}/{HlspName(m.release.project, instrument_of(band.upper()), target, band, allowed[(target, band)][0], product, ext.get(product, 'fits'))}"
-            report.add(rel or shown, "release manifest coverage", None if rel else
-                       f"{target} {band.upper()} is in the release manifest {toml_rel} but its {product} file is missing")
+            rel = next(
+                (
+                    f"{target}/{n}"
+                    for v in allowed[(target, band)]
+                    for n in [
+                        HlspName(
+                            m.release.project,
+                            instrument_of(band.upper()),
+                            target,
+                            band,
+                            v,
+                            product,
+                            ext.get(product, "fits"),
+                        )
+                    ]
+                    if f"{target}/{n}" in rels
+                ),
+                None,
+            )
+            name = HlspName(
+                m.release.project,
+                instrument_of(band.upper()),
+                target,
+                band,
+                allowed[(target, band)][0],
+                product,
+                ext.get(product, "fits"),
+            )
+            shown = f"{target}/{name}"
+            report.add(
+                rel or shown,
+                "release manifest coverage",
+                None
+                if rel
+                else f"{target} {band.upper()} is in the release manifest {toml_rel} but its {product} file is missing",
+            )
     # per-target tables (e.g. anchoring): one per target, filter 'multi', every band in it
     from processing.stages import default_registry
     from release.naming import collection_instrument
@@ -351,11 +466,21 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
         inst = collection_instrument(instrument_of(b) for b in m.target_bands(target))
         allowed[(target, "multi")] = versions(target, m.target_bands(target))
         for ptype in sorted(tables):
-            rel = next((f"{target}/{n}" for v in allowed[(target, "multi")]
-                        for n in [HlspName(m.release.project, inst, target, "multi", v, ptype, "ecsv")] if f"{target}/{n}" in rels), None)
+            rel = next(
+                (
+                    f"{target}/{n}"
+                    for v in allowed[(target, "multi")]
+                    for n in [HlspName(m.release.project, inst, target, "multi", v, ptype, "ecsv")]
+                    if f"{target}/{n}" in rels
+                ),
+                None,
+            )
             if rel is None:
-                report.add(f"{target}/{HlspName(m.release.project, inst, target, 'multi', fv, ptype, 'ecsv')}",
-                           "release manifest coverage", f"{target}: the {ptype} table is missing")
+                report.add(
+                    f"{target}/{HlspName(m.release.project, inst, target, 'multi', fv, ptype, 'ecsv')}",
+                    "release manifest coverage",
+                    f"{target}: the {ptype} table is missing",
+                )
             else:
                 _check_target_table(report, rel, rels[rel], {b.upper() for b in m.target_bands(target)}, ptype)
     for rel in rels:
@@ -365,15 +490,22 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
         if parsed.filter == "multi" and parsed.product in tables and parsed.target in m.targets:
             ok_versions = allowed.get((parsed.target, "multi"), [fv])
         elif (parsed.target, parsed.filter) not in wanted:
-            report.add(rel, "release manifest coverage",
-                       f"target '{parsed.target}' band '{parsed.filter.upper()}' is not in the release manifest {toml_rel}")
+            report.add(
+                rel,
+                "release manifest coverage",
+                f"target '{parsed.target}' band '{parsed.filter.upper()}' is not in the release manifest {toml_rel}",
+            )
             continue
         else:
             ok_versions = allowed[(parsed.target, parsed.filter)]
         if parsed.project != m.release.project or parsed.version not in ok_versions:
-            report.add(rel, "release manifest coverage",
-                       f"project/version '{parsed.project}' {parsed.version} differ from the release manifest's {m.release.project} "
-                       f"{' or '.join(ok_versions)}")
+            report.add(
+                rel,
+                "release manifest coverage",
+                f"project/version '{parsed.project}' {parsed.version} differ from the release manifest's "
+                f"{m.release.project} "
+                f"{' or '.join(ok_versions)}",
+            )
 
 
 def _check_target_table(report: Report, rel: str, path: Path, bands: set[str], ptype: str) -> None:
@@ -389,8 +521,10 @@ def _check_target_table(report: Report, rel: str, path: Path, bands: set[str], p
     meta = set((t.meta.get("bands") or {}).keys())
     problem = None
     if have | meta != bands:
-        problem = (f"bands {', '.join(sorted(have | meta)) or 'none'} differ from the release manifest's "
-                   f"{', '.join(sorted(bands))}")
+        problem = (
+            f"bands {', '.join(sorted(have | meta)) or 'none'} differ from the release manifest's "
+            f"{', '.join(sorted(bands))}"
+        )
     report.add(rel, f"{ptype} table", problem)
 
 
@@ -431,7 +565,9 @@ def _check_tweakback(report: Report, rel: str, path: Path) -> None:
                 name = member.name
                 parts = Path(name).parts
                 if name.startswith(("/", "\\")) or ".." in parts or len(parts) != 2:
-                    problems.append(f"member {name!r} is not a file in the archive's one folder (absolute path, '..' or nesting)")
+                    problems.append(
+                        f"member {name!r} is not a file in the archive's one folder (absolute path, '..' or nesting)"
+                    )
                     continue
                 if not member.isfile():
                     problems.append(f"member {name!r} is not a regular file (link or special file)")
@@ -446,15 +582,20 @@ def _check_tweakback(report: Report, rel: str, path: Path) -> None:
                         if "SCI" not in hdul or not WCS(hdul["SCI"].header).has_celestial:
                             problems.append(f"{name}: no SCI extension with a celestial WCS")
                 except Exception as exc:  # noqa: BLE001 - any reader error is the member's problem
-                    problems.append(f"{name}: not a readable FITS file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})")
+                    problems.append(
+                        f"{name}: not a readable FITS file ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+                    )
         except (tarfile.TarError, OSError, EOFError) as exc:
             problems.append(f"the archive is damaged ({type(exc).__name__}: {exc})")
     if n == 0 and not problems:
         problems.append("holds no exposure")
     if len(folders) > 1:
         problems.append(f"members are spread over {len(folders)} folders ({', '.join(sorted(folders)[:3])})")
-    report.add(rel, "tweakback tarball", "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
-               if problems else None)
+    report.add(
+        rel,
+        "tweakback tarball",
+        "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "") if problems else None,
+    )
 
 
 def _check_png(report: Report, rel: str, path: Path) -> None:
@@ -468,7 +609,11 @@ def _check_png(report: Report, rel: str, path: Path) -> None:
             ok = im.format == "PNG" and im.size[0] > 0 and im.size[1] > 0
         report.add(rel, "preview readable", None if ok else f"is a {im.format} image of {im.size}, not a PNG preview")
     except Exception as exc:
-        report.add(rel, "preview readable", f"is not a readable image ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
+        report.add(
+            rel,
+            "preview readable",
+            f"is not a readable image ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
+        )
 
 
 def _check_manifest(report: Report, root: Path, manifest_rel: str, rels: dict[str, Path]) -> dict:
@@ -500,14 +645,30 @@ def _check_manifest(report: Report, root: Path, manifest_rel: str, rels: dict[st
             report.add(name, "listed file exists", f"listed in {manifest_rel} but not in the release")
             continue
         if str(p.stat().st_size) != row.get("size"):
-            report.add(name, "size matches manifest", f"size {p.stat().st_size} but the manifest says {row.get('size')}")
+            report.add(
+                name, "size matches manifest", f"size {p.stat().st_size} but the manifest says {row.get('size')}"
+            )
         else:
             report.add(name, "size matches manifest")
         digest = file_sha256(p)
-        report.add(name, "sha256 matches manifest", None if digest == row.get("sha256") else f"sha256 {digest[:16]}... but the manifest says {str(row.get('sha256'))[:16]}...")
+        report.add(
+            name,
+            "sha256 matches manifest",
+            None
+            if digest == row.get("sha256")
+            else f"sha256 {digest[:16]}... but the manifest says {str(row.get('sha256'))[:16]}...",
+        )
         parsed = parse_name(Path(name).name)
-        if parsed and (parsed.target != row.get("target") or parsed.version != row.get("version") or parsed.product != row.get("product_type")):
-            report.add(name, "manifest fields match name", "target/version/product type in the manifest differ from the file name")
+        if parsed and (
+            parsed.target != row.get("target")
+            or parsed.version != row.get("version")
+            or parsed.product != row.get("product_type")
+        ):
+            report.add(
+                name,
+                "manifest fields match name",
+                "target/version/product type in the manifest differ from the file name",
+            )
     for rel in rels:
         if rel != manifest_rel and rel not in listed:
             report.add(rel, "file is in manifest", f"not listed in {manifest_rel}")
@@ -525,11 +686,21 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
             with fits.open(path, checksum=True, memmap=False) as hdul:
                 names = [h.name for h in hdul]
                 _ = [h.data for h in hdul]  # read everything: a truncated file fails here
-                bad_sums = [str(w.message) for w in caught if "checksum" in str(w.message).lower() or "datasum" in str(w.message).lower()]
+                bad_sums = [
+                    str(w.message)
+                    for w in caught
+                    if "checksum" in str(w.message).lower() or "datasum" in str(w.message).lower()
+                ]
                 missing_sums = [h.name for h in hdul if "CHECKSUM" not in h.header or "DATASUM" not in h.header]
                 truncated = [str(w.message) for w in caught if "truncat" in str(w.message).lower()]
                 report.add(rel, "FITS readable", "; ".join(truncated) if truncated else None)
-                report.add(rel, "CHECKSUM/DATASUM", "; ".join(bad_sums) if bad_sums else (f"missing on {', '.join(missing_sums)}" if missing_sums else None))
+                report.add(
+                    rel,
+                    "CHECKSUM/DATASUM",
+                    "; ".join(bad_sums)
+                    if bad_sums
+                    else (f"missing on {', '.join(missing_sums)}" if missing_sums else None),
+                )
                 try:
                     hdul.verify("exception")
                     report.add(rel, "FITS standard (astropy)")
@@ -537,8 +708,9 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
                     report.add(rel, "FITS standard (astropy)", " ".join(str(exc).split()))
                 parsed = parse_name(path.name)
                 if parsed and parsed.product.startswith("img") and path.name.endswith(".fits"):
-                    simulated = _check_img(report, rel, hdul, names, parsed,
-                                           designated=m is not None and parsed.target in m.targets)
+                    simulated = _check_img(
+                        report, rel, hdul, names, parsed, designated=m is not None and parsed.target in m.targets
+                    )
                 if m is not None:
                     made_from = report.carried_manifests.get(parsed.version, m) if parsed is not None else m
                     _check_against_manifest(report, rel, hdul[0].header, parsed, made_from)
@@ -550,7 +722,11 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
     else:
         exe = fitsverify_executable()
         if exe is None:
-            report.skip(rel, "fitsverify", "fitsverify is not installed (Debian package 'fitsverify'; `make sysdeps` installs it as root)")
+            report.skip(
+                rel,
+                "fitsverify",
+                "fitsverify is not installed (Debian package 'fitsverify'; `make sysdeps` installs it as root)",
+            )
         else:
             proc = subprocess.run([exe, "-q", str(path)], capture_output=True, text=True)
             text = (proc.stdout + proc.stderr).strip()
@@ -561,7 +737,11 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
                 report.add(rel, "fitsverify", f"unexpected fitsverify output: {text[:200]}")
             else:
                 w, e = int(m.group(1)), int(m.group(2))  # "verification FAILED: F, N warnings and M errors"
-                report.add(rel, "fitsverify", None if (w, e) == (0, 0) else f"fitsverify: {w} warning(s) and {e} error(s): {text[:300]}")
+                report.add(
+                    rel,
+                    "fitsverify",
+                    None if (w, e) == (0, 0) else f"fitsverify: {w} warning(s) and {e} error(s): {text[:300]}",
+                )
     return simulated
 
 
@@ -575,7 +755,9 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
 
     fwhm = convolved_fwhm(parsed.product)
     layout = CONVOLVED_LAYOUT if fwhm is not None else IMG_LAYOUT
-    report.add(rel, "extension layout", None if tuple(names) == layout else f"extensions are {names}, expected {list(layout)}")
+    report.add(
+        rel, "extension layout", None if tuple(names) == layout else f"extensions are {names}, expected {list(layout)}"
+    )
     h0 = hdul[0].header
     if fwhm is not None:
         report.add(rel, "beam keywords", _beam_problem(hdul, names, fwhm))
@@ -618,7 +800,14 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
         try:
             w = WCS(h.header, naxis=2)
             cel_ok = w.has_celestial and h.header.get("RADESYS") == "ICRS" and "EQUINOX" not in h.header
-            report.add(rel, f"{ext} WCS", None if cel_ok else f"{ext}: no celestial ICRS WCS (CTYPE {h.header.get('CTYPE1')!r}, RADESYS {h.header.get('RADESYS')!r}{', EQUINOX set' if 'EQUINOX' in h.header else ''})")
+            report.add(
+                rel,
+                f"{ext} WCS",
+                None
+                if cel_ok
+                else f"{ext}: no celestial ICRS WCS (CTYPE {h.header.get('CTYPE1')!r}, RADESYS "
+                f"{h.header.get('RADESYS')!r}{', EQUINOX set' if 'EQUINOX' in h.header else ''})",
+            )
         except Exception as exc:
             report.add(rel, f"{ext} WCS", f"{ext}: WCS does not parse ({exc})")
     for ext in ("SCI", "ERR"):
@@ -635,7 +824,12 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
         if finite.size == 0:
             report.add(rel, "ERR valid", "ERR is all NaN")
         elif (finite < 0).any():
-            report.add(rel, "ERR valid", f"ERR has {(finite < 0).sum()} negative value(s) (min {finite.min():.3g}): an uncertainty is never negative")
+            report.add(
+                rel,
+                "ERR valid",
+                f"ERR has {(finite < 0).sum()} negative value(s) (min {finite.min():.3g}): an uncertainty is never "
+                "negative",
+            )
         else:
             report.add(rel, "ERR valid")
     sim = h0.get("SIMULATD")
@@ -656,7 +850,9 @@ def _beam_problem(hdul, names: list[str], fwhm_arcsec: float) -> str | None:
             continue
         for k in ("BMAJ", "BMIN"):
             if not isinstance(h[k], (int, float)) or abs(h[k] / want - 1.0) > BEAM_TOLERANCE:
-                problems.append(f"{ext}: {k} {h[k]!r} deg is not the {fwhm_arcsec:g}\" ({want:.8g} deg) the file name says")
+                problems.append(
+                    f'{ext}: {k} {h[k]!r} deg is not the {fwhm_arcsec:g}" ({want:.8g} deg) the file name says'
+                )
     return "; ".join(problems) or None
 
 
@@ -688,10 +884,14 @@ def _date_problems(h0) -> list[str]:
                     problems.append(f"{key} {h0[key]} disagrees with MJD-{key[5:]} {mjd}")
             except ValueError:
                 problems.append(f"{key} {h0[key]!r} is not a date")
-    now = _mjd(datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    now = _mjd(datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     if end > now + 1:
         problems.append(f"MJD-END {end} is in the future")
-    if "TELAPSE" in h0 and isinstance(h0["TELAPSE"], (int, float)) and abs(h0["TELAPSE"] - (end - beg) * 86400) > DATE_TOLERANCE_S:
+    if (
+        "TELAPSE" in h0
+        and isinstance(h0["TELAPSE"], (int, float))
+        and abs(h0["TELAPSE"] - (end - beg) * 86400) > DATE_TOLERANCE_S
+    ):
         problems.append(f"TELAPSE {h0['TELAPSE']} s is not MJD-END - MJD-BEG ({(end - beg) * 86400:.1f} s)")
     if h0["XPOSURE"] < 0:
         problems.append(f"XPOSURE {h0['XPOSURE']} is negative")
@@ -711,8 +911,10 @@ def _footprint_problem(sci, h0) -> str | None:
     mx, my = FOOTPRINT_MARGIN * nx, FOOTPRINT_MARGIN * ny
     if np.isfinite(x) and np.isfinite(y) and -mx <= x <= nx - 1 + mx and -my <= y <= ny - 1 + my:
         return None
-    return (f"RA_TARG/DEC_TARG ({h0['RA_TARG']:.5f}, {h0['DEC_TARG']:.5f}) fall at pixel ({x:.0f}, {y:.0f}), "
-            f"off the {nx}x{ny} image: the header and the image are of different targets")
+    return (
+        f"RA_TARG/DEC_TARG ({h0['RA_TARG']:.5f}, {h0['DEC_TARG']:.5f}) fall at pixel ({x:.0f}, {y:.0f}), "
+        f"off the {nx}x{ny} image: the header and the image are of different targets"
+    )
 
 
 def _check_against_manifest(report: Report, rel: str, h0, parsed, m) -> None:
@@ -720,13 +922,17 @@ def _check_against_manifest(report: Report, rel: str, h0, parsed, m) -> None:
     problems = []
     want = m.content_hash()
     if h0.get("HLSPMANI") != want:
-        problems.append(f"HLSPMANI {str(h0.get('HLSPMANI'))[:16]}... is not the release manifest's content hash {want[:16]}...")
+        problems.append(
+            f"HLSPMANI {str(h0.get('HLSPMANI'))[:16]}... is not the release manifest's content hash {want[:16]}..."
+        )
     if h0.get("HLSPID") not in (None, m.release.project.upper()):
         problems.append(f"HLSPID {h0.get('HLSPID')!r} is not the release's {m.release.project.upper()!r}")
     if parsed is not None and parsed.target in m.targets:
         t = m.targets[parsed.target]
         if "HLSPTARG" in h0 and h0["HLSPTARG"] != (t.designation or parsed.target):
-            problems.append(f"HLSPTARG {h0['HLSPTARG']!r} is not the manifest's designation {(t.designation or parsed.target)!r}")
+            problems.append(
+                f"HLSPTARG {h0['HLSPTARG']!r} is not the manifest's designation {(t.designation or parsed.target)!r}"
+            )
         for key, value in (("RA_TARG", t.ra), ("DEC_TARG", t.dec)):
             got = h0.get(key)
             if isinstance(got, (int, float)) and abs(got - value) > 1e-6:

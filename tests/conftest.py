@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ def clean_default(clean_program, tmp_path_factory) -> dict:
     from processing.simulate.default_pipeline import LV3_DEFAULT_PARAMS, run_default_pipeline
 
     params = {**LV3_DEFAULT_PARAMS, "skymatch": {"skip": True}}
-    return run_default_pipeline(clean_program, tmp_path_factory.mktemp("clean-default"), targets=["synth1"], lv3_params=params)
+    return run_default_pipeline(
+        clean_program, tmp_path_factory.mktemp("clean-default"), targets=["synth1"], lv3_params=params
+    )
 
 
 @pytest.fixture(scope="session")
@@ -71,16 +74,24 @@ ANCHORING_IMAGES = {"nircam": (("irac1", 1.7), ("wise1", 6.1)), "miri": (("irac4
 
 def anchoring_images(program: Path, target: str) -> str:
     """The manifest tables naming a target's wide-field images for background anchoring."""
-    return "".join(f'[[targets.{target}.anchoring.{inst}]]\nsurvey = "{s}"\nfile = "{program / "external" / f"{target}_{s}.fits"}"\n'
-                   f"fwhm_arcsec = {fwhm}\n" for inst, images in ANCHORING_IMAGES.items() for s, fwhm in images)
+    return "".join(
+        f'[[targets.{target}.anchoring.{inst}]]\nsurvey = "{s}"\nfile = '
+        f'"{program / "external" / f"{target}_{s}.fits"}"\n'
+        f"fwhm_arcsec = {fwhm}\n"
+        for inst, images in ANCHORING_IMAGES.items()
+        for s, fwhm in images
+    )
 
 
-def write_manifest(path: Path, program: Path, extra: str = "", pins_jwst: str = "3.0.0", borrow: str = "borrowed") -> Path:
+def write_manifest(
+    path: Path, program: Path, extra: str = "", pins_jwst: str = "3.0.0", borrow: str = "borrowed"
+) -> Path:
     """A release manifest for a synthetic program (bands taken from the program)."""
     import json
 
     bands = json.loads((program / "program.json").read_text())["bands"]
-    path.write_text(f"""
+    path.write_text(
+        f"""
 schema_version = 1
 [release]
 project = "synth-jwst"
@@ -95,7 +106,7 @@ email = "test@example.org"
 [pins]
 jwst = "{pins_jwst}"
 crds_context = "jwst_9001.pmap"
-crds_path = "{program / 'crds'}"
+crds_path = "{program / "crds"}"
 crds_mode = "local"
 [program]
 proposal_ids = [9001]
@@ -107,27 +118,30 @@ path = "{program}"
 [targets.synth1]
 ra = 150.10
 dec = 2.20
-astrometry_catalog = "{program / 'external' / 'synth1_refcat.ecsv'}"
+astrometry_catalog = "{program / "external" / "synth1_refcat.ecsv"}"
 {anchoring_images(program, "synth1")}
 [targets.synth2]
 ra = 150.60
 dec = 2.45
-astrometry_catalog = "{program / 'external' / 'synth2_refcat.ecsv'}"
+astrometry_catalog = "{program / "external" / "synth2_refcat.ecsv"}"
 {anchoring_images(program, "synth2")}
 [targets.synth2.miri_background]
 source = "{borrow}"
-{'borrow_from = "synth1"' if borrow != 'own' else ''}
-""" + extra)
+{'borrow_from = "synth1"' if borrow != "own" else ""}
+"""
+        + extra
+    )
     return path
 
 
-def hlsp(*args: str, check_code: int | None = None, env: dict | None = None, prefix: list[str] | None = None) -> "subprocess.CompletedProcess":
+def hlsp(
+    *args: str, check_code: int | None = None, env: dict | None = None, prefix: list[str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the hlsp command as a user would (a separate process).
 
     ``env``: the environment (default: this one, wide tables); ``prefix``: a command to run it
     under (e.g. a read-only mount)."""
     import os
-    import subprocess
     import sys
 
     env = env if env is not None else {**os.environ, "COLUMNS": "400"}  # rich wraps tables to the terminal width
@@ -147,15 +161,30 @@ def engine_run(effects_program, tmp_path_factory) -> dict:
     manifest = write_manifest(root / "release.toml", effects_program)
     t0 = time.time()
     proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), check_code=0)
-    return {"root": root, "manifest": manifest, "workdir": root / "work", "cache": root / "work" / "cache",
-            "elapsed_s": time.time() - t0, "stdout": proc.stdout, "stderr": proc.stderr}
+    return {
+        "root": root,
+        "manifest": manifest,
+        "workdir": root / "work",
+        "cache": root / "work" / "cache",
+        "elapsed_s": time.time() - t0,
+        "stdout": proc.stdout,
+        "stderr": proc.stderr,
+    }
 
 
 @pytest.fixture(scope="session")
 def demo_release(engine_run, tmp_path_factory) -> Path:
     """The engine run's mosaics packaged as a release (validated clean in test_validate)."""
     root = tmp_path_factory.mktemp("releases")
-    hlsp("package", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), "--releases", str(root), check_code=0)
+    hlsp(
+        "package",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(engine_run["workdir"]),
+        "--releases",
+        str(root),
+        check_code=0,
+    )
     return root / "synth-jwst" / "v1p0"
 
 

@@ -80,13 +80,16 @@ def smoothing_sigma(fwhm_in_arcsec: float, fwhm_out_arcsec: float, block_arcsec:
     """
     var = (fwhm_out_arcsec * FWHM_TO_SIGMA) ** 2 - (fwhm_in_arcsec * FWHM_TO_SIGMA) ** 2 - block_arcsec**2 / 12.0
     if var <= 0:
-        raise AnchorFailed(f"resolution {fwhm_in_arcsec:.2f}\" (in {block_arcsec:.2f}\" blocks) is not finer than "
-                           f"the target {fwhm_out_arcsec:.2f}\"")
+        raise AnchorFailed(
+            f'resolution {fwhm_in_arcsec:.2f}" (in {block_arcsec:.2f}" blocks) is not finer than '
+            f'the target {fwhm_out_arcsec:.2f}"'
+        )
     return math.sqrt(var)
 
 
-def smooth_to(image: np.ndarray, pixel_arcsec: float, fwhm_in_arcsec: float, fwhm_out_arcsec: float,
-              min_weight: float = 0.9) -> np.ndarray:
+def smooth_to(
+    image: np.ndarray, pixel_arcsec: float, fwhm_in_arcsec: float, fwhm_out_arcsec: float, min_weight: float = 0.9
+) -> np.ndarray:
     """Convolve a (block-averaged) image to a Gaussian resolution, NaN-aware.
 
     Normalised convolution: ``G * (image where finite) / G * (finite)``, with the Gaussian
@@ -137,8 +140,15 @@ class SkyLevel:
         return {k: (float(v) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def sky_level(image: np.ndarray, radius_map_arcsec: np.ndarray, radius_arcsec: float, beam_fwhm_arcsec: float,
-              pixel_arcsec: float, min_pixels: int = 1000, clip_sigma: float = 3.0) -> SkyLevel:
+def sky_level(
+    image: np.ndarray,
+    radius_map_arcsec: np.ndarray,
+    radius_arcsec: float,
+    beam_fwhm_arcsec: float,
+    pixel_arcsec: float,
+    min_pixels: int = 1000,
+    clip_sigma: float = 3.0,
+) -> SkyLevel:
     """Sigma-clipped median of a reference image beyond a radius from the galaxy.
 
     Parameters
@@ -174,8 +184,10 @@ def sky_level(image: np.ndarray, radius_map_arcsec: np.ndarray, radius_arcsec: f
     sky = (radius_map_arcsec > radius_arcsec) & np.isfinite(image)
     n = int(sky.sum())
     if n < min_pixels:
-        raise AnchorFailed(f"only {n} pixels of sky beyond {radius_arcsec:.0f}\" of the target (need {min_pixels}): "
-                           "the image is not wide enough, or lower the sky radius")
+        raise AnchorFailed(
+            f'only {n} pixels of sky beyond {radius_arcsec:.0f}" of the target (need {min_pixels}): '
+            "the image is not wide enough, or lower the sky radius"
+        )
     values, r = image[sky], radius_map_arcsec[sky]
     _, med, std = sigma_clipped_stats(values, sigma=clip_sigma, maxiters=10)
     split = np.median(r)
@@ -183,7 +195,9 @@ def sky_level(image: np.ndarray, radius_map_arcsec: np.ndarray, radius_arcsec: f
     _, outer, _ = sigma_clipped_stats(values[r > split], sigma=clip_sigma, maxiters=10)
     beams = max(1.0, n * pixel_arcsec**2 / (1.1331 * beam_fwhm_arcsec**2))
     stat = 1.2533 * float(std) / math.sqrt(beams)
-    return SkyLevel(float(med), math.hypot(stat, 0.5 * float(inner - outer)), n, float(inner), float(outer), float(radius_arcsec))
+    return SkyLevel(
+        float(med), math.hypot(stat, 0.5 * float(inner - outer)), n, float(inner), float(outer), float(radius_arcsec)
+    )
 
 
 # -- the binned fit --------------------------------------------------------------------------
@@ -202,17 +216,25 @@ class Fit:
     intercept: float
     offset: float
     uncertainty: float
-    bins: np.ndarray = field(repr=False)       # (nbins, 4): centre, median y, scatter of the median, count
-    used: np.ndarray = field(repr=False)       # (nbins,) bool: kept by the clipping
+    bins: np.ndarray = field(repr=False)  # (nbins, 4): centre, median y, scatter of the median, count
+    used: np.ndarray = field(repr=False)  # (nbins,) bool: kept by the clipping
     range: tuple[float, float] = (0.0, 0.0)
     n_pixels: int = 0
     curvature_shift: float = 0.0
     bootstrap: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def as_dict(self) -> dict:
-        return {"slope": self.slope, "intercept": self.intercept, "offset": self.offset, "uncertainty": self.uncertainty,
-                "range": list(self.range), "n_pixels": self.n_pixels, "n_bins": int(self.used.size),
-                "n_bins_used": int(self.used.sum()), "curvature_shift": self.curvature_shift}
+        return {
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "offset": self.offset,
+            "uncertainty": self.uncertainty,
+            "range": list(self.range),
+            "n_pixels": self.n_pixels,
+            "n_bins": int(self.used.size),
+            "n_bins_used": int(self.used.sum()),
+            "curvature_shift": self.curvature_shift,
+        }
 
 
 def fit_range(x: np.ndarray, lo: float, hi: float, percentiles: tuple[float, float]) -> tuple[float, float]:
@@ -261,9 +283,22 @@ def _clipped_line(xc, yc, clip_sigma, rounds):
     return float(slope), float(intercept), used
 
 
-def binned_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float, n_bins: int = 15, min_per_bin: int = 20,
-               min_bins: int = 5, clip_sigma: float = 3.0, clip_rounds: int = 3, blocks: np.ndarray | None = None,
-               n_bootstrap: int = 200, seed: int = 0, anchored: str = "x", extrapolation_fraction: float = 0.0) -> Fit:
+def binned_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    lo: float,
+    hi: float,
+    n_bins: int = 15,
+    min_per_bin: int = 20,
+    min_bins: int = 5,
+    clip_sigma: float = 3.0,
+    clip_rounds: int = 3,
+    blocks: np.ndarray | None = None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+    anchored: str = "x",
+    extrapolation_fraction: float = 0.0,
+) -> Fit:
     """Fit ``y = slope * x + intercept`` to the medians of ``y`` in bins of ``x``.
 
     The paper's anchoring fit (section 3.9, Figure 8): bins of the image being anchored
@@ -321,7 +356,7 @@ def binned_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float, n_bins: int =
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    blocks = (np.arange(ok.sum()) if blocks is None else np.asarray(blocks)[ok])
+    blocks = np.arange(ok.sum()) if blocks is None else np.asarray(blocks)[ok]
     if not hi > lo:
         raise AnchorFailed(f"empty intensity range [{lo:.3g}, {hi:.3g}] MJy/sr")
     edges = np.linspace(lo, hi, n_bins + 1)
@@ -332,9 +367,12 @@ def binned_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float, n_bins: int =
     bins = _binned(x, y, edges, min_per_bin)
     slope, intercept, used = _clipped_line(bins[:, 0], bins[:, 1], clip_sigma, clip_rounds)
     if used.sum() < min_bins:
-        raise AnchorFailed(f"{int(used.sum())} bins with {min_per_bin}+ pixels in [{lo:.3g}, {hi:.3g}] MJy/sr (need {min_bins})")
+        raise AnchorFailed(
+            f"{int(used.sum())} bins with {min_per_bin}+ pixels in [{lo:.3g}, {hi:.3g}] MJy/sr (need {min_bins})"
+        )
     if not slope > 0:
         raise AnchorFailed(f"the binned relation has slope {slope:.3g} (not positive): no linear relation to anchor on")
+
     def solve(s, i):
         return -i / s if anchored == "x" else i
 
@@ -383,8 +421,9 @@ def binned_fit(x: np.ndarray, y: np.ndarray, lo: float, hi: float, n_bins: int =
     extrapolation = extrapolation_fraction * stretch
     unc = math.hypot(unc, extrapolation) if np.isfinite(unc) else unc
     split = _split_shift(xc, yc, solve)
-    fit = Fit(float(slope), float(intercept), float(offset), unc, bins, used, (float(lo), float(hi)), n_in,
-              curvature, boots)
+    fit = Fit(
+        float(slope), float(intercept), float(offset), unc, bins, used, (float(lo), float(hi)), n_in, curvature, boots
+    )
     fit.split_shift = split
     fit.extrapolation = extrapolation
     return fit

@@ -39,7 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
-from processing.anchoring.fit import AnchorFailed, Fit, SkyLevel, binned_fit, block_factor, block_mean, fit_range, sky_level, smooth_to
+from processing.anchoring.fit import (
+    AnchorFailed,
+    Fit,
+    SkyLevel,
+    binned_fit,
+    block_factor,
+    block_mean,
+    fit_range,
+    sky_level,
+    smooth_to,
+)
 from processing.anchoring.parameters import INSTRUMENT_DEFAULTS, AnchoringParameters
 from processing.errors import BadInput, WorkFailed
 from processing.stages import Input, ModelParameters, Product, Stage
@@ -57,9 +67,21 @@ def external_files(lm, unit: dict) -> list:
     for i, image in enumerate(getattr(t.anchoring, unit["instrument"], []) or []):
         path = lm.resolve_path(image.file)
         if not path.is_file():
-            raise BadInput(f"{lm.path.name}: targets.{unit['target']}.anchoring.{unit['instrument']}[{i}].file: {path} is not a file")
-        out.append((path, {"survey": image.survey, "fwhm_arcsec": float(image.fwhm_arcsec), "target_ra": float(t.ra),
-                           "target_dec": float(t.dec)}))
+            raise BadInput(
+                f"{lm.path.name}: targets.{unit['target']}.anchoring.{unit['instrument']}[{i}].file: {path} is not a "
+                "file"
+            )
+        out.append(
+            (
+                path,
+                {
+                    "survey": image.survey,
+                    "fwhm_arcsec": float(image.fwhm_arcsec),
+                    "target_ra": float(t.ra),
+                    "target_dec": float(t.dec),
+                },
+            )
+        )
     return out
 
 
@@ -130,15 +152,16 @@ def read_external(path: Path, target: str, band: str):
             if not w.has_celestial:
                 raise ValueError("no celestial WCS")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise WorkFailed(f"anchoring {target} {band}: the wide-field image {path} does not open "
-                         f"({type(exc).__name__}: {exc})") from None
+        raise WorkFailed(
+            f"anchoring {target} {band}: the wide-field image {path} does not open ({type(exc).__name__}: {exc})"
+        ) from None
     return data, w
 
 
 def radius_map(w, shape, ra: float, dec: float) -> np.ndarray:
     """Distance (arcsec) of every pixel of an image from (ra, dec)."""
-    from astropy.coordinates import SkyCoord
     from astropy import units as u
+    from astropy.coordinates import SkyCoord
 
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     sky = w.pixel_to_world(xx.ravel(), yy.ravel())
@@ -198,20 +221,40 @@ def _fit(x, y, blocks, p: AnchoringParameters, anchored: str) -> Fit:
     if ok.sum() < p.min_pixels_per_bin * p.min_bins:
         raise AnchorFailed(f"{int(ok.sum())} overlapping pixels (need {p.min_pixels_per_bin * p.min_bins})")
     lo, hi = fit_range(x[ok], p.range_min_mjysr, p.range_max_mjysr, tuple(p.range_percentiles))
-    fit = binned_fit(x[ok], y[ok], lo, hi, p.n_bins, p.min_pixels_per_bin, p.min_bins, p.clip_sigma, p.clip_rounds,
-                     blocks=blocks[ok], n_bootstrap=p.n_bootstrap, anchored=anchored,
-                     extrapolation_fraction=p.extrapolation_fraction)
+    fit = binned_fit(
+        x[ok],
+        y[ok],
+        lo,
+        hi,
+        p.n_bins,
+        p.min_pixels_per_bin,
+        p.min_bins,
+        p.clip_sigma,
+        p.clip_rounds,
+        blocks=blocks[ok],
+        n_bootstrap=p.n_bootstrap,
+        anchored=anchored,
+        extrapolation_fraction=p.extrapolation_fraction,
+    )
     if not np.isfinite(fit.curvature_shift):
         raise AnchorFailed(f"not linear in [{lo:.3g}, {hi:.3g}] MJy/sr: the binned relation curves away from zero")
     if not fit.uncertainty <= p.max_uncertainty_mjysr:
-        why = (f"not linear enough in [{lo:.3g}, {hi:.3g}] MJy/sr (a quadratic moves the offset by {fit.curvature_shift:+.3f})"
-               if abs(fit.curvature_shift) > 0.5 * fit.uncertainty else f"too uncertain in [{lo:.3g}, {hi:.3g}] MJy/sr")
-        raise AnchorFailed(f"{why}: offset {fit.offset:+.3f} ± {fit.uncertainty:.3f} MJy/sr, more than "
-                           f"max_uncertainty_mjysr = {p.max_uncertainty_mjysr}")
+        why = (
+            f"not linear enough in [{lo:.3g}, {hi:.3g}] MJy/sr (a quadratic moves the offset by "
+            f"{fit.curvature_shift:+.3f})"
+            if abs(fit.curvature_shift) > 0.5 * fit.uncertainty
+            else f"too uncertain in [{lo:.3g}, {hi:.3g}] MJy/sr"
+        )
+        raise AnchorFailed(
+            f"{why}: offset {fit.offset:+.3f} ± {fit.uncertainty:.3f} MJy/sr, more than "
+            f"max_uncertainty_mjysr = {p.max_uncertainty_mjysr}"
+        )
     return fit
 
 
-def external_fit(mosaic_path: Path, band: str, files: list, facts: list, p: AnchoringParameters, target: str) -> list[Attempt]:
+def external_fit(
+    mosaic_path: Path, band: str, files: list, facts: list, p: AnchoringParameters, target: str
+) -> list[Attempt]:
     """The reference band against each wide-field image in turn, until one gives an offset."""
     attempts = []
     for path, fact in zip(files, facts):
@@ -229,8 +272,13 @@ def external_fit(mosaic_path: Path, band: str, files: list, facts: list, p: Anch
                 raise AnchorFailed(f"does not overlap the {band} mosaic")
             sl, wsub, shape = cut
             if p.reference_sky:
-                a.sky = sky_level(data, radius_map(w, data.shape, fact["target_ra"], fact["target_dec"]),
-                                  p.sky_radius_arcsec, beam, ext_pixel)
+                a.sky = sky_level(
+                    data,
+                    radius_map(w, data.shape, fact["target_ra"], fact["target_dec"]),
+                    p.sky_radius_arcsec,
+                    beam,
+                    ext_pixel,
+                )
                 data = data - a.sky.level
             ext = data[sl]
             if fwhm > beam:
@@ -249,8 +297,9 @@ def external_fit(mosaic_path: Path, band: str, files: list, facts: list, p: Anch
     return attempts
 
 
-def internal_fit(mosaic_path: Path, band: str, ref_path: Path, ref_band: str, ref_offset: float,
-                 p: AnchoringParameters) -> Attempt:
+def internal_fit(
+    mosaic_path: Path, band: str, ref_path: Path, ref_band: str, ref_offset: float, p: AnchoringParameters
+) -> Attempt:
     """A band against its (anchored) reference band at the common resolution."""
     a = Attempt(against=ref_band, file=Path(ref_path).name, internal=True, band=band)
     try:
@@ -359,8 +408,15 @@ def plot_fit(path: Path, attempts: list[Attempt], title: str) -> None:
             ax.set_ylabel(f"{a.against}{' (sky subtracted)' if a.sky else ''}, MJy/sr")
         ax.axvline(0, color="0.8", lw=0.6)
         ax.set_title(f"{a.band} against {a.against}{'' if a.ok else ' (not used)'}", fontsize=9)
-        ax.text(0.03, 0.97, f"slope {f.slope:.3f}\nintercept {f.intercept:+.4f}\noffset {f.offset:+.4f} ± {f.uncertainty:.4f} MJy/sr",
-                transform=ax.transAxes, va="top", fontsize=8, family="monospace")
+        ax.text(
+            0.03,
+            0.97,
+            f"slope {f.slope:.3f}\nintercept {f.intercept:+.4f}\noffset {f.offset:+.4f} ± {f.uncertainty:.4f} MJy/sr",
+            transform=ax.transAxes,
+            va="top",
+            fontsize=8,
+            family="monospace",
+        )
         ax.legend(loc="lower right", fontsize=7)
     failed = [f"{a.against}: {a.reason}" for a in attempts if a.reason]
     fig.suptitle(title + ("\n" + "; ".join(failed) if failed else ""), fontsize=9)
@@ -370,14 +426,26 @@ def plot_fit(path: Path, attempts: list[Attempt], title: str) -> None:
 
 def _row(a: Attempt, role: str) -> dict:
     f = a.fit
-    return {"role": role, "against": a.against, "file": a.file, "used": a.ok, "reason": a.reason,
-            "slope": f.slope if f else np.nan, "intercept": f.intercept if f else np.nan,
-            "offset": f.offset if f else np.nan, "uncertainty": f.uncertainty if f else np.nan,
-            "range_lo": f.range[0] if f else np.nan, "range_hi": f.range[1] if f else np.nan,
-            "n_pixels": f.n_pixels if f else 0, "n_bins_used": int(f.used.sum()) if f else 0,
-            "curvature_shift": f.curvature_shift if f else np.nan, "split_shift": getattr(f, "split_shift", np.nan) if f else np.nan,
-            "extrapolation": getattr(f, "extrapolation", np.nan) if f else np.nan,
-            "sky_level": a.sky.level if a.sky else np.nan, "sky_uncertainty": a.sky.uncertainty if a.sky else np.nan}
+    return {
+        "role": role,
+        "against": a.against,
+        "file": a.file,
+        "used": a.ok,
+        "reason": a.reason,
+        "slope": f.slope if f else np.nan,
+        "intercept": f.intercept if f else np.nan,
+        "offset": f.offset if f else np.nan,
+        "uncertainty": f.uncertainty if f else np.nan,
+        "range_lo": f.range[0] if f else np.nan,
+        "range_hi": f.range[1] if f else np.nan,
+        "n_pixels": f.n_pixels if f else 0,
+        "n_bins_used": int(f.used.sum()) if f else 0,
+        "curvature_shift": f.curvature_shift if f else np.nan,
+        "split_shift": getattr(f, "split_shift", np.nan) if f else np.nan,
+        "extrapolation": getattr(f, "extrapolation", np.nan) if f else np.nan,
+        "sky_level": a.sky.level if a.sky else np.nan,
+        "sky_uncertainty": a.sky.uncertainty if a.sky else np.nan,
+    }
 
 
 def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
@@ -427,7 +495,13 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
             anchored_to = f"{ref_band} via {ext_ok.against}" if ext_ok else ref_band
             status = "anchored" if ext_ok else f"internal only ({ref_band} not anchored: {ext_why})"
         else:
-            offset, unc, slope, anchored_to, status = 0.0, float("nan"), float("nan"), "", f"not anchored: {ref_band}: {a.reason}"
+            offset, unc, slope, anchored_to, status = (
+                0.0,
+                float("nan"),
+                float("nan"),
+                "",
+                f"not anchored: {ref_band}: {a.reason}",
+            )
     if status != "anchored":
         if p.require_anchor:
             raise WorkFailed(f"anchoring {target} {band}: {status} (require_anchor = true)")
@@ -441,28 +515,57 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     figure = outdir / f"{product}_anchoring.png"
     plot_fit(figure, attempts, f"{target} {band}: offset {offset:+.4f} ± {unc:.4f} MJy/sr ({status})")
     table = Table(rows=rows) if rows else Table(names=["role", "against"], dtype=[str, str])
-    table.meta.update({"target": target, "band": band, "reference_band": ref_band, "offset_mjysr": float(offset),
-                       "uncertainty_mjysr": float(unc), "slope": float(slope), "anchored_to": anchored_to,
-                       "status": status, "tweakback_members": len(members), "seconds": round(time.time() - t0, 2),
-                       "parameters": p.model_dump()})
+    table.meta.update(
+        {
+            "target": target,
+            "band": band,
+            "reference_band": ref_band,
+            "offset_mjysr": float(offset),
+            "uncertainty_mjysr": float(unc),
+            "slope": float(slope),
+            "anchored_to": anchored_to,
+            "status": status,
+            "tweakback_members": len(members),
+            "seconds": round(time.time() - t0, 2),
+            "parameters": p.model_dump(),
+        }
+    )
     table_path = outdir / f"{product}_anchoring.ecsv"
     table.write(table_path, format="ascii.ecsv", overwrite=True)
-    log.info("anchoring %s %s: offset %+.4f ± %.4f MJy/sr against %s (%s), %.1f s",
-             target, band, offset, unc, anchored_to or "-", status, time.time() - t0)
+    log.info(
+        "anchoring %s %s: offset %+.4f ± %.4f MJy/sr against %s (%s), %.1f s",
+        target,
+        band,
+        offset,
+        unc,
+        anchored_to or "-",
+        status,
+        time.time() - t0,
+    )
     return [out_mosaic, tarball, table_path, figure]
 
 
 STAGE = Stage(
-    name="anchoring", unit="target_band",
-    inputs=(Input("mosaic", "same", "lv3", "_i2d.fits"),
-            Input("reference_mosaic", "reference_band", "lv3", "_i2d.fits", optional=True),
-            Input("tweakback", "same", "astrometry", "_tweakback.tar.gz"),
-            Input("external", "manifest_file", files="processing.anchoring.stage:external_files", optional=True)),
+    name="anchoring",
+    unit="target_band",
+    inputs=(
+        Input("mosaic", "same", "lv3", "_i2d.fits"),
+        Input("reference_mosaic", "reference_band", "lv3", "_i2d.fits", optional=True),
+        Input("tweakback", "same", "astrometry", "_tweakback.tar.gz"),
+        Input("external", "manifest_file", files="processing.anchoring.stage:external_files", optional=True),
+    ),
     outputs=("_i2d.fits", "_tweakback.tar.gz", "_anchoring.ecsv", "_anchoring.png"),
-    run="processing.anchoring.stage:run", modules=("processing.anchoring",),
+    run="processing.anchoring.stage:run",
+    modules=("processing.anchoring",),
     parameters=ModelParameters(AnchoringParameters, INSTRUMENT_DEFAULTS),
-    products=(Product("img", "_i2d.fits"), Product("tweakback", "_tweakback.tar.gz"),
-              Product("anchoring", "_anchoring.ecsv", per="target")),
-    refines=("lv3", "_i2d.fits"), memory_gb=2.5,
-    description="background anchoring: the reference band (NIRCam F300M, MIRI F770W) fitted against wide-field images (binned medians, clipped line, offset where it crosses zero), every other band against the anchored reference band; subtracted from the mosaic and the tweakback exposures",
+    products=(
+        Product("img", "_i2d.fits"),
+        Product("tweakback", "_tweakback.tar.gz"),
+        Product("anchoring", "_anchoring.ecsv", per="target"),
+    ),
+    refines=("lv3", "_i2d.fits"),
+    memory_gb=2.5,
+    description="background anchoring: the reference band (NIRCam F300M, MIRI F770W) fitted against wide-field "
+    "images (binned medians, clipped line, offset where it crosses zero), every other band against the "
+    "anchored reference band; subtracted from the mosaic and the tweakback exposures",
 )

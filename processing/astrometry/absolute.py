@@ -48,8 +48,12 @@ def mosaic_sources(path: Path, band: str, params: dict) -> tuple[dict, float, fl
         bad = ~np.isfinite(sci) | (np.asarray(m.wht) <= 0) | ((np.asarray(m.dq) & 1) > 0)
         info = m.meta.wcsinfo
         ra0, dec0 = float(info.crval1), float(info.crval2)
-        scale = abs(float(info.cdelt1)) * 3600.0 if info.cdelt1 else float(np.sqrt(abs(np.linalg.det(
-            np.array([[info.pc1_1, info.pc1_2], [info.pc2_1, info.pc2_2]]))))) * 3600.0
+        scale = (
+            abs(float(info.cdelt1)) * 3600.0
+            if info.cdelt1
+            else float(np.sqrt(abs(np.linalg.det(np.array([[info.pc1_1, info.pc1_2], [info.pc2_1, info.pc2_2]])))))
+            * 3600.0
+        )
         ny, nx = sci.shape
         cra, cdec = m.meta.wcs(np.array([0, nx - 1, nx - 1, 0.0]), np.array([0, 0, ny - 1, ny - 1.0]))
         found = image_sources(sci, err, bad, m.meta.wcs, band, scale, params)
@@ -57,14 +61,24 @@ def mosaic_sources(path: Path, band: str, params: dict) -> tuple[dict, float, fl
     return found, ra0, dec0, float(np.hypot(x, y).max())
 
 
-def solve_mosaic(path: Path, band: str, catalog: dict, p: AbsoluteParameters, params: dict) -> tuple[Solution, float, float, dict]:
+def solve_mosaic(
+    path: Path, band: str, catalog: dict, p: AbsoluteParameters, params: dict
+) -> tuple[Solution, float, float, dict]:
     """The two-pass solution of one mosaic against the catalogue, about the mosaic's CRVAL;
     also returns the mosaic's sources."""
     found, ra0, dec0, radius = mosaic_sources(path, band, params)
     ref_xy, _ = reference_in(catalog, ra0, dec0, radius + p.search_radius_arcsec)
     src_xy = np.column_stack(to_tangent(found["ra"], found["dec"], ra0, dec0)) if len(found["ra"]) else np.zeros((0, 2))
-    sol, *_ = solve(src_xy, ref_xy, p.search_radius_arcsec, p.tolerance_wide_arcsec, p.tolerance_strict_arcsec,
-                    rotate=p.rotation, min_matches=p.min_matches, clip=p.clip_sigma)
+    sol, *_ = solve(
+        src_xy,
+        ref_xy,
+        p.search_radius_arcsec,
+        p.tolerance_wide_arcsec,
+        p.tolerance_strict_arcsec,
+        rotate=p.rotation,
+        min_matches=p.min_matches,
+        clip=p.clip_sigma,
+    )
     return sol, ra0, dec0, found
 
 
@@ -79,8 +93,15 @@ def residuals(found: dict, catalog: dict, sol: Solution, ra0: float, dec0: float
     after = src @ rotation(sol.theta_rad).T + np.asarray(sol.shift_arcsec) if sol.ok else src
     ref_xy, sel = reference_in(catalog, ra0, dec0, 1e9)
     i, j = match_nearest(after, ref_xy, tolerance)
-    return {"ra": found["ra"][i], "dec": found["dec"][i], "ra_ref": catalog["ra"][sel[j]], "dec_ref": catalog["dec"][sel[j]],
-            "before": 1000 * (ref_xy[j] - src[i]), "after": 1000 * (ref_xy[j] - after[i]), "snr": found["snr"][i]}
+    return {
+        "ra": found["ra"][i],
+        "dec": found["dec"][i],
+        "ra_ref": catalog["ra"][sel[j]],
+        "dec_ref": catalog["dec"][sel[j]],
+        "before": 1000 * (ref_xy[j] - src[i]),
+        "after": 1000 * (ref_xy[j] - after[i]),
+        "snr": found["snr"][i],
+    }
 
 
 def write_corrected(src: Path, out: Path, correct, sol: Solution, ra0: float, dec0: float, record: dict) -> None:
@@ -100,8 +121,9 @@ def write_corrected(src: Path, out: Path, correct, sol: Solution, ra0: float, de
             hdul[0].header[k] = v
 
 
-def write_tweakback(cals: list[Path], tarball: Path, folder: str, sol: Solution, ra0: float, dec0: float,
-                    record: dict, scratch: Path) -> list[str]:
+def write_tweakback(
+    cals: list[Path], tarball: Path, folder: str, sol: Solution, ra0: float, dec0: float, record: dict, scratch: Path
+) -> list[str]:
     """Every exposure with the solution applied, in one gzipped tarball under ``folder/``
     (members in name order, owner and times zeroed: the same files give the same bytes).
     Returns the member names."""
@@ -130,7 +152,10 @@ def header_record(sol: Solution, solve_band: str) -> dict:
         "HLSPDAN": (round(1000 * sol.shift_arcsec[1], 3), "absolute astrometry: shift north, mas"),
         "HLSPDART": (round(float(np.rad2deg(sol.theta_rad)), 6), "absolute astrometry: rotation, deg"),
         "HLSPDAM": (int(sol.n_matches), "absolute astrometry: matched stars"),
-        "HLSPDARM": (round(1000 * sol.rms_arcsec, 3) if np.isfinite(sol.rms_arcsec) else -1.0, "absolute astrometry: RMS per axis, mas"),
+        "HLSPDARM": (
+            round(1000 * sol.rms_arcsec, 3) if np.isfinite(sol.rms_arcsec) else -1.0,
+            "absolute astrometry: RMS per axis, mas",
+        ),
         "HLSPDAB": (solve_band, "absolute astrometry solved on this band"),
     }
 
@@ -144,13 +169,18 @@ def plot_residuals(path: Path, res: dict, sol: Solution, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
-    for ax, key, label in zip(axes, ("before", "after"), ("before (relative astrometry only)", "after absolute astrometry")):
+    for ax, key, label in zip(
+        axes, ("before", "after"), ("before (relative astrometry only)", "after absolute astrometry")
+    ):
         d = res[key]
         if len(d):
             ax.scatter(d[:, 0], d[:, 1], s=8, c=np.log10(np.maximum(res["snr"], 1)), cmap="viridis")
             m, rms = d.mean(axis=0), np.sqrt(np.mean((d - d.mean(axis=0)) ** 2, axis=0))
             ax.plot(*m, "r+", ms=14, mew=2)
-            ax.set_title(f"{label}\nmean ({m[0]:.1f}, {m[1]:.1f}) mas, RMS ({rms[0]:.1f}, {rms[1]:.1f}) mas, n={len(d)}", fontsize=9)
+            ax.set_title(
+                f"{label}\nmean ({m[0]:.1f}, {m[1]:.1f}) mas, RMS ({rms[0]:.1f}, {rms[1]:.1f}) mas, n={len(d)}",
+                fontsize=9,
+            )
             lim = max(50.0, float(np.percentile(np.abs(d), 95)) * 1.3)
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
@@ -184,7 +214,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     ra0 = dec0 = float("nan")
     found = None  # the solved mosaic's sources, reused for the QA when it is this band's own
     if catalog is None:
-        sol = Solution(status="no reference catalogue (targets.%s.astrometry_catalog): relative astrometry only" % target)
+        sol = Solution(status=f"no reference catalogue (targets.{target}.astrometry_catalog): relative astrometry only")
     else:
         sol, ra0, dec0, found = solve_mosaic(solve_on, solve_band, catalog, p, params)
         if solve_on != mosaic:
@@ -199,51 +229,94 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     out_mosaic = outdir / f"{product}_i2d.fits"
     write_corrected(mosaic, out_mosaic, correct_mosaic, sol, ra0, dec0, record)
     # QA on this band's own sources (for MIRI bands other than F1000W: the transferred solution)
-    res = {"ra": np.zeros(0), "dec": np.zeros(0), "ra_ref": np.zeros(0), "dec_ref": np.zeros(0),
-           "before": np.zeros((0, 2)), "after": np.zeros((0, 2)), "snr": np.zeros(0)}
+    res = {
+        "ra": np.zeros(0),
+        "dec": np.zeros(0),
+        "ra_ref": np.zeros(0),
+        "dec_ref": np.zeros(0),
+        "before": np.zeros((0, 2)),
+        "after": np.zeros((0, 2)),
+        "snr": np.zeros(0),
+    }
     if catalog is not None:
         if found is None or not sol.ok:
             found, mra0, mdec0, _ = mosaic_sources(mosaic, band, params)
         if sol.ok:  # the solution is about (ra0, dec0); evaluate the residuals in that plane
             mra0, mdec0 = ra0, dec0
-        res = residuals(found, catalog, sol, mra0, mdec0, p.tolerance_strict_arcsec if sol.ok else p.tolerance_wide_arcsec)
-    table = Table({"ra": res["ra"], "dec": res["dec"], "ra_ref": res["ra_ref"], "dec_ref": res["dec_ref"],
-                   "snr": res["snr"], "before_east_mas": res["before"][:, 0], "before_north_mas": res["before"][:, 1],
-                   "after_east_mas": res["after"][:, 0], "after_north_mas": res["after"][:, 1]})
+        res = residuals(
+            found, catalog, sol, mra0, mdec0, p.tolerance_strict_arcsec if sol.ok else p.tolerance_wide_arcsec
+        )
+    table = Table(
+        {
+            "ra": res["ra"],
+            "dec": res["dec"],
+            "ra_ref": res["ra_ref"],
+            "dec_ref": res["dec_ref"],
+            "snr": res["snr"],
+            "before_east_mas": res["before"][:, 0],
+            "before_north_mas": res["before"][:, 1],
+            "after_east_mas": res["after"][:, 0],
+            "after_north_mas": res["after"][:, 1],
+        }
+    )
     after = res["after"]
-    table.meta.update({
-        "target": target, "band": band, "solved_on": solve_band, "solution": sol.as_dict(), "ra0": ra0, "dec0": dec0,
-        "catalog": catalog["file"] if catalog else None,
-        "catalog_cuts_applied": catalog["applied"] if catalog else [],
-        "catalog_cuts_missing_column": catalog["missing"] if catalog else [],
-        "band_mean_after_mas": [float(v) for v in after.mean(axis=0)] if len(after) else None,
-        "band_rms_after_mas": [float(v) for v in after.std(axis=0)] if len(after) else None,
-        "n_band_matches": int(len(after)),
-    })
+    table.meta.update(
+        {
+            "target": target,
+            "band": band,
+            "solved_on": solve_band,
+            "solution": sol.as_dict(),
+            "ra0": ra0,
+            "dec0": dec0,
+            "catalog": catalog["file"] if catalog else None,
+            "catalog_cuts_applied": catalog["applied"] if catalog else [],
+            "catalog_cuts_missing_column": catalog["missing"] if catalog else [],
+            "band_mean_after_mas": [float(v) for v in after.mean(axis=0)] if len(after) else None,
+            "band_rms_after_mas": [float(v) for v in after.std(axis=0)] if len(after) else None,
+            "n_band_matches": int(len(after)),
+        }
+    )
     qa_table = outdir / f"{product}_astrometry.ecsv"
     figure = outdir / f"{product}_astrometry.png"
     plot_residuals(figure, res, sol, f"{target} {band} (solved on {solve_band})")
     tarball = outdir / f"{product}_tweakback.tar.gz"
-    members = write_tweakback([Path(c) for c in inputs["cal"]], tarball, f"{product}_tweakback", sol, ra0, dec0, record, outdir)
+    members = write_tweakback(
+        [Path(c) for c in inputs["cal"]], tarball, f"{product}_tweakback", sol, ra0, dec0, record, outdir
+    )
     table.meta["tweakback_members"] = members
     table.meta["seconds"] = round(time.time() - t0, 2)
     table.write(qa_table, format="ascii.ecsv", overwrite=True)
-    log.info("astrometry %s %s: %s, shift (%.1f, %.1f) mas, rotation %.5f deg, %d matches, RMS %.1f mas, %.1f s",
-             target, band, sol.status, 1000 * sol.shift_arcsec[0], 1000 * sol.shift_arcsec[1], np.rad2deg(sol.theta_rad),
-             sol.n_matches, 1000 * sol.rms_arcsec, time.time() - t0)
+    log.info(
+        "astrometry %s %s: %s, shift (%.1f, %.1f) mas, rotation %.5f deg, %d matches, RMS %.1f mas, %.1f s",
+        target,
+        band,
+        sol.status,
+        1000 * sol.shift_arcsec[0],
+        1000 * sol.shift_arcsec[1],
+        np.rad2deg(sol.theta_rad),
+        sol.n_matches,
+        1000 * sol.rms_arcsec,
+        time.time() - t0,
+    )
     return [out_mosaic, tarball, qa_table, figure]
 
 
 STAGE = Stage(
-    name="astrometry", unit="target_band",
-    inputs=(Input("mosaic", "same", "lv3", "_i2d.fits"),
-            Input("reference_mosaic", "reference_band", "lv3", "_i2d.fits", optional=True),
-            Input("cal", "members", "lv2", "_cal.fits"),
-            Input("catalog", "manifest_file", files="processing.astrometry.catalog:catalog_files", optional=True)),
+    name="astrometry",
+    unit="target_band",
+    inputs=(
+        Input("mosaic", "same", "lv3", "_i2d.fits"),
+        Input("reference_mosaic", "reference_band", "lv3", "_i2d.fits", optional=True),
+        Input("cal", "members", "lv2", "_cal.fits"),
+        Input("catalog", "manifest_file", files="processing.astrometry.catalog:catalog_files", optional=True),
+    ),
     outputs=("_i2d.fits", "_tweakback.tar.gz", "_astrometry.ecsv", "_astrometry.png"),
-    run="processing.astrometry.absolute:run", modules=("processing.astrometry",),
+    run="processing.astrometry.absolute:run",
+    modules=("processing.astrometry",),
     parameters=ModelParameters(AbsoluteParameters, ABSOLUTE_DEFAULTS),
     products=(Product("img", "_i2d.fits"), Product("tweakback", "_tweakback.tar.gz")),
-    refines=("lv3", "_i2d.fits"), memory_gb=2.5,
-    description="absolute astrometry against the reference catalogue (wide shift, then strict shift + rotation; MIRI solved on F1000W), applied to the mosaic and back-propagated to the exposures (tweakback)",
+    refines=("lv3", "_i2d.fits"),
+    memory_gb=2.5,
+    description="absolute astrometry against the reference catalogue (wide shift, then strict shift + rotation; MIRI "
+    "solved on F1000W), applied to the mosaic and back-propagated to the exposures (tweakback)",
 )

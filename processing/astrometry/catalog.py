@@ -66,13 +66,23 @@ def read_catalog(path: Path, cuts: dict[str, tuple]) -> dict:
         raise BadInput(f"{path}: the astrometric reference catalogue cannot be read ({exc})") from exc
     names = {c.upper(): c for c in t.colnames}
     if "RA" not in names or "DEC" not in names:
-        raise BadInput(f"{path}: the astrometric reference catalogue has no RA and DEC columns (has {', '.join(t.colnames[:8])})")
+        raise BadInput(
+            f"{path}: the astrometric reference catalogue has no RA and DEC columns (has {', '.join(t.colnames[:8])})"
+        )
     ra, dec = np.asarray(t[names["RA"]], float), np.asarray(t[names["DEC"]], float)
     active = {k: v for k, v in cuts.items() if v[0] is not None or v[1] is not None}
-    keep, applied, missing = select_catalog({c: np.asarray(t[c]) for c in t.colnames if t[c].ndim == 1
-                                             and np.asarray(t[c]).dtype.kind in "biuf"}, active)
+    keep, applied, missing = select_catalog(
+        {c: np.asarray(t[c]) for c in t.colnames if t[c].ndim == 1 and np.asarray(t[c]).dtype.kind in "biuf"}, active
+    )
     keep &= np.isfinite(ra) & np.isfinite(dec)
-    return {"ra": ra[keep], "dec": dec[keep], "n_all": len(t), "applied": applied, "missing": missing, "file": path.name}
+    return {
+        "ra": ra[keep],
+        "dec": dec[keep],
+        "n_all": len(t),
+        "applied": applied,
+        "missing": missing,
+        "file": path.name,
+    }
 
 
 def reference_in(cat: dict, ra0: float, dec0: float, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +93,9 @@ def reference_in(cat: dict, ra0: float, dec0: float, radius_arcsec: float) -> tu
     return np.column_stack([x[sel], y[sel]]), sel
 
 
-def image_sources(sci: np.ndarray, err: np.ndarray, bad: np.ndarray, pixel_to_sky, band: str, pixel_scale: float,
-                  params: dict) -> dict:
+def image_sources(
+    sci: np.ndarray, err: np.ndarray, bad: np.ndarray, pixel_to_sky, band: str, pixel_scale: float, params: dict
+) -> dict:
     """Point sources of one image with their sky positions.
 
     Parameters
@@ -107,8 +118,14 @@ def image_sources(sci: np.ndarray, err: np.ndarray, bad: np.ndarray, pixel_to_sk
         ``x``, ``y``, ``ra``, ``dec``, ``snr`` arrays.
     """
     fwhm = params.get("fwhm_arcsec") or psf_fwhm_arcsec(band)
-    found = detect_sources(sci, err, bad, fwhm / pixel_scale, nsigma=params.get("nsigma", 5.0),
-                           max_sources=params.get("max_sources") or None)
+    found = detect_sources(
+        sci,
+        err,
+        bad,
+        fwhm / pixel_scale,
+        nsigma=params.get("nsigma", 5.0),
+        max_sources=params.get("max_sources") or None,
+    )
     if len(found["x"]):
         ra, dec = pixel_to_sky(found["x"], found["y"])
         found["ra"], found["dec"] = np.asarray(ra, float), np.asarray(dec, float)

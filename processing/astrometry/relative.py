@@ -42,7 +42,7 @@ class ExposureInfo:
     name: str
     band: str
     visit: str
-    ra: float     # centre of the exposure, deg (its own WCS)
+    ra: float  # centre of the exposure, deg (its own WCS)
     dec: float
     radius: float  # centre to farthest corner, arcsec
 
@@ -53,7 +53,8 @@ def exposure_info(path: Path) -> ExposureInfo:
 
     with datamodels.open(path) as m:
         ny, nx = m.data.shape
-        visit = m.meta.observation.visit_id or f"{m.meta.observation.program_number}{m.meta.observation.observation_number}{m.meta.observation.visit_number}"
+        o = m.meta.observation
+        visit = o.visit_id or f"{o.program_number}{o.observation_number}{o.visit_number}"
         xs = np.array([(nx - 1) / 2, 0, nx - 1, nx - 1, 0], float)
         ys = np.array([(ny - 1) / 2, 0, 0, ny - 1, ny - 1], float)
         ra, dec = m.meta.wcs(xs, ys)
@@ -70,12 +71,20 @@ def measure(path: Path, params: dict) -> dict:
     with datamodels.open(path) as m:
         band = str(m.meta.instrument.filter).upper()
         bad = (np.asarray(m.dq) & 1).astype(bool)
-        return image_sources(np.asarray(m.data, float), np.asarray(m.err, float), bad, m.meta.wcs, band,
-                             PIXEL_SCALE_ARCSEC[channel_of(band)], params)
+        return image_sources(
+            np.asarray(m.data, float),
+            np.asarray(m.err, float),
+            bad,
+            m.meta.wcs,
+            band,
+            PIXEL_SCALE_ARCSEC[channel_of(band)],
+            params,
+        )
 
 
-def solve_visits(ref_exposures: list[ExposureInfo], sources: dict[str, dict], catalog: dict | None,
-                 p: RelativeParameters) -> dict[str, tuple[Solution, float, float, str]]:
+def solve_visits(
+    ref_exposures: list[ExposureInfo], sources: dict[str, dict], catalog: dict | None, p: RelativeParameters
+) -> dict[str, tuple[Solution, float, float, str]]:
     """One solution per visit: ``visit -> (solution, ra0, dec0, frame)`` with the shift (east,
     north, arcsec) about the tangent point ``(ra0, dec0)``; ``frame`` is ``catalog`` or the
     anchor visit's id."""
@@ -83,14 +92,22 @@ def solve_visits(ref_exposures: list[ExposureInfo], sources: dict[str, dict], ca
     for e in ref_exposures:
         visits.setdefault(e.visit, []).append(e)
     out: dict[str, tuple[Solution, float, float, str]] = {}
-    kw = dict(search_radius=p.search_radius_arcsec, tolerance_wide=p.tolerance_wide_arcsec,
-              tolerance_strict=p.tolerance_strict_arcsec, rotate=False, min_matches=p.min_matches, clip=p.clip_sigma)
+    kw = dict(
+        search_radius=p.search_radius_arcsec,
+        tolerance_wide=p.tolerance_wide_arcsec,
+        tolerance_strict=p.tolerance_strict_arcsec,
+        rotate=False,
+        min_matches=p.min_matches,
+        clip=p.clip_sigma,
+    )
     if catalog is not None:
         for v, exps in sorted(visits.items()):
             ra0, dec0 = float(np.mean([e.ra for e in exps])), float(np.mean([e.dec for e in exps]))
             radius = max(e.radius for e in exps) + max(np.hypot(*to_tangent(e.ra, e.dec, ra0, dec0)) for e in exps)
             ref_xy, _ = reference_in(catalog, ra0, dec0, radius + p.search_radius_arcsec)
-            groups = [np.column_stack(to_tangent(sources[e.name]["ra"], sources[e.name]["dec"], ra0, dec0)) for e in exps]
+            groups = [
+                np.column_stack(to_tangent(sources[e.name]["ra"], sources[e.name]["dec"], ra0, dec0)) for e in exps
+            ]
             sol, *_ = solve(groups, ref_xy, **kw)
             out[v] = (sol, ra0, dec0, "catalog")
         return out
@@ -102,8 +119,18 @@ def solve_visits(ref_exposures: list[ExposureInfo], sources: dict[str, dict], ca
     anchor_xy = np.column_stack(to_tangent(sources[a.name]["ra"], sources[a.name]["dec"], ra0, dec0))
     for v, exps in sorted(visits.items()):
         if v == anchor:
-            out[v] = (Solution(status="shift", n_matches=len(anchor_xy), n_source=len(anchor_xy), n_reference=len(anchor_xy),
-                               rms_arcsec=0.0), ra0, dec0, f"anchor {anchor}")
+            out[v] = (
+                Solution(
+                    status="shift",
+                    n_matches=len(anchor_xy),
+                    n_source=len(anchor_xy),
+                    n_reference=len(anchor_xy),
+                    rms_arcsec=0.0,
+                ),
+                ra0,
+                dec0,
+                f"anchor {anchor}",
+            )
             continue
         groups = [np.column_stack(to_tangent(sources[e.name]["ra"], sources[e.name]["dec"], ra0, dec0)) for e in exps]
         sol, *_ = solve(groups, anchor_xy, **kw)
@@ -130,8 +157,13 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     if ref_band not in bands and bands:
         # the target was not observed in the reference band (a patch leaving it out is refused
         # by the engine): the sharpest band stands in, and the table says so
-        log.warning("%s %s: reference band %s not observed; solving on %s", context["target"], context["instrument"],
-                    ref_band, bands[0])
+        log.warning(
+            "%s %s: reference band %s not observed; solving on %s",
+            context["target"],
+            context["instrument"],
+            ref_band,
+            bands[0],
+        )
         ref_band = bands[0]
     ref_exposures = [e for e in exposures if e.band == ref_band]
     sources = {e.name: measure(e.path, params) for e in ref_exposures}
@@ -153,21 +185,45 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         written.append(out)
     rows = []
     for v in sorted({e.visit for e in exposures}):
-        sol, ra0, dec0, frame = solutions.get(v, (Solution(status=f"reference band {ref_band} not in this run"), np.nan, np.nan, ""))
-        rows.append({"visit": v, "reference_band": ref_band, "frame": frame, "status": sol.status, "applied": sol.ok,
-                     "shift_east_mas": 1000 * sol.shift_arcsec[0], "shift_north_mas": 1000 * sol.shift_arcsec[1],
-                     "error_east_mas": 1000 * sol.shift_err_arcsec[0], "error_north_mas": 1000 * sol.shift_err_arcsec[1],
-                     "n_matches": sol.n_matches, "rms_mas": 1000 * sol.rms_arcsec, "n_sources": sol.n_source,
-                     "n_reference": sol.n_reference, "ra0": ra0, "dec0": dec0,
-                     "n_exposures": sum(1 for e in exposures if e.visit == v)})
+        sol, ra0, dec0, frame = solutions.get(
+            v, (Solution(status=f"reference band {ref_band} not in this run"), np.nan, np.nan, "")
+        )
+        rows.append(
+            {
+                "visit": v,
+                "reference_band": ref_band,
+                "frame": frame,
+                "status": sol.status,
+                "applied": sol.ok,
+                "shift_east_mas": 1000 * sol.shift_arcsec[0],
+                "shift_north_mas": 1000 * sol.shift_arcsec[1],
+                "error_east_mas": 1000 * sol.shift_err_arcsec[0],
+                "error_north_mas": 1000 * sol.shift_err_arcsec[1],
+                "n_matches": sol.n_matches,
+                "rms_mas": 1000 * sol.rms_arcsec,
+                "n_sources": sol.n_source,
+                "n_reference": sol.n_reference,
+                "ra0": ra0,
+                "dec0": dec0,
+                "n_exposures": sum(1 for e in exposures if e.visit == v),
+            }
+        )
         if not sol.ok:
-            log.warning("%s %s visit %s: no relative shift (%s)", context["target"], context["instrument"], v, sol.status)
+            log.warning(
+                "%s %s visit %s: no relative shift (%s)", context["target"], context["instrument"], v, sol.status
+            )
     table = Table(rows=rows) if rows else Table()
-    table.meta.update({"target": context["target"], "instrument": context["instrument"], "reference_band": ref_band,
-                       "catalog": catalog["file"] if catalog else None,
-                       "catalog_cuts_applied": catalog["applied"] if catalog else [],
-                       "catalog_cuts_missing_column": catalog["missing"] if catalog else [],
-                       "seconds": round(time.time() - t0, 2)})
+    table.meta.update(
+        {
+            "target": context["target"],
+            "instrument": context["instrument"],
+            "reference_band": ref_band,
+            "catalog": catalog["file"] if catalog else None,
+            "catalog_cuts_applied": catalog["applied"] if catalog else [],
+            "catalog_cuts_missing_column": catalog["missing"] if catalog else [],
+            "seconds": round(time.time() - t0, 2),
+        }
+    )
     tpath = outdir / f"{context['target']}_{context['instrument']}_visit_shifts.ecsv"
     table.write(tpath, format="ascii.ecsv", overwrite=True)
     return written + [tpath]
@@ -191,12 +247,19 @@ def _record(path: Path, east: float, north: float, n: int, status: str) -> None:
 
 
 STAGE = Stage(
-    name="relative_astrometry", unit="target_instrument",
-    inputs=(Input("cal", "members", "lv2", "_cal.fits"),
-            Input("catalog", "manifest_file", files="processing.astrometry.catalog:catalog_files", optional=True)),
+    name="relative_astrometry",
+    unit="target_instrument",
+    inputs=(
+        Input("cal", "members", "lv2", "_cal.fits"),
+        Input("catalog", "manifest_file", files="processing.astrometry.catalog:catalog_files", optional=True),
+    ),
     outputs=("_cal.fits", "_visit_shifts.ecsv"),
-    run="processing.astrometry.relative:run", modules=("processing.astrometry",),
+    run="processing.astrometry.relative:run",
+    modules=("processing.astrometry",),
     parameters=ModelParameters(RelativeParameters, INSTRUMENT_DEFAULTS),
-    refines=("lv2", "_cal.fits"), memory_gb=2.0,
-    description="relative astrometry: one shift per visit solved on the reference band (against the reference catalogue, else the best-populated visit) and applied to every exposure of the visit in every band of the instrument",
+    refines=("lv2", "_cal.fits"),
+    memory_gb=2.0,
+    description="relative astrometry: one shift per visit solved on the reference band (against the reference "
+    "catalogue, else the best-populated visit) and applied to every exposure of the visit in every band "
+    "of the instrument",
 )

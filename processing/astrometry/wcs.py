@@ -87,9 +87,13 @@ def correct_mosaic(model, theta: float, shift, ra0: float, dec0: float) -> None:
     new_crpix = crpix - np.linalg.solve(new_cd, d_deg)
     # gwcs: pixel p (0-based) -> the old pixel with the same corrected sky position
     c0 = crpix - 1.0
-    m = np.linalg.solve(cd, new_cd)          # CD^-1 R CD
-    t = np.linalg.solve(cd, d_deg)           # CD^-1 d
-    affine = (Shift(-c0[0]) & Shift(-c0[1])) | AffineTransformation2D(matrix=m, translation=t) | (Shift(c0[0]) & Shift(c0[1]))
+    m = np.linalg.solve(cd, new_cd)  # CD^-1 R CD
+    t = np.linalg.solve(cd, d_deg)  # CD^-1 d
+    affine = (
+        (Shift(-c0[0]) & Shift(-c0[1]))
+        | AffineTransformation2D(matrix=m, translation=t)
+        | (Shift(c0[0]) & Shift(c0[1]))
+    )
     affine.name = "astrometry_correction"
     wcs = model.meta.wcs
     wcs.insert_transform(wcs.input_frame, affine, after=True)

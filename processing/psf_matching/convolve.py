@@ -73,8 +73,15 @@ def tiles(shape: tuple[int, int], tile: int):
             yield y0, min(ny, y0 + tile), x0, min(nx, x0 + tile)
 
 
-def convolve_tiled(sci: np.ndarray, err: np.ndarray | None, kernel: np.ndarray, sci_out: np.ndarray,
-                   err_out: np.ndarray | None = None, min_coverage: float = 0.5, tile: int = 2048) -> float:
+def convolve_tiled(
+    sci: np.ndarray,
+    err: np.ndarray | None,
+    kernel: np.ndarray,
+    sci_out: np.ndarray,
+    err_out: np.ndarray | None = None,
+    min_coverage: float = 0.5,
+    tile: int = 2048,
+) -> float:
     """:func:`convolve_block` over tiles of ``tile`` x ``tile`` pixels, each read with a margin
     of half the kernel (so the result equals one convolution of the whole image: the margin
     holds every pixel the kernel reaches), written into ``sci_out``/``err_out`` (same shape as
@@ -109,8 +116,11 @@ def convolve_tiled(sci: np.ndarray, err: np.ndarray | None, kernel: np.ndarray, 
 def beam_keywords(fwhm_arcsec: float) -> dict[str, tuple[float, str]]:
     """FITS beam keywords of a circular Gaussian of ``fwhm_arcsec``: BMAJ, BMIN (degrees), BPA."""
     deg = float(fwhm_arcsec) / 3600.0
-    return {"BMAJ": (deg, "[deg] beam major axis FWHM (Gaussian)"), "BMIN": (deg, "[deg] beam minor axis FWHM (Gaussian)"),
-            "BPA": (0.0, "[deg] beam position angle")}
+    return {
+        "BMAJ": (deg, "[deg] beam major axis FWHM (Gaussian)"),
+        "BMIN": (deg, "[deg] beam minor axis FWHM (Gaussian)"),
+        "BPA": (0.0, "[deg] beam position angle"),
+    }
 
 
 def robust_noise(image: np.ndarray, scale_pixels: float, faint_percentile: float = 30.0) -> float:

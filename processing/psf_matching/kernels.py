@@ -187,8 +187,14 @@ def kernel_to_gaussian(source: np.ndarray, pixscale: float, fwhm_arcsec: float, 
     return kernel, w_minus, d
 
 
-def safe_fwhm(source: np.ndarray, pixscale: float, w_max: float, lo: float | None = None, hi: float | None = None,
-              tol_arcsec: float = 0.001) -> float:
+def safe_fwhm(
+    source: np.ndarray,
+    pixscale: float,
+    w_max: float,
+    lo: float | None = None,
+    hi: float | None = None,
+    tol_arcsec: float = 0.001,
+) -> float:
     """Narrowest Gaussian FWHM (arcsec) whose kernel from ``source`` (odd, centred) has
     W- <= ``w_max`` (bisection: W- falls as the target widens). ``lo``/``hi``: the bracket
     (default: the source's FWHM and 4x it); NaN if even ``hi`` is not safe enough."""

@@ -24,7 +24,6 @@ each resolution of the manifest's ``products.convolved_fwhm_arcsec`` (a variant 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -62,18 +61,25 @@ def psf_files(lm, unit: dict) -> list[Path]:
     elif m.products.psf_path:
         path, key = lm.resolve_path(m.products.psf_path) / f"psf_{band}.fits", "products.psf_path"
     elif m.program.data.source == "synthetic" and m.program.data.path:
-        path, key = lm.resolve_path(m.program.data.path) / "psf" / f"psf_{band}.fits", "program.data.path (the synthetic program's psf/)"
+        path, key = (
+            lm.resolve_path(m.program.data.path) / "psf" / f"psf_{band}.fits",
+            "program.data.path (the synthetic program's psf/)",
+        )
     else:
-        raise BadInput(f"{lm.path.name}: products.convolved_fwhm_arcsec asks for PSF-matched products, but no PSF is named "
-                       f"for {band}: set products.psf_path (a folder with psf_{band}.fits) or products.psfs.{band}")
+        raise BadInput(
+            f"{lm.path.name}: products.convolved_fwhm_arcsec asks for PSF-matched products, but no PSF is named "
+            f"for {band}: set products.psf_path (a folder with psf_{band}.fits) or products.psfs.{band}"
+        )
     if not path.is_file():
         raise BadInput(f"{lm.path.name}: {key}: the PSF of {band}, {path}, is not a file")
     if m.program.data.source == "synthetic" and path.parent.parent == lm.resolve_path(m.program.data.path):
         from astropy.io import fits
 
         if fits.getheader(path).get("MODEL") != "gaussian":  # older programs wrote the poppy PSF there
-            raise BadInput(f"{lm.path.name}: {path} is not the synthetic sky's PSF (MODEL != 'gaussian'): the program "
-                           f"was written by an older `hlsp simulate`; write it again")
+            raise BadInput(
+                f"{lm.path.name}: {path} is not the synthetic sky's PSF (MODEL != 'gaussian'): the program "
+                f"was written by an older `hlsp simulate`; write it again"
+            )
     return [path]
 
 
@@ -108,13 +114,16 @@ def mosaic_pixel_arcsec(header) -> float:
 
     sx, sy = proj_plane_pixel_scales(WCS(header).celestial) * 3600.0
     if abs(sx / sy - 1.0) > 1e-3:
-        raise WorkFailed(f"the mosaic's pixels are not square ({sx:.5f}\" x {sy:.5f}\"): a circular kernel does not apply")
+        raise WorkFailed(
+            f'the mosaic\'s pixels are not square ({sx:.5f}" x {sy:.5f}"): a circular kernel does not apply'
+        )
     return float(0.5 * (sx + sy))
 
 
 # -- the kernels ---------------------------------------------------------------------------------
-def band_kernel(source: np.ndarray, pixel_arcsec: float, fwhm_arcsec: float, psf_fwhm: float,
-                p: PsfMatchingParameters, label: str) -> tuple[np.ndarray, float, float, float]:
+def band_kernel(
+    source: np.ndarray, pixel_arcsec: float, fwhm_arcsec: float, psf_fwhm: float, p: PsfMatchingParameters, label: str
+) -> tuple[np.ndarray, float, float, float]:
     """Kernel (mosaic pixels) from ``source`` (odd, centred, at ``pixel_arcsec``) to a Gaussian
     of ``fwhm_arcsec``, its W- and D, and the FWHM a point source gets with it (measured).
     Refused (:class:`WorkFailed` naming ``label``) when the band cannot reach the resolution."""
@@ -123,14 +132,18 @@ def band_kernel(source: np.ndarray, pixel_arcsec: float, fwhm_arcsec: float, psf
     from processing.simulate.external import measure_fwhm
 
     if fwhm_arcsec <= psf_fwhm:
-        raise WorkFailed(f"{label}: {fwhm_arcsec:.2f}\" is not wider than the band's PSF ({psf_fwhm:.3f}\" FWHM): "
-                         "remove it from products.convolved_fwhm_arcsec")
+        raise WorkFailed(
+            f'{label}: {fwhm_arcsec:.2f}" is not wider than the band\'s PSF ({psf_fwhm:.3f}" FWHM): '
+            "remove it from products.convolved_fwhm_arcsec"
+        )
     kernel, w_minus, d = K.kernel_to_gaussian(source, pixel_arcsec, fwhm_arcsec, circular=p.circularise)
     if w_minus > p.max_negative_power:
         limit = K.safe_fwhm(source, pixel_arcsec, p.max_negative_power)
-        raise WorkFailed(f"{label}: the kernel to {fwhm_arcsec:.2f}\" has W- {w_minus:.2f} > max_negative_power "
-                         f"{p.max_negative_power}: the finest resolution this band allows is {limit:.3f}\" "
-                         "(remove the resolution or raise max_negative_power)")
+        raise WorkFailed(
+            f'{label}: the kernel to {fwhm_arcsec:.2f}" has W- {w_minus:.2f} > max_negative_power '
+            f'{p.max_negative_power}: the finest resolution this band allows is {limit:.3f}" '
+            "(remove the resolution or raise max_negative_power)"
+        )
     src = K.pad_to(K.circularise(source) if p.circularise else source, kernel.shape[0])
     point = fftconvolve(src, kernel, mode="same")
     return kernel, w_minus, d, measure_fwhm(point, pixel_arcsec)
@@ -141,13 +154,35 @@ def _image_header(sci_header):
     from astropy.wcs import WCS
 
     h = WCS(sci_header).celestial.to_header()
-    for k in ("MJDREF", "MJD-OBS", "DATE-OBS", "DATEREF", "MJD-AVG", "DATE-AVG", "MJD-BEG", "MJD-END", "DATE-BEG", "DATE-END"):
+    for k in (
+        "MJDREF",
+        "MJD-OBS",
+        "DATE-OBS",
+        "DATEREF",
+        "MJD-AVG",
+        "DATE-AVG",
+        "MJD-BEG",
+        "MJD-END",
+        "DATE-BEG",
+        "DATE-END",
+    ):
         h.remove(k, ignore_missing=True, remove_all=True)
     return h
 
 
-def write_convolved(dest: Path, primary, sci_header, sci: np.ndarray, err: np.ndarray, kernel: np.ndarray,
-                    fwhm_arcsec: float, record: dict, min_coverage: float, tile: int, scratch: Path) -> float:
+def write_convolved(
+    dest: Path,
+    primary,
+    sci_header,
+    sci: np.ndarray,
+    err: np.ndarray,
+    kernel: np.ndarray,
+    fwhm_arcsec: float,
+    record: dict,
+    min_coverage: float,
+    tile: int,
+    scratch: Path,
+) -> float:
     """Convolve ``sci``/``err`` (arrays or memory maps) into ``dest`` (FITS: primary, SCI, ERR),
     through memory-mapped scratch arrays: memory is bounded by the tile. Returns the finite
     fraction of the output."""
@@ -167,8 +202,10 @@ def write_convolved(dest: Path, primary, sci_header, sci: np.ndarray, err: np.nd
         prim.header[k] = v
     image = _image_header(sci_header)
     hdus = [prim]
-    for name, data, comment in (("SCI", sci_out, "PSF-matched surface brightness"),
-                                ("ERR", err_out, "uncertainty: sqrt(K^2 * ERR^2)")):
+    for name, data, comment in (
+        ("SCI", sci_out, "PSF-matched surface brightness"),
+        ("ERR", err_out, "uncertainty: sqrt(K^2 * ERR^2)"),
+    ):
         hdu = fits.ImageHDU(data, name=name)
         hdu.header.extend(image, update=True)
         hdu.header["BUNIT"] = (sci_header.get("BUNIT", "MJy/sr"), comment)
@@ -183,8 +220,16 @@ def write_convolved(dest: Path, primary, sci_header, sci: np.ndarray, err: np.nd
     return finite
 
 
-def write_kernel(dest: Path, kernel: np.ndarray, pixel_arcsec: float, fwhm_arcsec: float, w_minus: float, d: float,
-                 psf: Path, band: str) -> None:
+def write_kernel(
+    dest: Path,
+    kernel: np.ndarray,
+    pixel_arcsec: float,
+    fwhm_arcsec: float,
+    w_minus: float,
+    d: float,
+    psf: Path,
+    band: str,
+) -> None:
     from astropy.io import fits
 
     from processing.fileio import atomic_path
@@ -201,8 +246,15 @@ def write_kernel(dest: Path, kernel: np.ndarray, pixel_arcsec: float, fwhm_arcse
 
 
 # -- the noise against resolution (Figure 10) -------------------------------------------------------
-def noise_curve(sci: np.ndarray, err: np.ndarray, source: np.ndarray, pixel_arcsec: float, psf_fwhm: float,
-                fwhms: list[float], p: PsfMatchingParameters) -> list[dict]:
+def noise_curve(
+    sci: np.ndarray,
+    err: np.ndarray,
+    source: np.ndarray,
+    pixel_arcsec: float,
+    psf_fwhm: float,
+    fwhms: list[float],
+    p: PsfMatchingParameters,
+) -> list[dict]:
     """Noise of a central cutout of the mosaic, native and convolved to each of ``fwhms``
     (:func:`processing.psf_matching.convolve.robust_noise`, high-pass at 3 beams), with the
     median propagated ERR over the same pixels."""
@@ -211,16 +263,28 @@ def noise_curve(sci: np.ndarray, err: np.ndarray, source: np.ndarray, pixel_arcs
     y0, x0 = (ny - n) // 2, (nx - n) // 2
     s = np.asarray(sci[y0 : y0 + n, x0 : x0 + n], np.float64)
     e = np.asarray(err[y0 : y0 + n, x0 : x0 + n], np.float64)
-    rows = [{"fwhm_arcsec": psf_fwhm, "noise_mjysr": C.robust_noise(s, 3 * psf_fwhm / pixel_arcsec * K.FWHM_TO_SIGMA),
-             "err_median_mjysr": float(np.nanmedian(np.where(np.isfinite(s), e, np.nan)))}]
+    rows = [
+        {
+            "fwhm_arcsec": psf_fwhm,
+            "noise_mjysr": C.robust_noise(s, 3 * psf_fwhm / pixel_arcsec * K.FWHM_TO_SIGMA),
+            "err_median_mjysr": float(np.nanmedian(np.where(np.isfinite(s), e, np.nan))),
+        }
+    ]
     for f in fwhms:
         try:
-            kernel, *_ = band_kernel(source, pixel_arcsec, f, psf_fwhm, p.model_copy(update={"max_negative_power": 1e9}), "")
+            kernel, *_ = band_kernel(
+                source, pixel_arcsec, f, psf_fwhm, p.model_copy(update={"max_negative_power": 1e9}), ""
+            )
         except WorkFailed:
             continue
         o, eo, _ = C.convolve_block(s, e, kernel, p.min_coverage)
-        rows.append({"fwhm_arcsec": f, "noise_mjysr": C.robust_noise(o, 3 * f / pixel_arcsec * K.FWHM_TO_SIGMA),
-                     "err_median_mjysr": float(np.nanmedian(eo))})
+        rows.append(
+            {
+                "fwhm_arcsec": f,
+                "noise_mjysr": C.robust_noise(o, 3 * f / pixel_arcsec * K.FWHM_TO_SIGMA),
+                "err_median_mjysr": float(np.nanmedian(eo)),
+            }
+        )
     return rows
 
 
@@ -239,7 +303,7 @@ def plot(dest: Path, title: str, kernels: dict[float, np.ndarray], pixel_arcsec:
         c = k.shape[0] // 2
         prof = k[c, c:]
         r = np.arange(prof.size) * pixel_arcsec
-        line, = a.semilogy(r, np.abs(prof) / np.abs(prof).max(), label=f"to {f:.2f}\"")
+        (line,) = a.semilogy(r, np.abs(prof) / np.abs(prof).max(), label=f'to {f:.2f}"')
         neg = prof < 0
         a.semilogy(r[neg], np.abs(prof[neg]) / np.abs(prof).max(), "x", color=line.get_color(), ms=3)
     a.set_xlabel("radius (arcsec)")
@@ -291,7 +355,9 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         plan = {}
         for variant, fwhm in wanted.items():
             try:
-                plan[variant] = band_kernel(source, pixel, fwhm, psf_fwhm, p, f"psf_matching {target} {band} to {fwhm:.2f}\"")
+                plan[variant] = band_kernel(
+                    source, pixel, fwhm, psf_fwhm, p, f'psf_matching {target} {band} to {fwhm:.2f}"'
+                )
             except WorkFailed as exc:
                 refused.append(str(exc))
         if refused:  # before any convolution: a refusal costs nothing
@@ -300,19 +366,41 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
             t1 = time.time()
             kernel, w_minus, d, point = plan[variant]
             kernels[fwhm] = kernel
-            record = {"HLSPDPF": (psf_path.name[:40], "PSF the kernel was made from"),
-                      "HLSPDPW": (round(w_minus, 5), "kernel negative weight W- (Aniano+2011)"),
-                      "HLSPDPD": (round(d, 5), "kernel residual D (Aniano+2011)"),
-                      "HLSPDPB": (fwhm, "[arcsec] Gaussian FWHM of this image")}
+            record = {
+                "HLSPDPF": (psf_path.name[:40], "PSF the kernel was made from"),
+                "HLSPDPW": (round(w_minus, 5), "kernel negative weight W- (Aniano+2011)"),
+                "HLSPDPD": (round(d, 5), "kernel residual D (Aniano+2011)"),
+                "HLSPDPB": (fwhm, "[arcsec] Gaussian FWHM of this image"),
+            }
             out = outdir / f"{product}_{variant}.fits"
-            finite = write_convolved(out, primary, sci_header, sci, err, kernel, fwhm, record, p.min_coverage, p.tile_pixels, outdir)
+            finite = write_convolved(
+                out, primary, sci_header, sci, err, kernel, fwhm, record, p.min_coverage, p.tile_pixels, outdir
+            )
             kfile = outdir / f"{product}_{variant}_kernel.fits"
             write_kernel(kfile, kernel, pixel, fwhm, w_minus, d, psf_path, band)
             written += [out, kfile]
-            rows.append({"product": variant, "fwhm_arcsec": fwhm, "w_minus": w_minus, "d": d, "point_fwhm_arcsec": point,
-                         "kernel_pixels": kernel.shape[0], "finite_fraction": finite, "seconds": round(time.time() - t1, 2)})
-            log.info("psf_matching %s %s to %.2f\": W- %.3f, D %.3f, point source %.4f\", %.1f s", target, band, fwhm,
-                     w_minus, d, point, time.time() - t1)
+            rows.append(
+                {
+                    "product": variant,
+                    "fwhm_arcsec": fwhm,
+                    "w_minus": w_minus,
+                    "d": d,
+                    "point_fwhm_arcsec": point,
+                    "kernel_pixels": kernel.shape[0],
+                    "finite_fraction": finite,
+                    "seconds": round(time.time() - t1, 2),
+                }
+            )
+            log.info(
+                'psf_matching %s %s to %.2f": W- %.3f, D %.3f, point source %.4f", %.1f s',
+                target,
+                band,
+                fwhm,
+                w_minus,
+                d,
+                point,
+                time.time() - t1,
+            )
         curve = []
         if p.noise_curve_points:
             top = max(wanted.values())
@@ -324,32 +412,60 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         c = next((c for c in curve if c["fwhm_arcsec"] == r["fwhm_arcsec"]), None)
         r["noise_mjysr"] = c["noise_mjysr"] if c else float("nan")
         r["err_median_mjysr"] = c["err_median_mjysr"] if c else float("nan")
-    rows += [{"product": "-", "fwhm_arcsec": c["fwhm_arcsec"], "w_minus": float("nan"), "d": float("nan"),
-              "point_fwhm_arcsec": float("nan"), "kernel_pixels": 0, "finite_fraction": float("nan"), "seconds": 0.0,
-              "noise_mjysr": c["noise_mjysr"], "err_median_mjysr": c["err_median_mjysr"]}
-             for c in curve if c["fwhm_arcsec"] not in wanted.values()]
+    rows += [
+        {
+            "product": "-",
+            "fwhm_arcsec": c["fwhm_arcsec"],
+            "w_minus": float("nan"),
+            "d": float("nan"),
+            "point_fwhm_arcsec": float("nan"),
+            "kernel_pixels": 0,
+            "finite_fraction": float("nan"),
+            "seconds": 0.0,
+            "noise_mjysr": c["noise_mjysr"],
+            "err_median_mjysr": c["err_median_mjysr"],
+        }
+        for c in curve
+        if c["fwhm_arcsec"] not in wanted.values()
+    ]
     table = Table(rows=sorted(rows, key=lambda r: r["fwhm_arcsec"]))
-    table.meta.update({"target": target, "band": band, "psf": psf_path.name, "psf_fwhm_arcsec": round(psf_fwhm, 5),
-                       "pixel_arcsec": pixel, "native_noise_mjysr": native, "seconds": round(time.time() - t0, 2),
-                       "parameters": p.model_dump(),
-                       "noise": "1.4826 x MAD of the image minus its smoothing at 3 beams, over the faintest 30% of a "
-                                f"central {p.noise_cutout_pixels}-pixel cutout"})
+    table.meta.update(
+        {
+            "target": target,
+            "band": band,
+            "psf": psf_path.name,
+            "psf_fwhm_arcsec": round(psf_fwhm, 5),
+            "pixel_arcsec": pixel,
+            "native_noise_mjysr": native,
+            "seconds": round(time.time() - t0, 2),
+            "parameters": p.model_dump(),
+            "noise": "1.4826 x MAD of the image minus its smoothing at 3 beams, over the faintest 30% of a "
+            f"central {p.noise_cutout_pixels}-pixel cutout",
+        }
+    )
     tpath = outdir / f"{product}_psf_matching.ecsv"
     table.write(tpath, format="ascii.ecsv", overwrite=True)
     fig = outdir / f"{product}_psf_matching.png"
-    plot(fig, f"{target} {band}: PSF {psf_fwhm:.3f}\" ({psf_path.name}), {pixel:.3f}\" pixels", kernels, pixel, curve)
+    plot(fig, f'{target} {band}: PSF {psf_fwhm:.3f}" ({psf_path.name}), {pixel:.3f}" pixels', kernels, pixel, curve)
     log.info("psf_matching %s %s: %d resolutions in %.1f s", target, band, len(wanted), time.time() - t0)
     return written + [tpath, fig]
 
 
 STAGE = Stage(
-    name="psf_matching", unit="target_band",
-    inputs=(Input("mosaic", "same", "lv3", "_i2d.fits"),
-            Input("psf", "manifest_file", files="processing.psf_matching.stage:psf_files")),
+    name="psf_matching",
+    unit="target_band",
+    inputs=(
+        Input("mosaic", "same", "lv3", "_i2d.fits"),
+        Input("psf", "manifest_file", files="processing.psf_matching.stage:psf_files"),
+    ),
     outputs=("_{variant}.fits", "_{variant}_kernel.fits", "_psf_matching.ecsv", "_psf_matching.png"),
-    run="processing.psf_matching.stage:run", modules=("processing.psf_matching",),
+    run="processing.psf_matching.stage:run",
+    modules=("processing.psf_matching",),
     parameters=ModelParameters(PsfMatchingParameters),
     products=(Product("img-{variant}", "_{variant}.fits"), Product("psf-matching", "_psf_matching.ecsv", per="target")),
-    variants="processing.psf_matching.stage:variants", memory_gb=2.0,
-    description="PSF matching: each mosaic convolved to the release's Gaussian resolutions with kernels from the band's PSF by the method of Aniano et al. (2011) (circularised PSFs, Fourier ratio under a low-pass filter); SCI and ERR (propagated) with the beam in BMAJ/BMIN/BPA",
+    variants="processing.psf_matching.stage:variants",
+    memory_gb=2.0,
+    description="PSF matching: each mosaic convolved to the release's Gaussian resolutions with kernels from the "
+    "band's PSF by the method of Aniano et al. (2011) (circularised PSFs, Fourier ratio under a low-pass "
+    "filter); SCI and ERR (propagated) with the beam in BMAJ/BMIN/BPA",
 )

@@ -54,8 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-from processing.simulate import detectors
 from processing.fileio import atomic_write_text, save_model_atomic
+from processing.simulate import detectors
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,31 @@ EXP_TYPES = {"NIRCAM": "NRC_IMAGE", "MIRI": "MIR_IMAGE"}
 #: Reference types with real files, per instrument (every other type maps to 'N/A').
 PROVIDED_TYPES = {
     "NIRCAM": (
-        "mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise",
-        "distortion", "filteroffset", "flat", "photom", "area",
+        "mask",
+        "saturation",
+        "superbias",
+        "linearity",
+        "dark",
+        "gain",
+        "readnoise",
+        "distortion",
+        "filteroffset",
+        "flat",
+        "photom",
+        "area",
     ),
     "MIRI": (
-        "mask", "saturation", "linearity", "dark", "gain", "readnoise",
-        "distortion", "filteroffset", "flat", "photom", "area",
+        "mask",
+        "saturation",
+        "linearity",
+        "dark",
+        "gain",
+        "readnoise",
+        "distortion",
+        "filteroffset",
+        "flat",
+        "photom",
+        "area",
     ),
 }
 
@@ -140,10 +159,10 @@ _ARCSEC_PER_RAD = 206264.80624709636
 class _Entry:
     """One reference file and the rmap match values that select it."""
 
-    instrument: str        # 'NIRCAM' / 'MIRI'
-    filekind: str          # e.g. 'flat'
+    instrument: str  # 'NIRCAM' / 'MIRI'
+    filekind: str  # e.g. 'flat'
     match: tuple[str, ...]  # values of MATCH_KEYS, in order
-    filename: str          # basename in references/jwst/<inst>/
+    filename: str  # basename in references/jwst/<inst>/
 
 
 def context_serial(context: str) -> str:
@@ -256,7 +275,11 @@ def _ref_name(instrument: str, filekind: str, serial: str, *parts: str, ext: str
 
 
 def _write_detector_references(
-    ref_dir: Path, serial: str, det: detectors.Detector, bands: list[str], dark_nframes: int,
+    ref_dir: Path,
+    serial: str,
+    det: detectors.Detector,
+    bands: list[str],
+    dark_nframes: int,
     subarrays: list[str],
 ) -> list[_Entry]:
     """Write all reference files of one detector; return their mapping entries."""
@@ -427,7 +450,9 @@ def _dark_model(det: detectors.Detector, sub_name: str, nframes: int):
         model = DarkModel(data=cube, dq=np.zeros((ny, nx), np.uint32))
         readpatt = "RAPID"
     _set_meta(
-        model, det, "dark",
+        model,
+        det,
+        "dark",
         f"Synthetic dark, {sub_name}: dark_rate (DN/s) x {frame_time:g} s x frame number",
         full_frame=False,
     )
@@ -486,7 +511,9 @@ def _distortion_model(det: detectors.Detector):
     model.meta.input_units = u.pix
     model.meta.output_units = u.arcsec
     _set_meta(
-        model, det, "distortion",
+        model,
+        det,
+        "distortion",
         f"Synthetic linear distortion from SIAF {det.full_aperture}: 0-based full-frame pixels to V2/V3 arcsec",
     )
     if det.instrument == "NIRCAM":
@@ -522,7 +549,9 @@ def _flat_model(det: detectors.Detector, band: str):
     dq = np.zeros(det.shape, np.uint32)
     dq[~detectors.science_mask(det.name)] = _dq_flag("REFERENCE_PIXEL", "NO_FLAT_FIELD")
     model = FlatModel(
-        data=data, dq=dq, err=np.zeros(det.shape, np.float32),
+        data=data,
+        dq=dq,
+        err=np.zeros(det.shape, np.float32),
         dq_def=_dq_def(["DO_NOT_USE", "NO_FLAT_FIELD", "REFERENCE_PIXEL"]),
     )
     _set_meta(model, det, "flat", f"Synthetic flat field for {band}, mean 1")
@@ -546,7 +575,12 @@ def _photom_model(det: detectors.Detector, bands: list[str]):
     if det.instrument == "NIRCAM":
         dtype = [("filter", "S12"), ("pupil", "S12"), ("photmjsr", "<f4"), ("uncertainty", "<f4")]
         rows = [
-            (b, detectors.FILTERS[b]["pupil"], detectors.FILTERS[b]["photmjsr"], 1e-3 * detectors.FILTERS[b]["photmjsr"])
+            (
+                b,
+                detectors.FILTERS[b]["pupil"],
+                detectors.FILTERS[b]["photmjsr"],
+                1e-3 * detectors.FILTERS[b]["photmjsr"],
+            )
             for b in bands
         ]
         model = NrcImgPhotomModel(phot_table=np.array(rows, dtype=dtype))

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from processing.jwst_stages import crds_environment, worker_init, run_detector1, run_image2, run_image3
+from processing.jwst_stages import crds_environment, run_detector1, run_image2, run_image3, worker_init
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,14 @@ def _lv3(cal_files: list[str], workdir: str, product: str, params: dict) -> tupl
     return str(i2d), time.time() - t, _peak_rss_mb()
 
 
-def run_default_pipeline(program: str | Path, workdir: str | Path, targets: list[str] | None = None,
-                         bands: list[str] | None = None, workers: int = 2, lv3_params: dict | None = None) -> dict:
+def run_default_pipeline(
+    program: str | Path,
+    workdir: str | Path,
+    targets: list[str] | None = None,
+    bands: list[str] | None = None,
+    workers: int = 2,
+    lv3_params: dict | None = None,
+) -> dict:
     """Run the three stages at jwst defaults; return {'mosaics': {target: {band: i2d}}, 'timing': ...}.
 
     ``lv3_params`` replaces :data:`LV3_DEFAULT_PARAMS` (e.g. to switch skymatch off, which on
@@ -59,7 +65,8 @@ def run_default_pipeline(program: str | Path, workdir: str | Path, targets: list
     truth = json.loads((program / "truth" / "truth.json").read_text())
     env = crds_environment(program / "crds", truth["crds_context"], "local")
     science = [
-        e for e in index["exposures"]
+        e
+        for e in index["exposures"]
         if e["kind"] == "science" and (not targets or e["target"] in targets) and (not bands or e["band"] in bands)
     ]
     timing: dict = {"lv12_s": {}, "lv3_s": {}, "peak_rss_mb": 0.0}
@@ -73,7 +80,9 @@ def run_default_pipeline(program: str | Path, workdir: str | Path, targets: list
             timing["lv12_s"][Path(e["file"]).name] = round(dt, 2)
             timing["peak_rss_mb"] = max(timing["peak_rss_mb"], rss)
         lv3 = {
-            key: pool.submit(_lv3, sorted(cals), str(workdir), f"{key[0]}_{key[1].lower()}", lv3_params or LV3_DEFAULT_PARAMS)
+            key: pool.submit(
+                _lv3, sorted(cals), str(workdir), f"{key[0]}_{key[1].lower()}", lv3_params or LV3_DEFAULT_PARAMS
+            )
             for key, cals in sorted(groups.items())
         }
         mosaics: dict = {}

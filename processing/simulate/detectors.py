@@ -27,33 +27,66 @@ CALIBRATION_SEED = 20240101
 
 @dataclass(frozen=True)
 class Detector:
-    instrument: str          # 'NIRCAM' or 'MIRI' (jwst's meta.instrument.name)
-    name: str                # meta.instrument.detector, e.g. 'NRCA1'
-    channel: str             # 'SHORT', 'LONG' (NIRCam) or 'MIRIMAGE'
-    full_aperture: str       # pysiaf aperture of the full frame
-    shape: tuple[int, int]   # full frame (ny, nx)
-    refpix: int              # width of the reference-pixel border (NIRCam 4 all round; MIRI 4 columns each side)
-    gain: float              # e-/DN
-    readnoise: float         # DN per read (CDS/sqrt(2))
-    saturation: float        # DN, level of the saturation reference
-    bias: float              # DN, mean superbias level
-    dark: float              # DN/s, mean dark current
-    frame_time: dict         # subarray name -> seconds per frame
+    instrument: str  # 'NIRCAM' or 'MIRI' (jwst's meta.instrument.name)
+    name: str  # meta.instrument.detector, e.g. 'NRCA1'
+    channel: str  # 'SHORT', 'LONG' (NIRCam) or 'MIRIMAGE'
+    full_aperture: str  # pysiaf aperture of the full frame
+    shape: tuple[int, int]  # full frame (ny, nx)
+    refpix: int  # width of the reference-pixel border (NIRCam 4 all round; MIRI 4 columns each side)
+    gain: float  # e-/DN
+    readnoise: float  # DN per read (CDS/sqrt(2))
+    saturation: float  # DN, level of the saturation reference
+    bias: float  # DN, mean superbias level
+    dark: float  # DN/s, mean dark current
+    frame_time: dict  # subarray name -> seconds per frame
     linearity: tuple[float, float]  # corrected = raw + c2*raw**2 + c3*raw**3 (coefficients c2, c3)
 
 
 DETECTORS: dict[str, Detector] = {
     "NRCA1": Detector(
-        "NIRCAM", "NRCA1", "SHORT", "NRCA1_FULL", (2048, 2048), 4, 2.05, 9.0, 60000.0, 12000.0,
-        0.002, {"FULL": 10.73677, "SUB640": 4.18}, (2.0e-6, 1.0e-11),
+        "NIRCAM",
+        "NRCA1",
+        "SHORT",
+        "NRCA1_FULL",
+        (2048, 2048),
+        4,
+        2.05,
+        9.0,
+        60000.0,
+        12000.0,
+        0.002,
+        {"FULL": 10.73677, "SUB640": 4.18},
+        (2.0e-6, 1.0e-11),
     ),
     "NRCALONG": Detector(
-        "NIRCAM", "NRCALONG", "LONG", "NRCA5_FULL", (2048, 2048), 4, 1.82, 8.0, 60000.0, 13000.0,
-        0.003, {"FULL": 10.73677, "SUB320": 1.09}, (2.0e-6, 1.0e-11),
+        "NIRCAM",
+        "NRCALONG",
+        "LONG",
+        "NRCA5_FULL",
+        (2048, 2048),
+        4,
+        1.82,
+        8.0,
+        60000.0,
+        13000.0,
+        0.003,
+        {"FULL": 10.73677, "SUB320": 1.09},
+        (2.0e-6, 1.0e-11),
     ),
     "MIRIMAGE": Detector(
-        "MIRI", "MIRIMAGE", "MIRIMAGE", "MIRIM_FULL", (1024, 1032), 4, 4.0, 6.0, 55000.0, 11000.0,
-        0.5, {"FULL": 2.77504}, (1.5e-6, 1.0e-11),
+        "MIRI",
+        "MIRIMAGE",
+        "MIRIMAGE",
+        "MIRIM_FULL",
+        (1024, 1032),
+        4,
+        4.0,
+        6.0,
+        55000.0,
+        11000.0,
+        0.5,
+        {"FULL": 2.77504},
+        (1.5e-6, 1.0e-11),
     ),
 }
 
@@ -68,7 +101,6 @@ SUBARRAYS = {
 }
 
 
-
 def lyot_mask(shape: tuple[int, int] = (1024, 1032), xstart: int = 1, ystart: int = 1) -> np.ndarray:
     """MIRI Lyot coronagraph region on an image (full frame by default): the SIAF footprint
     the processing's Lyot separation uses (processing/lyot.py), so the two agree by
@@ -76,6 +108,7 @@ def lyot_mask(shape: tuple[int, int] = (1024, 1032), xstart: int = 1, ystart: in
     from processing.lyot import lyot_region
 
     return lyot_region(shape, xstart, ystart)
+
 
 #: Photometric conversion, MJy/sr per DN/s, and nominal PSF FWHM (arcsec, Table 2 of the paper).
 FILTERS = {
@@ -94,7 +127,7 @@ def detector_for(band: str) -> Detector:
     return DETECTORS[FILTERS[band]["detector"]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def siaf_aperture(name: str):
     import pysiaf
 
@@ -108,10 +141,10 @@ class Geometry:
 
     v2ref: float
     v3ref: float
-    v3yangle: float   # deg, V3IdlYAngle
-    parity: int       # VIdlParity
-    scale: float      # arcsec / pixel
-    xref: float       # 0-based full-frame pixel at (V2Ref, V3Ref)
+    v3yangle: float  # deg, V3IdlYAngle
+    parity: int  # VIdlParity
+    scale: float  # arcsec / pixel
+    xref: float  # 0-based full-frame pixel at (V2Ref, V3Ref)
     yref: float
 
     def det_to_v2v3(self, x, y):
@@ -129,17 +162,22 @@ class Geometry:
         return np.array([[p * s * np.cos(t), s * np.sin(t)], [-p * s * np.sin(t), s * np.cos(t)]])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def geometry(detector: str) -> Geometry:
     d = DETECTORS[detector]
     ap = siaf_aperture(d.full_aperture)
     return Geometry(
-        v2ref=ap.V2Ref, v3ref=ap.V3Ref, v3yangle=ap.V3IdlYAngle, parity=int(ap.VIdlParity),
-        scale=0.5 * (ap.XSciScale + ap.YSciScale), xref=ap.XSciRef - 1.0, yref=ap.YSciRef - 1.0,
+        v2ref=ap.V2Ref,
+        v3ref=ap.V3Ref,
+        v3yangle=ap.V3IdlYAngle,
+        parity=int(ap.VIdlParity),
+        scale=0.5 * (ap.XSciScale + ap.YSciScale),
+        xref=ap.XSciRef - 1.0,
+        yref=ap.YSciRef - 1.0,
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def subarray(detector: str, size: str) -> dict:
     """Name, 1-based xstart/ystart and shape of the subarray used for ``size`` ('demo'/'full')."""
     name, aperture = SUBARRAYS[(detector, size)]
@@ -152,7 +190,13 @@ def subarray(detector: str, size: str) -> dict:
     xs, ys = full.tel_to_sci(sub.V2Ref, sub.V3Ref)
     xstart = int(round(xs - sub.XSciRef)) + 1
     ystart = int(round(ys - sub.YSciRef)) + 1
-    return {"name": name, "aperture": aperture, "xstart": xstart, "ystart": ystart, "shape": (sub.YSciSize, sub.XSciSize)}
+    return {
+        "name": name,
+        "aperture": aperture,
+        "xstart": xstart,
+        "ystart": ystart,
+        "shape": (sub.YSciSize, sub.XSciSize),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,7 +232,7 @@ def science_mask(detector: str) -> np.ndarray:
     return m
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def flat(detector: str, band: str) -> np.ndarray:
     """Pixel-to-pixel and large-scale response, mean 1 (float32)."""
     d = DETECTORS[detector]
@@ -197,14 +241,14 @@ def flat(detector: str, band: str) -> np.ndarray:
     return f.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def superbias(detector: str) -> np.ndarray:
     d = DETECTORS[detector]
     rng = _rng(detector, "bias")
     return (d.bias + _smooth_field(d.shape, rng, 150.0) + rng.normal(0, 20.0, d.shape)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def dark_rate(detector: str) -> np.ndarray:
     """Dark current in DN/s."""
     d = DETECTORS[detector]
@@ -212,7 +256,7 @@ def dark_rate(detector: str) -> np.ndarray:
     return (d.dark * (1.0 + 0.2 * rng.standard_normal(d.shape))).clip(0).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bad_pixels(detector: str) -> np.ndarray:
     """Boolean map of dead pixels (0.05%), flagged DO_NOT_USE in the mask reference."""
     d = DETECTORS[detector]

@@ -25,16 +25,16 @@ log = logging.getLogger(__name__)
 class Effects:
     """Which instrumental effects to inject (all on for the demo; off for truth-recovery tests)."""
 
-    noise: bool = True            # Poisson + read noise
-    one_over_f: bool = True       # NIRCam row stripes per amplifier
+    noise: bool = True  # Poisson + read noise
+    one_over_f: bool = True  # NIRCam row stripes per amplifier
     cosmic_rays: bool = True
-    pointing: bool = True         # per-visit pointing errors
+    pointing: bool = True  # per-visit pointing errors
     miri_background: bool = True  # drifting MIRI backgrounds with per-epoch structure
-    lyot: bool = True             # MIRI coronagraph region background offset
-    nircam_sky: bool = True       # zodiacal light on NIRCam
+    lyot: bool = True  # MIRI coronagraph region background offset
+    nircam_sky: bool = True  # zodiacal light on NIRCam
 
     @classmethod
-    def none(cls) -> "Effects":
+    def none(cls) -> Effects:
         return cls(False, False, False, False, False, False, False)
 
 
@@ -68,9 +68,16 @@ def wcsinfo(att, detector: str, sub: dict, pa_v3: float) -> dict:
     roll_ref = rotations.posangle(att, ap.V2Ref, ap.V3Ref)
     ra_v1, dec_v1 = rotations.pointing(att, 0.0, 0.0)
     return {
-        "v2_ref": float(ap.V2Ref), "v3_ref": float(ap.V3Ref), "vparity": g.parity,
-        "v3yangle": float(g.v3yangle), "ra_ref": float(ra_ref), "dec_ref": float(dec_ref),
-        "roll_ref": float(roll_ref), "ra_v1": float(ra_v1), "dec_v1": float(dec_v1), "pa_v3": float(pa_v3),
+        "v2_ref": float(ap.V2Ref),
+        "v3_ref": float(ap.V3Ref),
+        "vparity": g.parity,
+        "v3yangle": float(g.v3yangle),
+        "ra_ref": float(ra_ref),
+        "dec_ref": float(dec_ref),
+        "roll_ref": float(roll_ref),
+        "ra_v1": float(ra_v1),
+        "dec_v1": float(dec_v1),
+        "pa_v3": float(pa_v3),
     }
 
 
@@ -93,8 +100,16 @@ def amplifier_columns(nx: int, namps: int) -> list[slice]:
     return [slice(a * w, (a + 1) * w) for a in range(namps)]
 
 
-def make_ramp(rate: np.ndarray, detector: str, sub: dict, ngroups: int, tgroup: float,
-              rng: np.random.Generator, noise: bool, crs: np.ndarray | None) -> np.ndarray:
+def make_ramp(
+    rate: np.ndarray,
+    detector: str,
+    sub: dict,
+    ngroups: int,
+    tgroup: float,
+    rng: np.random.Generator,
+    noise: bool,
+    crs: np.ndarray | None,
+) -> np.ndarray:
     """Level-1b data (1, ngroups, ny, nx) uint16 for a count rate in DN/s (dark included).
 
     ``crs``: rows (y, x, first group, amplitude DN) of cosmic-ray hits.
@@ -111,7 +126,7 @@ def make_ramp(rate: np.ndarray, detector: str, sub: dict, ngroups: int, tgroup: 
         ramp[g] = acc
     if crs is not None and len(crs):
         for y, x, g0, a in crs:
-            ramp[int(g0):, int(y), int(x)] += a
+            ramp[int(g0) :, int(y), int(x)] += a
     if d.instrument == "MIRI":
         # MIRI detector1 has no superbias step: linearity acts on raw DN that include the bias
         ramp = D.apply_nonlinearity(ramp + bias, detector)
@@ -185,7 +200,9 @@ def write_uncal(path, exp: Exposure, detector: str, sub: dict, data: np.ndarray,
     meta.observation.sequence_id = str(exp.sequence)
     meta.observation.activity_id = f"{exp.activity:02d}"
     meta.observation.exposure_number = f"{exp.exposure:05d}"
-    meta.observation.obs_id = f"V{PROGRAM_ID:05d}{exp.observation:03d}{exp.visit:03d}02{exp.sequence}{exp.activity:02d}_{exp.exposure:05d}"
+    meta.observation.obs_id = (
+        f"V{PROGRAM_ID:05d}{exp.observation:03d}{exp.visit:03d}02{exp.sequence}{exp.activity:02d}_{exp.exposure:05d}"
+    )
     meta.observation.visit_id = f"{PROGRAM_ID:05d}{exp.observation:03d}{exp.visit:03d}"
     meta.visit.type = "PRIME_TARGETED_FIXED"
     # MIRI off-fields are coordinated parallels of the NIRCam prime exposures (as in program 2107)

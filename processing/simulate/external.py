@@ -216,8 +216,12 @@ def split_sky(galaxy: Galaxy, band: str):
         comps.append((sx, sy, psf_var, psf_var, c * flux / (2 * np.pi * psf_var)))
     comps += _bg_components(galaxy.bg_galaxies, 0.3 * (s_star + s_dust), math.sqrt(psf_var))
     extended = dataclasses.replace(
-        galaxy, nucleus_peak=0.0, knots=np.zeros((0, 4)), stars=np.zeros((0, 3)),
-        star_colour=np.zeros(0), bg_galaxies=np.zeros((0, 5)),
+        galaxy,
+        nucleus_peak=0.0,
+        knots=np.zeros((0, 4)),
+        stars=np.zeros((0, 3)),
+        star_colour=np.zeros(0),
+        bg_galaxies=np.zeros((0, 5)),
     )
     return extended, [tuple(float(v) for v in c) for c in comps]
 
@@ -234,8 +238,9 @@ def broaden(comps: list, var: float) -> list:
     return out
 
 
-def _add_pixel_averaged(out: np.ndarray, xs: np.ndarray, ys: np.ndarray, pixel: float, comps: list,
-                        nsigma: float = 7.0) -> None:
+def _add_pixel_averaged(
+    out: np.ndarray, xs: np.ndarray, ys: np.ndarray, pixel: float, comps: list, nsigma: float = 7.0
+) -> None:
     """Add axis-aligned Gaussians to ``out``, averaged exactly over square pixels.
 
     Parameters
@@ -276,9 +281,16 @@ def _add_pixel_averaged(out: np.ndarray, xs: np.ndarray, ys: np.ndarray, pixel: 
         out[j0:j1, i0:i1] += peak * np.outer(ay, ax)
 
 
-def convolved_sky(galaxy: Galaxy, band: str, fwhm_arcsec: float, pixel_arcsec: float, n: int,
-                  samples_per_fwhm: float = SAMPLES_PER_FWHM, rows_per_chunk: int = 256,
-                  exact_arcmin: float = EXACT_FIELD_ARCMIN) -> np.ndarray:
+def convolved_sky(
+    galaxy: Galaxy,
+    band: str,
+    fwhm_arcsec: float,
+    pixel_arcsec: float,
+    n: int,
+    samples_per_fwhm: float = SAMPLES_PER_FWHM,
+    rows_per_chunk: int = 256,
+    exact_arcmin: float = EXACT_FIELD_ARCMIN,
+) -> np.ndarray:
     """True sky of ``band`` convolved with a Gaussian beam and averaged into survey pixels.
 
     The extended part of the sky (:func:`split_sky`) is evaluated on a fine grid (``k`` x ``k``
@@ -342,13 +354,14 @@ def convolved_sky(galaxy: Galaxy, band: str, fwhm_arcsec: float, pixel_arcsec: f
     out[edge : edge + n_in, edge : edge + n_in] = fine[pad:-pad, pad:-pad].reshape(n_in, k, n_in, k).mean(axis=(1, 3))
     del fine
     _add_pixel_averaged(out, *grid_offsets(n, pixel_arcsec), pixel_arcsec, broaden(comps, beam_sigma**2))
-    log.debug("convolved %s to %.2f\" on a %dx%d fine grid (%.3f\"/point)", band, fwhm_arcsec, ys.size, xs.size, step)
+    log.debug('convolved %s to %.2f" on a %dx%d fine grid (%.3f"/point)', band, fwhm_arcsec, ys.size, xs.size, step)
     return out
 
 
 # -- 1. survey images ------------------------------------------------------------------------
-def write_external_images(outdir: Path, name: str, galaxy: Galaxy, rng: np.random.Generator,
-                          surveys=("irac1", "irac4", "wise1", "wise3")) -> dict:
+def write_external_images(
+    outdir: Path, name: str, galaxy: Galaxy, rng: np.random.Generator, surveys=("irac1", "irac4", "wise1", "wise3")
+) -> dict:
     """Write the wide-field survey images of one target.
 
     Each image is ``slope * convolved_sky(proxy band) + background + noise`` on a
@@ -402,8 +415,13 @@ def write_external_images(outdir: Path, name: str, galaxy: Galaxy, rng: np.rando
         with atomic_path(outdir / rel) as tmp:
             fits.PrimaryHDU(image.astype(np.float32), header=hdr).writeto(tmp, overwrite=True)
         truth[survey] = {
-            "file": rel, "proxy_band": band, "slope": slope, "background_mjysr": background,
-            "fwhm_arcsec": float(spec["fwhm"]), "pixel_arcsec": float(spec["pixel"]), "noise_mjysr": noise,
+            "file": rel,
+            "proxy_band": band,
+            "slope": slope,
+            "background_mjysr": background,
+            "fwhm_arcsec": float(spec["fwhm"]),
+            "pixel_arcsec": float(spec["pixel"]),
+            "noise_mjysr": noise,
             "shape": list(shape),
         }
         log.info("%s %s: %s x %.3f + %.3f MJy/sr", name, survey, band, slope, background)
@@ -486,8 +504,11 @@ def write_reference_catalog(outdir: Path, name: str, galaxy: Galaxy, rng: np.ran
     sharp = np.where(cluster, rng.normal(-0.15, 0.05, n_sky), rng.normal(-0.007, 0.005, n_sky))
     rnd = np.where(cluster, rng.normal(0.3, 0.2, n_sky), rng.normal(0.1, 0.08, n_sky))
     kind = np.where(cluster, "cluster", np.where(rsg, "rsg", "star")).astype("<U7")
-    err = np.where(cluster, REFCAT_ERROR_MAS["cluster"],
-                   np.where(crowded | (flag > 0), REFCAT_ERROR_MAS["crowded"], REFCAT_ERROR_MAS["good"]))
+    err = np.where(
+        cluster,
+        REFCAT_ERROR_MAS["cluster"],
+        np.where(crowded | (flag > 0), REFCAT_ERROR_MAS["crowded"], REFCAT_ERROR_MAS["good"]),
+    )
     # the extras
     x, y = np.concatenate([x, fx]), np.concatenate([y, fy])
     m814, vi = np.concatenate([m814, m814_faint]), np.concatenate([vi, rng.normal(2.5, 0.6, n_faint)])
@@ -521,7 +542,11 @@ def write_reference_catalog(outdir: Path, name: str, galaxy: Galaxy, rng: np.ran
     t["FLUX_F200W"] = flux
     t["POS_ERR_MAS"] = err
     t["IN_SKY"] = in_sky
-    t["KIND"].description = "truth: rsg (red supergiant/AGB), star (foreground), cluster (dusty, extended), faint (catalogue-only)"
+    t[
+        "KIND"
+    ].description = (
+        "truth: rsg (red supergiant/AGB), star (foreground), cluster (dusty, extended), faint (catalogue-only)"
+    )
     t["MAG_F814W"].description = "Vega-like F814W magnitude made up from the sky model's F200W flux"
     t["CROWD_F814W"].description = "DOLPHOT crowding: how much brighter without neighbours removed"
     t["FLUX_F200W"].description = "F200W flux of the sky model, MJy/sr * arcsec^2"
@@ -531,14 +556,30 @@ def write_reference_catalog(outdir: Path, name: str, galaxy: Galaxy, rng: np.ran
     t.meta["simulated"] = True
     t.meta["trgb_f814w"] = trgb
     t.meta["comment"] = ["Synthetic HST/DOLPHOT-like astrometric reference catalogue (paper section 3.8)."]
-    passing = ((snr >= 10) & (crowd <= 0.01) & (flag == 0) & (t["OBJTYPE"] == 1) & (sharp > -0.025) & (sharp <= 0.01)
-               & (rnd > -0.15) & (rnd <= 0.4) & (vi >= 2) & (vi < 4))
+    passing = (
+        (snr >= 10)
+        & (crowd <= 0.01)
+        & (flag == 0)
+        & (t["OBJTYPE"] == 1)
+        & (sharp > -0.025)
+        & (sharp <= 0.01)
+        & (rnd > -0.15)
+        & (rnd <= 0.4)
+        & (vi >= 2)
+        & (vi < 4)
+    )
     rel = f"external/{name}_refcat.ecsv"
     with atomic_path(Path(outdir) / rel) as tmp:
         t.write(tmp, format="ascii.ecsv", overwrite=True)
     log.info("%s refcat: %d sources (%d in the sky), %d pass the paper's cuts", name, x.size, n_sky, int(passing.sum()))
-    return {"file": rel, "n_sources": int(x.size), "n_in_sky": int(n_sky), "n_pass_cuts": int(passing.sum()),
-            "trgb_f814w": trgb, "position_error_mas": dict(REFCAT_ERROR_MAS)}
+    return {
+        "file": rel,
+        "n_sources": int(x.size),
+        "n_in_sky": int(n_sky),
+        "n_pass_cuts": int(passing.sum()),
+        "trgb_f814w": trgb,
+        "position_error_mas": dict(REFCAT_ERROR_MAS),
+    }
 
 
 # -- 3. PSF models ---------------------------------------------------------------------------
@@ -572,8 +613,9 @@ def psf_model(band: str, oversample: int = 4, fov_pixels: int = 81) -> tuple[np.
 
     scale = PIXEL_SCALE_ARCSEC[channel_of(band)]
     lam = FILTERS[band]["wavelength"] * 1e-6
-    osys = poppy.OpticalSystem(name=f"JWST-like {band}", oversample=2, npix=PUPIL_NPIX,
-                               pupil_diameter=PUPIL_DIAMETER, verbose=False)
+    osys = poppy.OpticalSystem(
+        name=f"JWST-like {band}", oversample=2, npix=PUPIL_NPIX, pupil_diameter=PUPIL_DIAMETER, verbose=False
+    )
     osys.add_pupil(jwst_like_pupil())
     osys.add_detector(pixelscale=scale, fov_pixels=fov_pixels, oversample=oversample)
     fractions = np.asarray(PSF_WAVELENGTH_FRACTIONS, float)
@@ -658,14 +700,19 @@ def write_psf_models(outdir: Path, bands: list[str], oversample: int = 4, fov_pi
             psf, pixscale = (gaussian_psf if model == "gaussian" else psf_model)(band, oversample, fov_pixels)
             fwhm = measure_fwhm(psf, pixscale)
             if model == "poppy" and abs(fwhm / table2 - 1.0) > PSF_FWHM_TOLERANCE:
-                log.warning("%s: PSF FWHM %.3f\" is %.0f%% off Table 2's %.3f\"", band, fwhm, 100 * (fwhm / table2 - 1), table2)
+                log.warning(
+                    '%s: PSF FWHM %.3f" is %.0f%% off Table 2\'s %.3f"', band, fwhm, 100 * (fwhm / table2 - 1), table2
+                )
             hdr = fits.Header()
             hdr["FILTER"] = band
             hdr["MODEL"] = (model, "gaussian: the synthetic sky's PSF; poppy: JWST-like pupil")
             hdr["WAVELEN"] = (FILTERS[band]["wavelength"] * 1e-6, "[m] central wavelength")
             if model == "poppy":
                 hdr["NWAVES"] = (len(PSF_WAVELENGTH_FRACTIONS), "wavelengths, equal weights")
-                hdr["BANDFRAC"] = (float(max(PSF_WAVELENGTH_FRACTIONS) - min(PSF_WAVELENGTH_FRACTIONS)), "sampled bandwidth / WAVELEN")
+                hdr["BANDFRAC"] = (
+                    float(max(PSF_WAVELENGTH_FRACTIONS) - min(PSF_WAVELENGTH_FRACTIONS)),
+                    "sampled bandwidth / WAVELEN",
+                )
             hdr["PIXELSCL"] = (pixscale, "[arcsec] per oversampled pixel")
             hdr["DETSCALE"] = (pixscale * oversample, "[arcsec] per detector pixel")
             hdr["OVERSAMP"] = (oversample, "oversampling of the detector pixels")
@@ -677,11 +724,16 @@ def write_psf_models(outdir: Path, bands: list[str], oversample: int = 4, fov_pi
             with atomic_path(Path(outdir) / rel) as tmp:
                 fits.PrimaryHDU(psf, header=hdr).writeto(tmp, overwrite=True)
             if model == "gaussian":
-                rec = {"file": rel, "fwhm_arcsec": fwhm, "table2_fwhm_arcsec": table2,
-                       "pixscale_arcsec": pixscale, "oversample": oversample}
+                rec = {
+                    "file": rel,
+                    "fwhm_arcsec": fwhm,
+                    "table2_fwhm_arcsec": table2,
+                    "pixscale_arcsec": pixscale,
+                    "oversample": oversample,
+                }
             else:
                 rec["jwst_like"] = {"file": rel, "fwhm_arcsec": fwhm}
-            log.info("%s %s PSF: FWHM %.4f\" (Table 2 %.3f\")", band, model, fwhm, table2)
+            log.info('%s %s PSF: FWHM %.4f" (Table 2 %.3f")', band, model, fwhm, table2)
         out[band] = rec
     return out
 
@@ -705,7 +757,11 @@ def write_external_inputs(outdir: Path, galaxies: dict[str, Galaxy], bands: list
     external = {}
     for name in sorted(galaxies):
         g = galaxies[name]
-        rec = write_external_images(outdir, name, g, np.random.default_rng([seed, hash_str("external-images"), hash_str(name)]))
-        rec["refcat"] = write_reference_catalog(outdir, name, g, np.random.default_rng([seed, hash_str("refcat"), hash_str(name)]))
+        rec = write_external_images(
+            outdir, name, g, np.random.default_rng([seed, hash_str("external-images"), hash_str(name)])
+        )
+        rec["refcat"] = write_reference_catalog(
+            outdir, name, g, np.random.default_rng([seed, hash_str("refcat"), hash_str(name)])
+        )
         external[name] = rec
     return {"external": external, "psf": write_psf_models(outdir, list(bands))}

@@ -38,7 +38,16 @@ from processing.simulate.exposures import (
     pixel_sky,
     write_uncal,
 )
-from processing.simulate.program import LATE_DAYS, PROGRAM_ID, T0_MJD, Exposure, demo_targets, group_time, offset_radec, plan_program
+from processing.simulate.program import (
+    LATE_DAYS,
+    PROGRAM_ID,
+    T0_MJD,
+    Exposure,
+    demo_targets,
+    group_time,
+    offset_radec,
+    plan_program,
+)
 from processing.simulate.sky import Field, Galaxy
 
 log = logging.getLogger(__name__)
@@ -47,17 +56,27 @@ CONTEXT = "jwst_9001.pmap"
 DEFAULT_BANDS = ["F200W", "F300M", "F770W", "F1000W", "F2100W"]
 
 #: MIRI background at the start of the program (MJy/sr) per band, and its drift per hour.
-MIRI_BACKGROUND = {"F560W": 4.0, "F770W": 8.0, "F1000W": 15.0, "F1130W": 25.0, "F1280W": 30.0, "F1500W": 45.0, "F1800W": 60.0, "F2100W": 90.0, "F2550W": 200.0}
+MIRI_BACKGROUND = {
+    "F560W": 4.0,
+    "F770W": 8.0,
+    "F1000W": 15.0,
+    "F1130W": 25.0,
+    "F1280W": 30.0,
+    "F1500W": 45.0,
+    "F1800W": 60.0,
+    "F2100W": 90.0,
+    "F2550W": 200.0,
+}
 MIRI_DRIFT_PER_HOUR = 0.03
 #: A later epoch (months) has a different level and a different spatial structure.
 MIRI_EPOCH_LEVEL = {0: 1.0, 1: 1.25}
-MIRI_PATTERN_RMS = 0.01        # fraction of the level
-MIRI_DITHER_JITTER = 0.004     # fraction of the level, per exposure
+MIRI_PATTERN_RMS = 0.01  # fraction of the level
+MIRI_DITHER_JITTER = 0.004  # fraction of the level, per exposure
 LYOT_OFFSET = {"F770W": 0.6, "F1000W": 0.8, "F1130W": 1.2, "F2100W": 3.0}  # MJy/sr, mean extra level
 NIRCAM_SKY = {"F200W": 0.15, "F300M": 0.12, "F335M": 0.13, "F360M": 0.14}  # MJy/sr zodiacal light
-STRIPE_RMS_DNS = 0.1           # 1/f row-stripe RMS in DN/s
-CR_DENSITY = 3e-4              # hits per pixel per exposure
-POINTING_ERROR = (0.1, 1.0)    # arcsec, per-visit pointing error magnitude range
+STRIPE_RMS_DNS = 0.1  # 1/f row-stripe RMS in DN/s
+CR_DENSITY = 3e-4  # hits per pixel per exposure
+POINTING_ERROR = (0.1, 1.0)  # arcsec, per-visit pointing error magnitude range
 
 
 def _rng(seed: int, *keys) -> np.random.Generator:
@@ -82,8 +101,14 @@ def miri_pattern(band: str, epoch: int, shape) -> np.ndarray:
     return 1.0 + D._smooth_field(shape, rng, MIRI_PATTERN_RMS, scale_frac=0.5)
 
 
-def simulate_program(outdir: str | Path, size: str = "demo", seed: int = 1, bands: list[str] | None = None,
-                     effects: Effects | None = None, progress=None) -> dict:
+def simulate_program(
+    outdir: str | Path,
+    size: str = "demo",
+    seed: int = 1,
+    bands: list[str] | None = None,
+    effects: Effects | None = None,
+    progress=None,
+) -> dict:
     """Write the whole synthetic program under ``outdir``; return the truth dictionary."""
     from processing.simulate.crds_context import write_crds_context
 
@@ -93,7 +118,10 @@ def simulate_program(outdir: str | Path, size: str = "demo", seed: int = 1, band
     t_start = time.time()
     exposures = plan_program(bands, size)
     write_crds_context(
-        outdir / "crds", context=CONTEXT, bands=bands, dark_nframes=max(e.ngroups for e in exposures),
+        outdir / "crds",
+        context=CONTEXT,
+        bands=bands,
+        dark_nframes=max(e.ngroups for e in exposures),
         subarrays={d: [D.subarray(d, size)["name"]] for d in D.DETECTORS},
     )
     targets = demo_targets()
@@ -105,10 +133,18 @@ def simulate_program(outdir: str | Path, size: str = "demo", seed: int = 1, band
             off_fields[t.name] = Field.random(first_off.ra_ref, first_off.dec_ref, _rng(seed, "field", t.name))
 
     truth: dict = {
-        "format": 1, "seed": seed, "size": size, "program": PROGRAM_ID, "crds_context": CONTEXT,
-        "bands": {b: _band_truth(b) for b in bands}, "effects": asdict(effects),
-        "targets": {t.name: {"ra": t.ra, "dec": t.dec, "tiles": t.tiles, "late_nircam": t.late_nircam} for t in targets},
-        "visits": {}, "exposures": {},
+        "format": 1,
+        "seed": seed,
+        "size": size,
+        "program": PROGRAM_ID,
+        "crds_context": CONTEXT,
+        "bands": {b: _band_truth(b) for b in bands},
+        "effects": asdict(effects),
+        "targets": {
+            t.name: {"ra": t.ra, "dec": t.dec, "tiles": t.tiles, "late_nircam": t.late_nircam} for t in targets
+        },
+        "visits": {},
+        "exposures": {},
     }
     index = []
     for i, exp in enumerate(exposures):
@@ -116,11 +152,16 @@ def simulate_program(outdir: str | Path, size: str = "demo", seed: int = 1, band
         index.append(rec)
         if progress:
             progress(i + 1, len(exposures), exp.basename)
-    _write_json(outdir / "program.json", {"program": PROGRAM_ID, "size": size, "seed": seed, "bands": bands, "exposures": index})
+    _write_json(
+        outdir / "program.json", {"program": PROGRAM_ID, "size": size, "seed": seed, "bands": bands, "exposures": index}
+    )
     for name, g in galaxies.items():
         _write_json(outdir / "truth" / f"galaxy_{name}.json", galaxy_to_dict(g))
     for name, f in off_fields.items():
-        _write_json(outdir / "truth" / f"offfield_{name}.json", {"ra": f.ra, "dec": f.dec, "bg_galaxies": f.bg_galaxies.tolist(), "stars": f.stars.tolist()})
+        _write_json(
+            outdir / "truth" / f"offfield_{name}.json",
+            {"ra": f.ra, "dec": f.dec, "bg_galaxies": f.bg_galaxies.tolist(), "stars": f.stars.tolist()},
+        )
     _write_truth_skies(outdir, exposures, galaxies, size)
     from processing.simulate.external import write_external_inputs
 
@@ -153,15 +194,26 @@ def _render_exposure(outdir, exp: Exposure, index, size, seed, effects: Effects,
         vr = _rng(seed, "visit", exp.visit_id)
         mag = vr.uniform(*POINTING_ERROR) if effects.pointing else 0.0
         ang = vr.uniform(0, 2 * np.pi)
-        truth["visits"][exp.visit_id] = {"target": exp.target, "pointing_error_arcsec": [mag * np.sin(ang), mag * np.cos(ang)]}
+        truth["visits"][exp.visit_id] = {
+            "target": exp.target,
+            "pointing_error_arcsec": [mag * np.sin(ang), mag * np.cos(ang)],
+        }
     att_nominal = attitude_for(sub, exp.ra_ref, exp.dec_ref, exp.pa_v3)
     source = galaxies[exp.target] if exp.kind == "science" else off_fields[exp.target]
     sky = true_exposure_sky(exp, sub, truth["visits"][exp.visit_id]["pointing_error_arcsec"], source)
     ys = slice(sub["ystart"] - 1, sub["ystart"] - 1 + sub["shape"][0])
     xs = slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1])
-    rec: dict = {"file": f"uncal/{exp.target}/{exp.basename}_uncal.fits", "target": exp.target, "band": exp.band,
-                 "kind": exp.kind, "visit": exp.visit_id, "tile": exp.tile, "dither": exp.dither,
-                 "mjd_start": exp.mjd_start, "instrument": exp.instrument}
+    rec: dict = {
+        "file": f"uncal/{exp.target}/{exp.basename}_uncal.fits",
+        "target": exp.target,
+        "band": exp.band,
+        "kind": exp.kind,
+        "visit": exp.visit_id,
+        "tile": exp.tile,
+        "dither": exp.dither,
+        "mjd_start": exp.mjd_start,
+        "instrument": exp.instrument,
+    }
     bkg = np.zeros_like(sky)
     if exp.instrument == "miri" and effects.miri_background:
         epoch = epoch_of(exp.mjd_start)
@@ -196,8 +248,14 @@ def _render_exposure(outdir, exp: Exposure, index, size, seed, effects: Effects,
     if effects.cosmic_rays:
         n = rng.poisson(CR_DENSITY * rate.size)
         ny, nx = rate.shape
-        crs = np.column_stack([rng.integers(4, ny - 4, n), rng.integers(4, nx - 4, n), rng.integers(1, ngroups, n),
-                               rng.lognormal(np.log(800.0), 0.6, n)])
+        crs = np.column_stack(
+            [
+                rng.integers(4, ny - 4, n),
+                rng.integers(4, nx - 4, n),
+                rng.integers(1, ngroups, n),
+                rng.lognormal(np.log(800.0), 0.6, n),
+            ]
+        )
         rec["n_cosmic_rays"] = int(n)
     data = make_ramp(rate, det, sub, ngroups, group_time(exp.band, size), rng, effects.noise, crs)
     path = outdir / rec["file"]
@@ -227,7 +285,10 @@ def _write_exposure_truth(path: Path, stripes, crs, bkg) -> None:
         h.header["BUNIT"] = ("DN/s", "row offset per amplifier (rows x amplifiers)")
         hdus.append(h)
     if crs is not None:
-        cols = [fits.Column(name=n, format=f, array=crs[:, i]) for i, (n, f) in enumerate([("Y", "J"), ("X", "J"), ("GROUP", "J"), ("AMPLITUDE_DN", "E")])]
+        cols = [
+            fits.Column(name=n, format=f, array=crs[:, i])
+            for i, (n, f) in enumerate([("Y", "J"), ("X", "J"), ("GROUP", "J"), ("AMPLITUDE_DN", "E")])
+        ]
         hdus.append(fits.BinTableHDU.from_columns(cols, name="CRAYS"))
     h = fits.ImageHDU(bkg.astype(np.float32), name="BKG")
     h.header["BUNIT"] = ("MJy/sr", "injected background")

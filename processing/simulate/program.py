@@ -49,8 +49,8 @@ class TargetPlan:
     name: str
     ra: float
     dec: float
-    tiles: list[tuple[float, float]]   # tile centre offsets (east, north) in arcsec from (ra, dec)
-    late_nircam: bool = False          # NIRCam (and own MIRI off-fields) observed LATE_DAYS later
+    tiles: list[tuple[float, float]]  # tile centre offsets (east, north) in arcsec from (ra, dec)
+    late_nircam: bool = False  # NIRCam (and own MIRI off-fields) observed LATE_DAYS later
 
 
 @dataclass
@@ -60,15 +60,15 @@ class Exposure:
     basename: str
     target: str
     band: str
-    kind: str                  # 'science' or 'off'
+    kind: str  # 'science' or 'off'
     observation: int
     visit: int
-    sequence: int              # 1 prime, 2 parallel
+    sequence: int  # 1 prime, 2 parallel
     activity: int
     exposure: int
     tile: int
     dither: int
-    ra_ref: float              # nominal pointing of the aperture reference point (header)
+    ra_ref: float  # nominal pointing of the aperture reference point (header)
     dec_ref: float
     pa_v3: float
     mjd_start: float
@@ -128,8 +128,9 @@ def parallel_pointing(ra: float, dec: float, pa_v3: float) -> tuple[float, float
 PA_V3 = 60.0
 
 
-def plan_program(bands: list[str], size: str = "demo", targets: list[TargetPlan] | None = None,
-                 pa_v3: float = PA_V3) -> list[Exposure]:
+def plan_program(
+    bands: list[str], size: str = "demo", targets: list[TargetPlan] | None = None, pa_v3: float = PA_V3
+) -> list[Exposure]:
     """Every exposure of the program in time order."""
     from processing.simulate.detectors import DETECTORS
 
@@ -148,8 +149,24 @@ def plan_program(bands: list[str], size: str = "demo", targets: list[TargetPlan]
         det = FILTERS[band]["detector"]
         ng = sz.miri_groups if band in miri_bands else sz.nircam_groups
         exposures.append(
-            Exposure(basename(obs, visit, seq, act, exp, DETECTORS[det].name), target, band, kind, obs, visit,
-                     seq, act, exp, tile, dither, ra, dec, pa_v3, mjd, ng)
+            Exposure(
+                basename(obs, visit, seq, act, exp, DETECTORS[det].name),
+                target,
+                band,
+                kind,
+                obs,
+                visit,
+                seq,
+                act,
+                exp,
+                tile,
+                dither,
+                ra,
+                dec,
+                pa_v3,
+                mjd,
+                ng,
+            )
         )
 
     late_queue: list[tuple[TargetPlan, int]] = []
@@ -194,7 +211,20 @@ def _nircam_with_parallels(tp, obs, nircam_bands, miri_bands, sz, t, add, durati
     for tile, (east, north) in enumerate(tp.tiles):
         t_end = _dither_sequence(tp, obs, nircam_bands, sz, t, add, duration, tile, east, north)
         # parallel MIRI: from the same start time, pointed by the NIRCam attitude
-        t_par = _dither_sequence(tp, obs, miri_bands, sz, t, add, duration, tile, east, north, kind="off", seq=2,
-                                 pointing=lambda r, d: parallel_pointing(r, d, PA_V3))
+        t_par = _dither_sequence(
+            tp,
+            obs,
+            miri_bands,
+            sz,
+            t,
+            add,
+            duration,
+            tile,
+            east,
+            north,
+            kind="off",
+            seq=2,
+            pointing=lambda r, d: parallel_pointing(r, d, PA_V3),
+        )
         t = max(t_end, t_par)
     return t

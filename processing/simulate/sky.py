@@ -29,11 +29,38 @@ _ARCSEC = 1.0 / 3600.0
 _FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 #: Relative spectra (per band) of the two extended components.
-STELLAR_SED = {"F200W": 1.0, "F300M": 0.55, "F335M": 0.45, "F360M": 0.40, "F770W": 0.12, "F1000W": 0.07, "F1130W": 0.06, "F2100W": 0.03}
-DUST_SED = {"F200W": 0.02, "F300M": 0.05, "F335M": 0.25, "F360M": 0.08, "F770W": 1.0, "F1000W": 0.35, "F1130W": 0.8, "F2100W": 0.9}
+STELLAR_SED = {
+    "F200W": 1.0,
+    "F300M": 0.55,
+    "F335M": 0.45,
+    "F360M": 0.40,
+    "F770W": 0.12,
+    "F1000W": 0.07,
+    "F1130W": 0.06,
+    "F2100W": 0.03,
+}
+DUST_SED = {
+    "F200W": 0.02,
+    "F300M": 0.05,
+    "F335M": 0.25,
+    "F360M": 0.08,
+    "F770W": 1.0,
+    "F1000W": 0.35,
+    "F1130W": 0.8,
+    "F2100W": 0.9,
+}
 #: Red supergiants and AGB stars (cool photospheres with circumstellar dust): bright from 2 um
 #: into the mid-infrared, the point sources PHANGS aligns to (paper section 3.8).
-RSG_SED = {"F200W": 1.0, "F300M": 0.75, "F335M": 0.7, "F360M": 0.65, "F770W": 0.45, "F1000W": 0.4, "F1130W": 0.35, "F2100W": 0.2}
+RSG_SED = {
+    "F200W": 1.0,
+    "F300M": 0.75,
+    "F335M": 0.7,
+    "F360M": 0.65,
+    "F770W": 0.45,
+    "F1000W": 0.4,
+    "F1130W": 0.35,
+    "F2100W": 0.2,
+}
 #: ``Galaxy.star_colour`` codes: which spectrum a point source has.
 STELLAR, DUSTY_CLUSTER, RED_SUPERGIANT = 0, 1, 2
 
@@ -42,7 +69,9 @@ def point_source_sed(colour: np.ndarray, band: str) -> np.ndarray:
     """Relative brightness in ``band`` of point sources of colour code ``colour`` (STELLAR,
     DUSTY_CLUSTER or RED_SUPERGIANT); shape of ``colour``, dimensionless (1 = F200W of a star)."""
     colour = np.asarray(colour)
-    return np.select([colour == DUSTY_CLUSTER, colour == RED_SUPERGIANT], [DUST_SED[band], RSG_SED[band]], STELLAR_SED[band])
+    return np.select(
+        [colour == DUSTY_CLUSTER, colour == RED_SUPERGIANT], [DUST_SED[band], RSG_SED[band]], STELLAR_SED[band]
+    )
 
 
 def tangent_offsets(ra, dec, ra0: float, dec0: float):
@@ -61,26 +90,36 @@ class Galaxy:
 
     ra: float
     dec: float
-    pa: float = 30.0               # position angle of the major axis, east of north
+    pa: float = 30.0  # position angle of the major axis, east of north
     inclination: float = 35.0
-    disk_scale: float = 35.0       # exponential scale length
-    disk_peak: float = 25.0        # stellar disk central surface brightness at F200W
+    disk_scale: float = 35.0  # exponential scale length
+    disk_peak: float = 25.0  # stellar disk central surface brightness at F200W
     bulge_sigma: float = 4.0
     bulge_peak: float = 60.0
-    nucleus_peak: float = 2500.0   # PSF-convolved peak at F200W (saturates)
-    arm_peak: float = 30.0         # dust arm surface brightness at F770W
-    arm_pitch: float = 18.0        # spiral pitch angle
-    arm_width: float = 0.35        # radians of azimuth
+    nucleus_peak: float = 2500.0  # PSF-convolved peak at F200W (saturates)
+    arm_peak: float = 30.0  # dust arm surface brightness at F770W
+    arm_pitch: float = 18.0  # spiral pitch angle
+    arm_width: float = 0.35  # radians of azimuth
     n_arms: int = 2
-    knots: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))      # x, y, sigma, peak(F770W)
-    stars: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))      # x, y, flux_F200W (MJy/sr * arcsec^2)
-    star_colour: np.ndarray = field(default_factory=lambda: np.zeros(0))     # STELLAR, DUSTY_CLUSTER or RED_SUPERGIANT
+    knots: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # x, y, sigma, peak(F770W)
+    stars: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # x, y, flux_F200W (MJy/sr * arcsec^2)
+    star_colour: np.ndarray = field(default_factory=lambda: np.zeros(0))  # STELLAR, DUSTY_CLUSTER or RED_SUPERGIANT
     bg_galaxies: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))  # x, y, sigma, axis ratio, peak
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
-    def random(cls, ra: float, dec: float, rng: np.random.Generator, extent: float = 120.0, n_knots: int = 60,
-               n_stars: int = 150, n_bg: int = 25, n_rsg: int = 800, **kwargs) -> "Galaxy":
+    def random(
+        cls,
+        ra: float,
+        dec: float,
+        rng: np.random.Generator,
+        extent: float = 120.0,
+        n_knots: int = 60,
+        n_stars: int = 150,
+        n_bg: int = 25,
+        n_rsg: int = 800,
+        **kwargs,
+    ) -> Galaxy:
         """A random galaxy; ``n_rsg`` red supergiants / AGB stars follow the exponential disk
         (surface density ~ exp(-r / disk_scale) in the disk plane, as the HST catalogues PHANGS
         aligns to: hundreds per galaxy, ~0.1 per arcsec^2 in the inner disk)."""
@@ -95,7 +134,9 @@ class Galaxy:
         g.stars = np.column_stack([sx, sy, rng.lognormal(np.log(3.0), 1.0, n_stars)])
         g.star_colour = (rng.random(n_stars) < 0.3).astype(float)
         bx, by = rng.uniform(-1.5 * extent, 1.5 * extent, (2, n_bg))
-        g.bg_galaxies = np.column_stack([bx, by, rng.uniform(0.3, 1.2, n_bg), rng.uniform(0.3, 1.0, n_bg), rng.uniform(0.2, 2.0, n_bg)])
+        g.bg_galaxies = np.column_stack(
+            [bx, by, rng.uniform(0.3, 1.2, n_bg), rng.uniform(0.3, 1.0, n_bg), rng.uniform(0.2, 2.0, n_bg)]
+        )
         # red supergiants / AGB stars: radius ~ Gamma(2, h) gives a surface density ~ exp(-r/h)
         rr = rng.gamma(2.0, g.disk_scale, n_rsg)
         phi = rng.uniform(0.0, 2 * np.pi, n_rsg)
@@ -216,12 +257,17 @@ class Field:
     stars: np.ndarray
 
     @classmethod
-    def random(cls, ra: float, dec: float, rng: np.random.Generator, extent: float = 150.0, n_bg: int = 15, n_stars: int = 10):
+    def random(
+        cls, ra: float, dec: float, rng: np.random.Generator, extent: float = 150.0, n_bg: int = 15, n_stars: int = 10
+    ):
         bx, by = rng.uniform(-extent, extent, (2, n_bg))
         sx, sy = rng.uniform(-extent, extent, (2, n_stars))
         return cls(
-            ra=ra, dec=dec,
-            bg_galaxies=np.column_stack([bx, by, rng.uniform(0.3, 1.5, n_bg), rng.uniform(0.3, 1.0, n_bg), rng.uniform(0.2, 2.0, n_bg)]),
+            ra=ra,
+            dec=dec,
+            bg_galaxies=np.column_stack(
+                [bx, by, rng.uniform(0.3, 1.5, n_bg), rng.uniform(0.3, 1.0, n_bg), rng.uniform(0.2, 2.0, n_bg)]
+            ),
             stars=np.column_stack([sx, sy, rng.lognormal(np.log(2.0), 1.0, n_stars)]),
         )
 

@@ -43,13 +43,13 @@ class Truth:
     def exposures(self) -> dict:
         return self.data["exposures"]
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def galaxy(self, target: str):
         from processing.simulate.generate import galaxy_from_dict
 
         return galaxy_from_dict(json.loads((self.root / "truth" / f"galaxy_{target}.json").read_text()))
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def off_field(self, target: str) -> Field:
         d = json.loads((self.root / "truth" / f"offfield_{target}.json").read_text())
         return Field(d["ra"], d["dec"], np.asarray(d["bg_galaxies"]), np.asarray(d["stars"]))

@@ -27,7 +27,11 @@ def bench_simulate(out: Path) -> dict:
     program = out / f"program-{time.strftime('%Y%m%dT%H%M%S')}"  # a fresh program: a real measurement
     t0 = time.time()
     subprocess.run([sys.executable, "-m", "release.cli", "simulate", str(program)], check=True, cwd=REPO)
-    return {"program": str(program), "elapsed_s": round(time.time() - t0, 1), "peak_rss_mb": round(_children_peak_mb(), 0)}
+    return {
+        "program": str(program),
+        "elapsed_s": round(time.time() - t0, 1),
+        "peak_rss_mb": round(_children_peak_mb(), 0),
+    }
 
 
 def bench_engine(out: Path, program: Path, executor: str = "local") -> dict:
@@ -36,15 +40,27 @@ def bench_engine(out: Path, program: Path, executor: str = "local") -> dict:
     manifest = write_manifest(out / "demo.toml", program)
     work = out / f"work-{executor}-{time.strftime('%Y%m%dT%H%M%S')}"  # a fresh cache: the first run is a real one
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work), "--executor", executor],
-                   check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work), "--executor", executor],
+        check=True,
+        cwd=REPO,
+    )
     first = time.time() - t0
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work)], check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work)],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     second = time.time() - t0
-    return {"executor": executor, "first_run_s": round(first, 1), "second_run_s": round(second, 2), "stages": bench_stage_costs(work / "cache"),
-            "cache": str(work / "cache")}
+    return {
+        "executor": executor,
+        "first_run_s": round(first, 1),
+        "second_run_s": round(second, 2),
+        "stages": bench_stage_costs(work / "cache"),
+        "cache": str(work / "cache"),
+    }
 
 
 def bench_fig3(out: Path, program: Path, cache: Path) -> dict:
@@ -62,22 +78,28 @@ def bench_full_frames(out: Path) -> dict:
     from tests.conftest import write_manifest
 
     program = out / f"program-full-{time.strftime('%Y%m%dT%H%M%S')}"
-    subprocess.run([sys.executable, "-m", "release.cli", "simulate", str(program), "--size", "full", "--bands", "F200W"],
-                   check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "release.cli", "simulate", str(program), "--size", "full", "--bands", "F200W"],
+        check=True,
+        cwd=REPO,
+    )
     manifest = write_manifest(out / "full.toml", program)
     text = manifest.read_text()
     manifest.write_text(text[: text.index("[targets.synth2.miri_background]")])  # no MIRI band to borrow
     work = out / f"work-full-{time.strftime('%Y%m%dT%H%M%S')}"
     t0 = time.time()
-    subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work)], check=True, cwd=REPO)
+    subprocess.run(
+        [sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work)], check=True, cwd=REPO
+    )
     result = measure(program, work / "cache")
     result["run_s"] = round(time.time() - t0, 1)
     from tests.benchmarks.level_matching import measure as measure_levels
 
     result["level_matching"] = measure_levels(program, work / "cache", out / "level-matching-full")
     result["level_match_task"] = {k: v for k, v in bench_stage_costs(work / "cache").items() if k == "level_match"}
-    result["clean_flicker_noise"] = measure_clean_flicker_noise(program, work / "cache", work / "clean_flicker_noise",
-                                                                targets=("synth2",))
+    result["clean_flicker_noise"] = measure_clean_flicker_noise(
+        program, work / "cache", work / "clean_flicker_noise", targets=("synth2",)
+    )
     return result
 
 
@@ -88,10 +110,28 @@ def bench_lyot_off(out: Path, program: Path) -> dict:
     from tests.benchmarks.level_matching import mosaic_lyot_of_run
     from tests.conftest import write_manifest
 
-    manifest = write_manifest(out / "nolyot.toml", program, extra="\n[parameters.instrument.miri.lyot]\nseparate = false\n")
+    manifest = write_manifest(
+        out / "nolyot.toml", program, extra="\n[parameters.instrument.miri.lyot]\nseparate = false\n"
+    )
     work = out / f"work-nolyot-{time.strftime('%Y%m%dT%H%M%S')}"
-    subprocess.run([sys.executable, "-m", "release.cli", "run", str(manifest), "--workdir", str(work), "--targets", "synth2",
-                    "--bands", "F770W,F1000W,F2100W"], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "release.cli",
+            "run",
+            str(manifest),
+            "--workdir",
+            str(work),
+            "--targets",
+            "synth2",
+            "--bands",
+            "F770W,F1000W,F2100W",
+        ],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
     return mosaic_lyot_of_run(program, work / "cache")
 
 
@@ -111,25 +151,55 @@ def bench_stage_costs(cache: Path) -> dict:
 def render(results: dict) -> str:
     s, e, f = results["simulate"], results["engine"], results["fig3_f2100w"]
     d = results.get("engine_dask")
-    lines = [BEGIN, "", "Generated by `make bench` (tests/benchmarks); do not edit by hand.", "",
-             f"- `hlsp simulate` (demo): {s['elapsed_s']} s, peak {s['peak_rss_mb']:.0f} MB",
-             f"- `hlsp run` on the demo (5 bands, 2 targets), local process pool (2 workers): first run {e['first_run_s']} s, "
-             f"second run (all cached) {e['second_run_s']} s"]
+    lines = [
+        BEGIN,
+        "",
+        "Generated by `make bench` (tests/benchmarks); do not edit by hand.",
+        "",
+        f"- `hlsp simulate` (demo): {s['elapsed_s']} s, peak {s['peak_rss_mb']:.0f} MB",
+        "- `hlsp run` on the demo (5 bands, 2 targets), local process pool (2 workers): first run "
+        f"{e['first_run_s']} s, "
+        f"second run (all cached) {e['second_run_s']} s",
+    ]
     if d:
-        lines.append(f"- the same with `--executor dask` (a LocalCluster of 2 worker processes): first run {d['first_run_s']} s, "
-                     f"second run {d['second_run_s']} s")
-    lines += ["", "| stage | tasks | total task time (s) | slowest task (s) | largest peak memory of one task (MB) |",
-              "| --- | --- | --- | --- | --- |"]
-    for stage in ("lv1", "destripe", "lv2", "relative_astrometry", "lyot", "level_match", "destripe_multi", "lv3", "astrometry", "anchoring"):
+        lines.append(
+            f"- the same with `--executor dask` (a LocalCluster of 2 worker processes): first run {d['first_run_s']} "
+            "s, "
+            f"second run {d['second_run_s']} s"
+        )
+    lines += [
+        "",
+        "| stage | tasks | total task time (s) | slowest task (s) | largest peak memory of one task (MB) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for stage in (
+        "lv1",
+        "destripe",
+        "lv2",
+        "relative_astrometry",
+        "lyot",
+        "level_match",
+        "destripe_multi",
+        "lv3",
+        "astrometry",
+        "anchoring",
+    ):
         st = e["stages"].get(stage)
         if st:
             lines.append(f"| {stage} | {st['tasks']} | {st['total_s']} | {st['max_s']} | {st['peak_rss_mb']:.0f} |")
-    lines += ["", "Paper Figure 3 on synth2 F2100W (MJy/sr; the paper: 0.80 / 0.46 / 0.36):", "",
-              "| off-fields | background error RMS (2.2\" blocks, vs truth) | sky RMS outside sources (paper's measure) | median offset vs truth |",
-              "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "Paper Figure 3 on synth2 F2100W (MJy/sr; the paper: 0.80 / 0.46 / 0.36):",
+        "",
+        "| off-fields | background error RMS (2.2\" blocks, vs truth) | sky RMS outside sources (paper's measure) | "
+        "median offset vs truth |",
+        "| --- | --- | --- | --- |",
+    ]
     for v, label in (("own", "own, 120 days later"), ("both", "own + lender"), ("borrowed", "lender's, 14 min before")):
         r = f[v]
-        lines.append(f"| {label} | {r['background_error_rms_mjysr']} | {r['sky_rms_mjysr']} | {r['background_offset_mjysr']} |")
+        lines.append(
+            f"| {label} | {r['background_error_rms_mjysr']} | {r['sky_rms_mjysr']} | {r['background_offset_mjysr']} |"
+        )
     from tests.benchmarks.destriping import render as render_destriping
     from tests.benchmarks.destriping import render_flicker
 
@@ -167,17 +237,27 @@ def render(results: dict) -> str:
         lines += ["", "### PSF matching, demo", ""] + render_psf_matching(results["psf_matching"])
     if results.get("full_frames"):
         lines += ["", "### Destriping, full frames (F200W, 2048x2048, 4 amplifiers; `--full-frames`)"]
-        lines += render_destriping(results["full_frames"]) + render_flicker(results["full_frames"]["clean_flicker_noise"])
+        lines += render_destriping(results["full_frames"]) + render_flicker(
+            results["full_frames"]["clean_flicker_noise"]
+        )
         if results["full_frames"].get("level_matching"):
             from tests.benchmarks.level_matching import render as render_levels
             from tests.benchmarks.level_matching import render_offsets
 
-            lines += ["", "### Level matching, full frames (F200W, 2048x2048: synth1 2 tiles x 4 dithers, synth2 4 dithers)"]
-            lines += render_offsets(results["full_frames"]["level_matching"]) + render_levels(results["full_frames"]["level_matching"])
+            lines += [
+                "",
+                "### Level matching, full frames (F200W, 2048x2048: synth1 2 tiles x 4 dithers, synth2 4 dithers)",
+            ]
+            lines += render_offsets(results["full_frames"]["level_matching"]) + render_levels(
+                results["full_frames"]["level_matching"]
+            )
             st = results["full_frames"].get("level_match_task", {}).get("level_match")
             if st:
-                lines += ["", f"level_match on full frames: {st['tasks']} tasks, slowest {st['max_s']} s, "
-                          f"largest peak memory {st['peak_rss_mb']:.0f} MB"]
+                lines += [
+                    "",
+                    f"level_match on full frames: {st['tasks']} tasks, slowest {st['max_s']} s, "
+                    f"largest peak memory {st['peak_rss_mb']:.0f} MB",
+                ]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -200,7 +280,9 @@ def main() -> None:
     results["destriping"] = measure_destriping(program, Path(results["engine"]["cache"]))
     from tests.benchmarks.destriping import measure_clean_flicker_noise
 
-    results["clean_flicker_noise"] = measure_clean_flicker_noise(program, Path(results["engine"]["cache"]), out / "clean_flicker_noise")
+    results["clean_flicker_noise"] = measure_clean_flicker_noise(
+        program, Path(results["engine"]["cache"]), out / "clean_flicker_noise"
+    )
     from tests.benchmarks.level_matching import measure as measure_levels
     from tests.benchmarks.level_matching import measure_scaling
 
@@ -227,7 +309,11 @@ def main() -> None:
     perf = REPO / "docs" / "performance.md"
     text = perf.read_text()
     section = render(results)
-    text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):] if BEGIN in text else text + "\n" + section + "\n"
+    text = (
+        text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+        if BEGIN in text
+        else text + "\n" + section + "\n"
+    )
     atomic_write_text(perf, text)
     print(section)
 

@@ -77,38 +77,59 @@ def measure(program: Path, workdir: Path) -> list[dict]:
             survey = str(used[0]["against"])
             sky_err = abs(float(used[0]["sky_level"]) - ext_truth[p["target"]][survey]["background_mjysr"])
         unc = float(meta["uncertainty_mjysr"])
-        out.append({
-            "target": p["target"], "band": p["band"], "status": meta["status"], "anchored_to": meta["anchored_to"],
-            "offset": round(offset, 4), "uncertainty": round(unc, 4) if np.isfinite(unc) else None,
-            "level_before": round(after + offset, 4), "level_after": round(after, 4),
-            "within_2_sigma": bool(np.isfinite(unc) and abs(after) <= 2 * unc),
-            "slope": round(float(meta["slope"]), 4),
-            "reference_sky_error": round(sky_err, 4) if sky_err is not None else None,
-            "empty_sky_level": round(empty, 4) if empty is not None else None, "empty_sky_pixels": n_empty,
-            "seconds": float(meta["seconds"]),
-        })
+        out.append(
+            {
+                "target": p["target"],
+                "band": p["band"],
+                "status": meta["status"],
+                "anchored_to": meta["anchored_to"],
+                "offset": round(offset, 4),
+                "uncertainty": round(unc, 4) if np.isfinite(unc) else None,
+                "level_before": round(after + offset, 4),
+                "level_after": round(after, 4),
+                "within_2_sigma": bool(np.isfinite(unc) and abs(after) <= 2 * unc),
+                "slope": round(float(meta["slope"]), 4),
+                "reference_sky_error": round(sky_err, 4) if sky_err is not None else None,
+                "empty_sky_level": round(empty, 4) if empty is not None else None,
+                "empty_sky_pixels": n_empty,
+                "seconds": float(meta["seconds"]),
+            }
+        )
     return sorted(out, key=lambda r: (r["target"], r["band"]))
 
 
 def render(rows: list[dict]) -> list[str]:
-    lines = ["Background anchoring against the truth, per target and band (MJy/sr): level = sigma-clipped median of "
-             "(mosaic - true sky); before = after level matching's lowest-tile constant (the paper's level 3), after = "
-             "anchored; sigma = the reported uncertainty; sky error = the wide-field image's zero as measured - true.",
-             "",
-             "| target | band | anchored to | level before | level after | sigma | within 2 sigma | sky error | time (s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "Background anchoring against the truth, per target and band (MJy/sr): level = sigma-clipped median of "
+        "(mosaic - true sky); before = after level matching's lowest-tile constant (the paper's level 3), after = "
+        "anchored; sigma = the reported uncertainty; sky error = the wide-field image's zero as measured - true.",
+        "",
+        "| target | band | anchored to | level before | level after | sigma | within 2 sigma | sky error | time (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['band']} | {r['anchored_to'] if r['status'] == 'anchored' else r['status']} | {r['level_before']:+.3f} | "
-                     f"{r['level_after']:+.4f} | {r['uncertainty'] if r['uncertainty'] is not None else '-'} | "
-                     f"{'yes' if r['within_2_sigma'] else 'no'} | {r['reference_sky_error'] if r['reference_sky_error'] is not None else '-'} | "
-                     f"{r['seconds']:.1f} |")
+        lines.append(
+            f"| {r['target']} | {r['band']} | {r['anchored_to'] if r['status'] == 'anchored' else r['status']} | "
+            f"{r['level_before']:+.3f} | "
+            f"{r['level_after']:+.4f} | {r['uncertainty'] if r['uncertainty'] is not None else '-'} | "
+            f"{'yes' if r['within_2_sigma'] else 'no'} | "
+            f"{r['reference_sky_error'] if r['reference_sky_error'] is not None else '-'} | "
+            f"{r['seconds']:.1f} |"
+        )
     if rows:
         done = [r for r in rows if r["status"] == "anchored"]
         err = np.array([abs(r["level_after"]) for r in done]) if done else np.zeros(0)
-        lines += ["", f"{len(done)} of {len(rows)} mosaics anchored"
-                  + (f": |level after| median {np.median(err):.4f}, max {err.max():.4f} MJy/sr; within 0.01: "
-                     f"{int((err <= 0.01).sum())}/{len(done)}; within 2 reported sigma: "
-                     f"{sum(r['within_2_sigma'] for r in done)}/{len(done)}." if done else ".")]
+        lines += [
+            "",
+            f"{len(done)} of {len(rows)} mosaics anchored"
+            + (
+                f": |level after| median {np.median(err):.4f}, max {err.max():.4f} MJy/sr; within 0.01: "
+                f"{int((err <= 0.01).sum())}/{len(done)}; within 2 reported sigma: "
+                f"{sum(r['within_2_sigma'] for r in done)}/{len(done)}."
+                if done
+                else "."
+            ),
+        ]
     return lines
 
 

@@ -21,7 +21,6 @@ Measured, per target and band:
 
 from __future__ import annotations
 
-
 import json
 import tarfile
 import time
@@ -63,7 +62,10 @@ def wcs_error(truth, name: str, wcs, shape: tuple[int, int]) -> dict:
     x, y = to_tangent(ra, dec, float(np.mean(tra)), float(np.mean(tdec)))
     tx, ty = to_tangent(tra, tdec, float(np.mean(tra)), float(np.mean(tdec)))
     d = 1000 * np.column_stack([x - tx, y - ty])
-    return {"mean_mas": [float(v) for v in d.mean(axis=0)], "spread_mas": float(np.sqrt(np.mean(np.sum((d - d.mean(axis=0)) ** 2, axis=1))))}
+    return {
+        "mean_mas": [float(v) for v in d.mean(axis=0)],
+        "spread_mas": float(np.sqrt(np.mean(np.sum((d - d.mean(axis=0)) ** 2, axis=1)))),
+    }
 
 
 def _model_error(truth, path_or_model, name: str) -> dict:
@@ -84,10 +86,13 @@ def _summary(errors: dict[str, dict], visits: dict[str, str]) -> dict:
     for v in sorted(set(visits.values())):
         sel = np.array([visits[n] == v for n in errors])
         per_visit[v] = [round(float(a), 2) for a in off[sel].mean(axis=0)]
-    return {"rms_mas": round(float(np.sqrt(np.mean(np.sum(off**2, axis=1)))), 2),
-            "max_mas": round(float(np.hypot(off[:, 0], off[:, 1]).max()), 2),
-            "per_visit_mas": per_visit, "n": len(errors),
-            "spread_mas": round(float(np.mean([e["spread_mas"] for e in errors.values()])), 2)}
+    return {
+        "rms_mas": round(float(np.sqrt(np.mean(np.sum(off**2, axis=1)))), 2),
+        "max_mas": round(float(np.hypot(off[:, 0], off[:, 1]).max()), 2),
+        "per_visit_mas": per_visit,
+        "n": len(errors),
+        "spread_mas": round(float(np.mean([e["spread_mas"] for e in errors.values()])), 2),
+    }
 
 
 def _tweakreg_default(cals: list[Path], refcat: Path, workdir: Path) -> tuple[dict, float]:
@@ -121,7 +126,9 @@ def _tweakback_members(tarball: Path) -> dict[str, bytes]:
     return out
 
 
-def mosaic_stars(truth, target: str, band: str, i2d: Path, cal_footprints: dict[str, tuple], visits: dict[str, str]) -> dict:
+def mosaic_stars(
+    truth, target: str, band: str, i2d: Path, cal_footprints: dict[str, tuple], visits: dict[str, str]
+) -> dict:
     """Point sources of a mosaic against their true positions: per tile (only one visit
     covers the star) and overall, median offset (mas) and count."""
     from astropy.table import Table
@@ -149,8 +156,14 @@ def mosaic_stars(truth, target: str, band: str, i2d: Path, cal_footprints: dict[
         if sel.sum() >= 3:
             tiles[v] = {"median_mas": [round(float(a), 2) for a in np.median(d[sel], axis=0)], "n": int(sel.sum())}
     med = np.median(d, axis=0) if len(d) else np.zeros(2)
-    return {"median_mas": [round(float(a), 2) for a in med], "n": int(len(d)), "tiles": tiles,
-            "tile_rms_mas": round(float(np.sqrt(np.mean([np.sum(np.square(t["median_mas"])) for t in tiles.values()]))), 2) if tiles else None}
+    return {
+        "median_mas": [round(float(a), 2) for a in med],
+        "n": int(len(d)),
+        "tiles": tiles,
+        "tile_rms_mas": round(float(np.sqrt(np.mean([np.sum(np.square(t["median_mas"])) for t in tiles.values()]))), 2)
+        if tiles
+        else None,
+    }
 
 
 def _inside(inverse, shape, ra, dec) -> bool:
@@ -198,7 +211,10 @@ def measure(program: Path, cache: Path, workdir: Path, tweakreg: bool = True) ->
         # relative astrometry's outputs for these exposures (the task this run read)
         rel = {}
         for r in records:
-            if r["stage"] == "relative_astrometry" and r["task"] == f"relative_astrometry/{target}/{truth.exposures[names[0]]['instrument']}":
+            if (
+                r["stage"] == "relative_astrometry"
+                and r["task"] == f"relative_astrometry/{target}/{truth.exposures[names[0]]['instrument']}"
+            ):
                 for n in names:
                     f = r["dir"] / f"{n}_cal.fits"
                     if f.exists():
@@ -211,12 +227,21 @@ def measure(program: Path, cache: Path, workdir: Path, tweakreg: bool = True) ->
             with datamodels.ImageModel(fits.HDUList.fromstring(data)) as m:
                 tweakback[n] = wcs_error(truth, n, m.meta.wcs, m.data.shape)
                 footprints[n] = (m.meta.wcs.backward_transform, m.data.shape)
-        row = {"target": target, "band": band, "solved_on": meta["solved_on"], "status": meta["solution"]["status"],
-               "n_matches": meta["solution"]["n_matches"], "rms_fit_mas": round(1000 * meta["solution"]["rms_arcsec"], 2),
-               "seconds": meta["seconds"],
-               "level2": _summary(before, visits), "relative": _summary(relative, visits), "tweakback": _summary(tweakback, visits)}
-        row["mosaic"] = mosaic_stars(truth, target, band, cache / "objects" / p["key"][:2] / p["key"] / Path(p["file"]).name,
-                                     footprints, visits)
+        row = {
+            "target": target,
+            "band": band,
+            "solved_on": meta["solved_on"],
+            "status": meta["solution"]["status"],
+            "n_matches": meta["solution"]["n_matches"],
+            "rms_fit_mas": round(1000 * meta["solution"]["rms_arcsec"], 2),
+            "seconds": meta["seconds"],
+            "level2": _summary(before, visits),
+            "relative": _summary(relative, visits),
+            "tweakback": _summary(tweakback, visits),
+        }
+        row["mosaic"] = mosaic_stars(
+            truth, target, band, cache / "objects" / p["key"][:2] / p["key"] / Path(p["file"]).name, footprints, visits
+        )
         if tweakreg:
             refcat = truth.root / "external" / f"{target}_refcat.ecsv"
             models, secs = _tweakreg_default(list(lv2_files.values()), refcat, workdir / f"tweakreg-{target}-{band}")
@@ -231,16 +256,24 @@ def measure(program: Path, cache: Path, workdir: Path, tweakreg: bool = True) ->
 def render(result: dict) -> list[str]:
     """Markdown table: per target and band, RMS over exposures of the WCS offset against the
     truth (mas) at each step, and the mosaic's star offsets."""
-    lines = ["| target | band | solved on | matches | level 2 (guide stars) | relative | tweakback (final) | jwst tweakreg + abs_refcat | mosaic stars: median, per-tile RMS (n) | time |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| target | band | solved on | matches | level 2 (guide stars) | relative | tweakback (final) | jwst "
+        "tweakreg + abs_refcat | mosaic stars: median, per-tile RMS (n) | time |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for key, r in sorted(result.items()):
+
         def c(s):
             return f"{s['rms_mas']:.1f}" if s else "-"
+
         mos = r.get("mosaic") or {}
         tile_rms = "-" if mos.get("tile_rms_mas") is None else mos["tile_rms_mas"]
         mos_cell = f"({mos['median_mas'][0]:.1f}, {mos['median_mas'][1]:.1f}), {tile_rms} ({mos['n']})" if mos else "-"
-        lines.append(f"| {r['target']} | {r['band']} | {r['solved_on']} | {r['n_matches']} | {c(r['level2'])} | {c(r['relative'])} | "
-                     f"{c(r['tweakback'])} | {c(r.get('tweakreg_default'))} | {mos_cell} | {r['seconds']:.0f} s |")
+        lines.append(
+            f"| {r['target']} | {r['band']} | {r['solved_on']} | {r['n_matches']} | {c(r['level2'])} | "
+            f"{c(r['relative'])} | "
+            f"{c(r['tweakback'])} | {c(r.get('tweakreg_default'))} | {mos_cell} | {r['seconds']:.0f} s |"
+        )
     return lines
 
 
@@ -252,4 +285,3 @@ if __name__ == "__main__":  # python -m tests.benchmarks.astrometry PROGRAM CACH
     res = measure(program, cache, outdir)
     print(json.dumps(res, indent=1))
     print("\n".join(render(res)))
-

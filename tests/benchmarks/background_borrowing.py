@@ -29,13 +29,17 @@ def run_variants(program: Path, workdir: Path, band: str, cache: Path | None = N
     # one band alone: its astrometry and anchoring solved on itself, not on the MIRI reference
     # bands (which would have to be processed three times too); the measure removes each
     # mosaic's median and reads the astrometry status, so neither changes what it compares
-    alone = ('\n[parameters.instrument.miri.astrometry]\nreference_band = ""\n'
-             '[parameters.instrument.miri.anchoring]\nreference_band = ""\n'
-             '[products]\nconvolved_fwhm_arcsec = []\n')  # no PSF matching: the measure reads the mosaic
+    alone = (
+        '\n[parameters.instrument.miri.astrometry]\nreference_band = ""\n'
+        '[parameters.instrument.miri.anchoring]\nreference_band = ""\n'
+        "[products]\nconvolved_fwhm_arcsec = []\n"
+    )  # no PSF matching: the measure reads the mosaic
     for variant in variants or VARIANTS:
         manifest = write_manifest(workdir / f"fig3-{variant}.toml", program, borrow=variant, extra=alone)
         lm = load_manifest(manifest)
-        engine = Engine(lm, build_graph(lm, ["synth2"], [band]), workdir / variant, cache_dir=cache or workdir / "cache")
+        engine = Engine(
+            lm, build_graph(lm, ["synth2"], [band]), workdir / variant, cache_dir=cache or workdir / "cache"
+        )
         summary = engine.run()
         if not summary.ok:
             raise RuntimeError(f"{variant}: " + "; ".join(r.error or "" for r in summary.results.values() if r.error))
@@ -64,7 +68,11 @@ def measure(program: Path, mosaics: dict[str, Path], band: str) -> dict:
     ra, dec = ref.meta.wcs(x, y)
     # the truth where each pixel really looked: at its position if the astrometry stages
     # corrected the mosaic, else at its nominal position plus the visit's pointing error
-    visits = {e["visit"] for e in truth.exposures.values() if e["target"] == "synth2" and e["band"] == band and e["kind"] == "science"}
+    visits = {
+        e["visit"]
+        for e in truth.exposures.values()
+        if e["target"] == "synth2" and e["band"] == band and e["kind"] == "science"
+    }
     (visit,) = visits
     de, dn = truth.data["visits"][visit]["pointing_error_arcsec"]
     if _absolute(mosaics["borrowed"]):
@@ -76,17 +84,29 @@ def measure(program: Path, mosaics: dict[str, Path], band: str) -> dict:
     results = {}
     for variant, path in mosaics.items():
         m = datamodels.open(str(path))
-        data = m.data if m.data.shape == ref.data.shape else reproject_interp((m.data, m.meta.wcs.to_fits_sip()), ref.meta.wcs.to_fits_sip(), (ny, nx))[0]
+        data = (
+            m.data
+            if m.data.shape == ref.data.shape
+            else reproject_interp((m.data, m.meta.wcs.to_fits_sip()), ref.meta.wcs.to_fits_sip(), (ny, nx))[0]
+        )
         good = np.isfinite(data) & (m.wht > 0 if m.data.shape == ref.data.shape else True)
         paper_rms = float(np.std(sigma_clip(data[good & ~sources], sigma=3).compressed()))
         err = np.where(good, data - true, np.nan)
         # the background is large-scale: medians of 20x20-pixel (2.2") blocks beat down pixel
         # noise and PSF-scale sampling differences between drizzle and the analytic truth
         b = BLOCK
-        blocks = err[: ny // b * b, : nx // b * b].reshape(ny // b, b, nx // b, b).transpose(0, 2, 1, 3).reshape(ny // b, nx // b, -1)
+        blocks = (
+            err[: ny // b * b, : nx // b * b]
+            .reshape(ny // b, b, nx // b, b)
+            .transpose(0, 2, 1, 3)
+            .reshape(ny // b, nx // b, -1)
+        )
         full = np.isfinite(blocks).mean(axis=2) > 0.9
         block_med = np.nanmedian(blocks[full], axis=1)
         err_rms = float(np.std(sigma_clip(block_med - np.median(block_med), sigma=4).compressed()))
-        results[variant] = {"sky_rms_mjysr": round(paper_rms, 3), "background_error_rms_mjysr": round(err_rms, 3),
-                            "background_offset_mjysr": round(float(np.nanmedian(err)), 3)}
+        results[variant] = {
+            "sky_rms_mjysr": round(paper_rms, 3),
+            "background_error_rms_mjysr": round(err_rms, 3),
+            "background_offset_mjysr": round(float(np.nanmedian(err)), 3),
+        }
     return results

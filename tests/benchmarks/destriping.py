@@ -90,7 +90,9 @@ def measure(program: Path, cache: Path) -> dict:
         ys = slice(sub["ystart"] - 1, sub["ystart"] - 1 + sub["shape"][0])
         xs = slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1])
         flat = D.flat(det, exp.band)[ys, xs]
-        stripe_img = np.concatenate([np.repeat(stripes[:, a : a + 1], c.stop - c.start, 1) for a, c in enumerate(cols)], 1)
+        stripe_img = np.concatenate(
+            [np.repeat(stripes[:, a : a + 1], c.stop - c.start, 1) for a, c in enumerate(cols)], 1
+        )
         stripe_img = stripe_img / flat * D.FILTERS[exp.band]["photmjsr"]
         from astropy.io import fits
 
@@ -107,7 +109,9 @@ def measure(program: Path, cache: Path) -> dict:
             floor = _row_structure(raw - sky - stripe_img, valid, cols)
             single = _row_structure(s.data - sky, valid, cols)
             both = _row_structure(f.data - sky, valid, cols)
-            level = float(fits.getheader(final_cal[n], 0).get("HLSPDLV", 0.0))  # level matching's offset, not destriping's
+            level = float(
+                fits.getheader(final_cal[n], 0).get("HLSPDLV", 0.0)
+            )  # level matching's offset, not destriping's
             flux = float(np.nansum(np.where(valid, f.data + level - raw, 0)) / np.nansum(np.where(valid, sky, 0)))
         # the stripe models themselves against the injected stripes (per row and amplifier)
         total = m1
@@ -117,22 +121,47 @@ def measure(program: Path, cache: Path) -> dict:
         fitted = np.array([np.nanmean(np.where(valid[:, c], total[:, c], np.nan), axis=1) for c in cols]).T
         good = np.isfinite(fitted).all(axis=1)
         resid = (fitted - injected)[good]
-        removed = 1.0 - float(np.std(resid - resid.mean(axis=0))) / float(np.std(injected[good] - injected[good].mean(axis=0)))
-        rows.append({"removed_fraction": round(removed, 3), "exposure": name, "target": exp.target, "band": exp.band, "injected_mjysr": round(float(np.std(stripe_img)), 4),
-                     "before": round(before, 4), "single": round(single, 4), "both": round(both, 4), "floor": round(floor, 4),
-                     "both_over_floor": round(both / floor, 2), "flux_change": round(flux, 5)})
-    per_stage = {k: {"tasks": len(v), "max_s": max(e for e, _ in v), "peak_rss_mb": max(m for _, m in v)} for k, v in elapsed.items()}
+        removed = 1.0 - float(np.std(resid - resid.mean(axis=0))) / float(
+            np.std(injected[good] - injected[good].mean(axis=0))
+        )
+        rows.append(
+            {
+                "removed_fraction": round(removed, 3),
+                "exposure": name,
+                "target": exp.target,
+                "band": exp.band,
+                "injected_mjysr": round(float(np.std(stripe_img)), 4),
+                "before": round(before, 4),
+                "single": round(single, 4),
+                "both": round(both, 4),
+                "floor": round(floor, 4),
+                "both_over_floor": round(both / floor, 2),
+                "flux_change": round(flux, 5),
+            }
+        )
+    per_stage = {
+        k: {"tasks": len(v), "max_s": max(e for e, _ in v), "peak_rss_mb": max(m for _, m in v)}
+        for k, v in elapsed.items()
+    }
     return {"exposures": rows, "stages": per_stage}
 
 
 def render(result: dict) -> list[str]:
-    lines = ["", "NIRCam destriping against the truth, per exposure (MJy/sr; row structure = RMS over rows of each",
-             "amplifier row's median of image minus truth; floor = the same without the injected stripes):", "",
-             "| exposure | band | injected stripes | image2 alone | + single tile | + multi tile | floor | final / floor | stripes removed | flux change |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "NIRCam destriping against the truth, per exposure (MJy/sr; row structure = RMS over rows of each",
+        "amplifier row's median of image minus truth; floor = the same without the injected stripes):",
+        "",
+        "| exposure | band | injected stripes | image2 alone | + single tile | + multi tile | floor | final / floor "
+        "| stripes removed | flux change |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in result["exposures"]:
-        lines.append(f"| {r['exposure']} | {r['band']} | {r['injected_mjysr']} | {r['before']} | {r['single']} | {r['both']} | "
-                     f"{r['floor']} | {r['both_over_floor']} | {100 * r['removed_fraction']:.0f}% | {100 * r['flux_change']:+.3f}% |")
+        lines.append(
+            f"| {r['exposure']} | {r['band']} | {r['injected_mjysr']} | {r['before']} | {r['single']} | {r['both']} | "
+            f"{r['floor']} | {r['both_over_floor']} | {100 * r['removed_fraction']:.0f}% | "
+            f"{100 * r['flux_change']:+.3f}% |"
+        )
     for k, v in result["stages"].items():
         lines.append(f"\n- {k}: {v['tasks']} task(s), slowest {v['max_s']} s, largest peak {v['peak_rss_mb']:.0f} MB")
     return lines
@@ -147,8 +176,13 @@ FLICKER_VARIANTS = {
 }
 
 
-def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manifest_crds: str = "jwst_9001.pmap",
-                                targets: tuple[str, ...] | None = None) -> dict:
+def measure_clean_flicker_noise(
+    program: Path,
+    cache: Path,
+    workdir: Path,
+    manifest_crds: str = "jwst_9001.pmap",
+    targets: tuple[str, ...] | None = None,
+) -> dict:
     """jwst's CleanFlickerNoiseStep on each un-destriped NIRCam rate file, then image2, with
     the row-structure measure of :func:`measure` (and time and peak memory per exposure)."""
     import resource
@@ -200,25 +234,44 @@ def measure_clean_flicker_noise(program: Path, cache: Path, workdir: Path, manif
                 after = _row_structure(c.data - sky, valid, cols)
                 before = _row_structure(a.data - sky, valid, cols)
                 flux = float(np.nansum(np.where(valid, c.data - a.data, 0)) / np.nansum(np.where(valid, sky, 0)))
-            rows.append({"exposure": name, "band": exp.band, "shape": list(sky.shape), "before": round(before, 4),
-                         "after": round(after, 4), "flux_change": round(flux, 5), "elapsed_s": round(elapsed, 1)})
-        out[label] = {"exposures": rows, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0)}
+            rows.append(
+                {
+                    "exposure": name,
+                    "band": exp.band,
+                    "shape": list(sky.shape),
+                    "before": round(before, 4),
+                    "after": round(after, 4),
+                    "flux_change": round(flux, 5),
+                    "elapsed_s": round(elapsed, 1),
+                }
+            )
+        out[label] = {
+            "exposures": rows,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 0),
+        }
     return out
 
 
 def render_flicker(result: dict) -> list[str]:
     """jwst's clean_flicker_noise, per variant and band: mean row structure before/after
     (MJy/sr, as in :func:`render`), the worst exposure, flux change range, time per exposure."""
-    lines = ["", "jwst's clean_flicker_noise on the same rate files, then image2 (same measure):", "",
-             "| variant | band | exposures | image2 alone | after | worst after / before | flux change | time per exposure |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "jwst's clean_flicker_noise on the same rate files, then image2 (same measure):",
+        "",
+        "| variant | band | exposures | image2 alone | after | worst after / before | flux change | time per "
+        "exposure |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for label, v in result.items():
         if not isinstance(v, dict) or "exposures" not in v:
             continue
         for band in sorted({e["band"] for e in v["exposures"]}):
             es = [e for e in v["exposures"] if e["band"] == band]
-            lines.append(f"| {label} | {band} | {len(es)} | {np.mean([e['before'] for e in es]):.4f} | "
-                         f"{np.mean([e['after'] for e in es]):.4f} | {max(e['after'] / e['before'] for e in es):.1f} | "
-                         f"{100 * min(e['flux_change'] for e in es):+.2f}% to {100 * max(e['flux_change'] for e in es):+.2f}% | "
-                         f"{max(e['elapsed_s'] for e in es)} s |")
+            lines.append(
+                f"| {label} | {band} | {len(es)} | {np.mean([e['before'] for e in es]):.4f} | "
+                f"{np.mean([e['after'] for e in es]):.4f} | {max(e['after'] / e['before'] for e in es):.1f} | "
+                f"{100 * min(e['flux_change'] for e in es):+.2f}% to {100 * max(e['flux_change'] for e in es):+.2f}% | "
+                f"{max(e['elapsed_s'] for e in es)} s |"
+            )
     return lines

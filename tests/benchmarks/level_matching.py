@@ -76,8 +76,9 @@ def _levels(data: np.ndarray, dq: np.ndarray, sky: np.ndarray, region: np.ndarra
         return float(np.nanmedian(res[~region])), float(np.nanmedian(res[region]))
 
 
-def _true_offsets(truth, name: str, lv2_record: dict, by_key: dict, valid: np.ndarray,
-                  region: np.ndarray | None) -> tuple[float, float]:
+def _true_offsets(
+    truth, name: str, lv2_record: dict, by_key: dict, valid: np.ndarray, region: np.ndarray | None
+) -> tuple[float, float]:
     """(imager, Lyot) true additive offset of an exposure as it enters level matching
     (MJy/sr), from what was injected, free of the emission: NIRCam, the zodiacal sky plus the
     mean of its 1/f row stripes; MIRI, its background minus the mean of the off-field
@@ -96,7 +97,7 @@ def _true_offsets(truth, name: str, lv2_record: dict, by_key: dict, valid: np.nd
             xs = slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1])
             stripes = np.zeros(img.shape)
             for a, cols in enumerate(amplifier_columns(img.shape[1], inj["STRIPES"].shape[1])):
-                stripes[:, cols] = inj["STRIPES"][:, a: a + 1]
+                stripes[:, cols] = inj["STRIPES"][:, a : a + 1]
             img += stripes * D.FILTERS[rec["band"]]["photmjsr"] / D.flat(det, rec["band"])[ys, xs]
     else:
         offs = [by_key[r["task"]]["task"].split("/", 1)[1] for r in lv2_record["inputs"].get("background", [])]
@@ -169,9 +170,17 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
                 a_im, a_ly = _levels(np.asarray(m1.data), np.asarray(m1.dq), sky, region)
                 true = _true_offsets(truth, name, raw, by_key, (np.asarray(m0.dq) & 1) == 0, region)
             sub = _subtracted(out_file)
-            rows.append({"exposure": name, "visit": truth.exposures[name]["visit"], "before": [b_im, b_ly],
-                         "after": [a_im, a_ly], "true_offset": list(true), "subtracted": list(sub),
-                         "offset_error": [true[0] - sub[0], true[1] - sub[1]]})
+            rows.append(
+                {
+                    "exposure": name,
+                    "visit": truth.exposures[name]["visit"],
+                    "before": [b_im, b_ly],
+                    "after": [a_im, a_ly],
+                    "true_offset": list(true),
+                    "subtracted": list(sub),
+                    "offset_error": [true[0] - sub[0], true[1] - sub[1]],
+                }
+            )
         if skymatch:
             levels = _skymatch_levels(raw_files, (workdir or cache.parent) / "skymatch" / target / band)
             for r in rows:
@@ -184,7 +193,7 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
         table = next((rec["dir"] / n for n in rec["outputs"] if n.endswith("_levels.ecsv")), None)
         if table is not None:  # the statistical floor: the solver's own 1-sigma errors
             errors = np.asarray(Table.read(table)["error_mjysr"], dtype=float)
-            entry["floor"] = float(np.sqrt(np.mean(errors ** 2)))
+            entry["floor"] = float(np.sqrt(np.mean(errors**2)))
         for version in ("before", "after", "skymatch", "true_offset", "offset_error", "skymatch_offset_error"):
             if version not in rows[0]:
                 continue
@@ -192,7 +201,8 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
             imager = np.array([r[version][0] for r in rows])
             ly = np.array([r[version][1] for r in rows if np.isfinite(r[version][1])])
             entry[version] = {
-                "rms_all": float(np.std(parts)), "rms_imager": float(np.std(imager)),
+                "rms_all": float(np.std(parts)),
+                "rms_imager": float(np.std(imager)),
                 "rms_lyot_about_imager": float(np.sqrt(np.mean((ly - imager.mean()) ** 2))) if ly.size else None,
                 "mean_level": float(np.mean(parts)),
             }
@@ -242,7 +252,7 @@ class Mosaic:
         with datamodels.open(i2d) as m:
             data = np.asarray(m.data, dtype=np.float64)
             wcs = m.meta.wcs
-        yy, xx = np.mgrid[0:data.shape[0], 0:data.shape[1]]
+        yy, xx = np.mgrid[0 : data.shape[0], 0 : data.shape[1]]
         ra, dec = wcs(xx, yy)
         return cls(data, wcs, truth.sky(target, band, ra, dec), np.column_stack([xx.ravel(), yy.ravel()]))
 
@@ -299,8 +309,13 @@ def mosaic_steps(truth, mosaic: Mosaic, cal_files: dict[str, Path]) -> dict:
     vals = list(levels.values())
     sigma = float(np.median(list(noise.values()))) if noise else float("nan")
     step = float(max(vals) - min(vals)) if len(vals) > 1 else float("nan")
-    return {"tiles": len(cover), "levels": levels, "pixel_noise": sigma, "step": step,
-            "step_over_noise": step / sigma if sigma > 0 else float("nan")}
+    return {
+        "tiles": len(cover),
+        "levels": levels,
+        "pixel_noise": sigma,
+        "step": step,
+        "step_over_noise": step / sigma if sigma > 0 else float("nan"),
+    }
 
 
 def mosaic_lyot(mosaic: Mosaic, cal_files: dict[str, Path]) -> dict:
@@ -340,16 +355,23 @@ def mosaic_lyot_of_run(program: Path, cache: Path) -> dict:
         if truth.exposures[names[0]]["instrument"] != "miri":
             continue
         i2d = next(lv3rec["dir"] / n for n in lv3rec["outputs"] if n.endswith("_i2d.fits"))
-        out[f"{target}/{band}"] = mosaic_lyot(Mosaic.load(truth, target, band, i2d), {n: rec["dir"] / f"{n}_cal.fits" for n in names})
+        out[f"{target}/{band}"] = mosaic_lyot(
+            Mosaic.load(truth, target, band, i2d), {n: rec["dir"] / f"{n}_cal.fits" for n in names}
+        )
     return out
 
 
 def render_lyot(result: dict, without: dict) -> list[str]:
-    lines = ["", "The coronagraph (Lyot) region in the final mosaic (MJy/sr): median of (mosaic - aligned truth) where only "
-             "coronagraph parts cover the sky minus the same where only imager parts do; without separation = the same "
-             "run with `[parameters.instrument.miri.lyot] separate = false` (level matching then moves each exposure as "
-             "one image, as skymatch does):", "",
-             "| target/band | with separation | without | pixel noise |", "| --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "The coronagraph (Lyot) region in the final mosaic (MJy/sr): median of (mosaic - aligned truth) where only "
+        "coronagraph parts cover the sky minus the same where only imager parts do; without separation = the same "
+        "run with `[parameters.instrument.miri.lyot] separate = false` (level matching then moves each exposure as "
+        "one image, as skymatch does):",
+        "",
+        "| target/band | with separation | without | pixel noise |",
+        "| --- | --- | --- | --- |",
+    ]
     for key, e in result.items():
         w = e.get("mosaic_lyot", {})
         if w.get("coron_minus_imager") != w.get("coron_minus_imager") or "coron_minus_imager" not in w:
@@ -361,12 +383,16 @@ def render_lyot(result: dict, without: dict) -> list[str]:
 
 def render_offsets(result: dict) -> list[str]:
     """The recovered offsets against the injected truth (the primary measure)."""
-    lines = ["", "Recovered offsets against the injected truth, per target and band (MJy/sr): RMS over the exposure parts "
-             "(imager and, for MIRI, Lyot) of (true offset - offset subtracted), about their mean (a common constant is "
-             "the absolute level, anchoring's job); in brackets the imager parts alone. Level 2 = the true offsets' own "
-             "spread (nothing subtracted).", "",
-             "| target/band | parts | level 2 | level matching | statistical floor (solver) | jwst skymatch |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "Recovered offsets against the injected truth, per target and band (MJy/sr): RMS over the exposure parts "
+        "(imager and, for MIRI, Lyot) of (true offset - offset subtracted), about their mean (a common constant is "
+        "the absolute level, anchoring's job); in brackets the imager parts alone. Level 2 = the true offsets' own "
+        "spread (nothing subtracted).",
+        "",
+        "| target/band | parts | level 2 | level matching | statistical floor (solver) | jwst skymatch |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for key, e in result.items():
         n = sum(1 for r in e["rows"] for v in r["true_offset"] if v == v)
 
@@ -375,17 +401,25 @@ def render_offsets(result: dict) -> list[str]:
             return "n/a" if v is None else f"{v['rms_all']:.4f} ({v['rms_imager']:.4f})"
 
         floor = f"{e['floor']:.4f}" if "floor" in e else "n/a"
-        lines.append(f"| {key} | {n} | {cell('true_offset')} | {cell('offset_error')} | {floor} | {cell('skymatch_offset_error')} |")
+        lines.append(
+            f"| {key} | {n} | {cell('true_offset')} | {cell('offset_error')} | {floor} | "
+            f"{cell('skymatch_offset_error')} |"
+        )
     return lines
 
 
 def render(result: dict) -> list[str]:
-    lines = ["", "Level matching against the truth, per target and band (MJy/sr). Residual level of an exposure part = "
-             "median of (image - true sky) over it; the error of the offsets = RMS of the parts' residuals about their mean "
-             "(imager and Lyot parts together); Lyot = RMS of the Lyot parts about the imager mean; level = mean residual "
-             "(the absolute level, anchoring's job: negative = emission removed):", "",
-             "| target/band | level 2: RMS (Lyot) | level matching: RMS (Lyot), level | jwst skymatch: RMS (Lyot), level | mosaic step / pixel noise |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "Level matching against the truth, per target and band (MJy/sr). Residual level of an exposure part = "
+        "median of (image - true sky) over it; the error of the offsets = RMS of the parts' residuals about their mean "
+        "(imager and Lyot parts together); Lyot = RMS of the Lyot parts about the imager mean; level = mean residual "
+        "(the absolute level, anchoring's job: negative = emission removed):",
+        "",
+        "| target/band | level 2: RMS (Lyot) | level matching: RMS (Lyot), level | jwst skymatch: RMS (Lyot), level "
+        "| mosaic step / pixel noise |",
+        "| --- | --- | --- | --- | --- |",
+    ]
 
     def cell(e):
         if e is None:
@@ -395,11 +429,16 @@ def render(result: dict) -> list[str]:
 
     for key, e in result.items():
         mos = e.get("mosaic", {})
-        step = (f"{mos['step']:.4f} / {mos['pixel_noise']:.3f} = {mos['step_over_noise']:.3f}" if mos.get("step") == mos.get("step")
-                and "step" in mos else "one tile")
+        step = (
+            f"{mos['step']:.4f} / {mos['pixel_noise']:.3f} = {mos['step_over_noise']:.3f}"
+            if mos.get("step") == mos.get("step") and "step" in mos
+            else "one tile"
+        )
         before = e["before"]
         ly = f" ({before['rms_lyot_about_imager']:.4f})" if before.get("rms_lyot_about_imager") is not None else ""
-        lines.append(f"| {key} | {before['rms_all']:.4f}{ly} | {cell(e.get('after'))} | {cell(e.get('skymatch'))} | {step} |")
+        lines.append(
+            f"| {key} | {before['rms_all']:.4f}{ly} | {cell(e.get('after'))} | {cell(e.get('skymatch'))} | {step} |"
+        )
     return lines
 
 
@@ -427,8 +466,11 @@ def measure_scaling(cache: Path, workdir: Path, copies: tuple[int, ...] = (1, 2,
     from astropy.io import fits
 
     records = _records(cache)
-    lyot_tasks = [r for r in records if r["stage"] == "lyot" and r["context"].get("target") == "synth1"
-                  and r["context"].get("band") == "F770W"]
+    lyot_tasks = [
+        r
+        for r in records
+        if r["stage"] == "lyot" and r["context"].get("target") == "synth1" and r["context"].get("band") == "F770W"
+    ]
     parts = sorted({r["dir"] / n for r in lyot_tasks for n in r["outputs"]})
     out = []
     for k in copies:
@@ -450,14 +492,21 @@ def measure_scaling(cache: Path, workdir: Path, copies: tuple[int, ...] = (1, 2,
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             elapsed, peak = pool.submit(_scaling_worker, files, str(run_dir)).result()
         n_exp = len({Path(f).name.split("_cal")[0].replace("_coron", "") for f in files})
-        out.append({"exposures": n_exp, "images": len(files), "elapsed_s": round(elapsed, 1), "peak_rss_mb": round(peak, 0)})
+        out.append(
+            {"exposures": n_exp, "images": len(files), "elapsed_s": round(elapsed, 1), "peak_rss_mb": round(peak, 0)}
+        )
         shutil.rmtree(folder, ignore_errors=True)
     return out
 
 
 def render_scaling(rows: list[dict]) -> list[str]:
-    lines = ["", "Level matching cost against the number of exposures (MIRI full frames, synth1 F770W repeated as further "
-             "visits at the same pointings, so every image overlaps every other of its kind; one process each):", "",
-             "| exposures | images (imager + Lyot parts) | time (s) | peak memory (MB) |", "| --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "Level matching cost against the number of exposures (MIRI full frames, synth1 F770W repeated as further "
+        "visits at the same pointings, so every image overlaps every other of its kind; one process each):",
+        "",
+        "| exposures | images (imager + Lyot parts) | time (s) | peak memory (MB) |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {r['exposures']} | {r['images']} | {r['elapsed_s']} | {r['peak_rss_mb']:.0f} |" for r in rows]
     return lines

@@ -17,10 +17,10 @@ from processing.anchoring.parameters import AnchoringParameters
 # -- the pure fit ----------------------------------------------------------------------------
 def test_binned_fit_recovers_a_known_offset_with_noise_and_outliers():
     rng = np.random.default_rng(1)
-    true = rng.uniform(0.0, 3.0, 40000)                      # the true intensity of the band
-    x = true + 0.37                                          # the band, 0.37 MJy/sr too high
-    y = 0.8 * true + rng.normal(0, 0.02, true.size)          # the reference, zero right
-    y[:2000] += rng.uniform(0.5, 2.0, 2000)                  # a region of unusual band ratio
+    true = rng.uniform(0.0, 3.0, 40000)  # the true intensity of the band
+    x = true + 0.37  # the band, 0.37 MJy/sr too high
+    y = 0.8 * true + rng.normal(0, 0.02, true.size)  # the reference, zero right
+    y[:2000] += rng.uniform(0.5, 2.0, 2000)  # a region of unusual band ratio
     blocks = np.arange(true.size) // 100
     f = F.binned_fit(x, y, 0.4, 2.4, n_bins=20, blocks=blocks, n_bootstrap=100)
     assert f.offset == pytest.approx(0.37, abs=0.005)
@@ -38,7 +38,9 @@ def test_binned_fit_uncertainty_covers_the_error():
         rng = np.random.default_rng(seed)
         true = rng.uniform(0.0, 2.0, 4000)
         y = 1.1 * true + rng.normal(0, 0.15, true.size)
-        f = F.binned_fit(true - 0.2, y, -0.1, 1.5, n_bins=12, blocks=np.arange(true.size) // 20, n_bootstrap=100, seed=seed)
+        f = F.binned_fit(
+            true - 0.2, y, -0.1, 1.5, n_bins=12, blocks=np.arange(true.size) // 20, n_bootstrap=100, seed=seed
+        )
         errors.append(f.offset + 0.2)
         sigmas.append(f.uncertainty)
     errors, sigmas = np.array(errors), np.array(sigmas)
@@ -183,8 +185,12 @@ def _mosaic(path, offset, band_ratio=1.0, n=400, pix=0.1, centre=(RA, DEC)):
     w = _wcs(*centre, pix, n)
     sci = band_ratio * _disk(w, (n, n), RA, DEC) + offset
     sci[:20, :20] = np.nan
-    hdus = [fits.PrimaryHDU(), fits.ImageHDU(sci.astype(np.float32), w.to_header(), name="SCI"),
-            fits.ImageHDU(np.ones((n, n), np.float32), name="WHT"), fits.ImageHDU(np.zeros((n, n), np.int32), name="DQ")]
+    hdus = [
+        fits.PrimaryHDU(),
+        fits.ImageHDU(sci.astype(np.float32), w.to_header(), name="SCI"),
+        fits.ImageHDU(np.ones((n, n), np.float32), name="WHT"),
+        fits.ImageHDU(np.zeros((n, n), np.int32), name="DQ"),
+    ]
     fits.HDUList(hdus).writeto(path)
     return path
 
@@ -215,8 +221,10 @@ def test_external_fit_recovers_the_offset_and_falls_back_in_order(tmp_path):
 
     fits.PrimaryHDU(np.zeros((50, 50), np.float32), _wcs(RA + 1.0, DEC, 1.0, 50).to_header()).writeto(away)
     good = _external(tmp_path / "ext.fits", background=0.3)
-    facts = [{"survey": "first", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC},
-             {"survey": "second", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC}]
+    facts = [
+        {"survey": "first", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC},
+        {"survey": "second", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC},
+    ]
     p = AnchoringParameters(**PARAMS)
     attempts = external_fit(mosaic, "F300M", [away, good], facts, p, "t")
     assert [a.against for a in attempts] == ["first", "second"]
@@ -291,11 +299,25 @@ def test_stage_run_applies_one_offset_to_mosaic_and_exposures(tmp_path):
     ext = _external(tmp_path / "irac1.fits", background=0.3)
     out = tmp_path / "out"
     out.mkdir()
-    context = {"target": "t", "band": "F300M", "instrument": "nircam", "product": "t_f300m",
-               "facts": {"external": [{"survey": "irac1", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC}]}}
-    written = run({"mosaic": [str(mosaic)], "tweakback": [str(tb)], "external": [str(ext)]}, out,
-                  {**PARAMS, "reference_band": "F300M"}, context)
-    assert sorted(p.name for p in written) == ["t_f300m_anchoring.ecsv", "t_f300m_anchoring.png", "t_f300m_i2d.fits", "t_f300m_tweakback.tar.gz"]
+    context = {
+        "target": "t",
+        "band": "F300M",
+        "instrument": "nircam",
+        "product": "t_f300m",
+        "facts": {"external": [{"survey": "irac1", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC}]},
+    }
+    written = run(
+        {"mosaic": [str(mosaic)], "tweakback": [str(tb)], "external": [str(ext)]},
+        out,
+        {**PARAMS, "reference_band": "F300M"},
+        context,
+    )
+    assert sorted(p.name for p in written) == [
+        "t_f300m_anchoring.ecsv",
+        "t_f300m_anchoring.png",
+        "t_f300m_i2d.fits",
+        "t_f300m_tweakback.tar.gz",
+    ]
     meta = Table.read(out / "t_f300m_anchoring.ecsv").meta
     assert meta["status"] == "anchored" and meta["anchored_to"] == "irac1"
     assert meta["offset_mjysr"] == pytest.approx(0.8, abs=0.02)
@@ -306,7 +328,10 @@ def test_stage_run_applies_one_offset_to_mosaic_and_exposures(tmp_path):
         [member] = list(tar)
         with fits.open(tar.extractfile(member)) as h:
             assert h[0].header["HLSPDBO"] == pytest.approx(meta["offset_mjysr"], abs=1e-6)
-            assert np.nanmax(np.abs(fits.getdata(exposure, "SCI") - h["SCI"].data - np.float32(meta["offset_mjysr"]))) < 1e-5
+            assert (
+                np.nanmax(np.abs(fits.getdata(exposure, "SCI") - h["SCI"].data - np.float32(meta["offset_mjysr"])))
+                < 1e-5
+            )
     assert not (out / "tweakback-anchored").exists()
 
 
@@ -355,7 +380,9 @@ def test_engine_run_is_anchored_against_the_truth(engine_run, effects_program):
 
     results = measure(effects_program, engine_run["workdir"])
     print("\nanchoring:", json.dumps(results, indent=1))
-    assert {(r["target"], r["band"]) for r in results} == {(t, b) for t in ("synth1", "synth2") for b in ("F200W", "F770W")}
+    assert {(r["target"], r["band"]) for r in results} == {
+        (t, b) for t in ("synth1", "synth2") for b in ("F200W", "F770W")
+    }
     for r in results:
         if r["band"] == "F770W":
             assert r["status"] == "anchored" and r["anchored_to"] == "irac4", r
@@ -369,7 +396,10 @@ def test_engine_run_is_anchored_against_the_truth(engine_run, effects_program):
     for target, band in (("synth1", "f200w"), ("synth2", "f770w")):
         prod = engine_run["workdir"] / "products" / target / band
         table = Table.read(prod / f"{target}_{band}_anchoring.ecsv")
-        assert table.meta["status"] == results[[(r["target"], r["band"]) for r in results].index((target, band.upper()))]["status"]
+        assert (
+            table.meta["status"]
+            == results[[(r["target"], r["band"]) for r in results].index((target, band.upper()))]["status"]
+        )
         h = fits.getheader(prod / f"{target}_{band}_i2d.fits")
         assert h["HLSPDBO"] == pytest.approx(table.meta["offset_mjysr"], abs=1e-5)
         import tarfile

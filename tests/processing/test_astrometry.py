@@ -92,10 +92,20 @@ def test_tangent_plane_round_trip():
 
 
 def test_paper_cuts_with_their_ends_and_missing_columns():
-    cols = {"SHARP_F814W": np.array([-0.025, -0.02, 0.01, 0.011]), "COLOR_F555W_F814W": np.array([2.0, 3.0, 3.99, 4.0]),
-            "snr_f814w": np.array([10.0, 9.9, 50.0, 50.0])}
-    keep, applied, missing = M.select_catalog(cols, {"SHARP_F814W": (-0.025, 0.01), "COLOR_F555W_F814W": (2.0, 4.0),
-                                                     "SNR_F814W": (10.0, None), "CROWD_F814W": (None, 0.01)})
+    cols = {
+        "SHARP_F814W": np.array([-0.025, -0.02, 0.01, 0.011]),
+        "COLOR_F555W_F814W": np.array([2.0, 3.0, 3.99, 4.0]),
+        "snr_f814w": np.array([10.0, 9.9, 50.0, 50.0]),
+    }
+    keep, applied, missing = M.select_catalog(
+        cols,
+        {
+            "SHARP_F814W": (-0.025, 0.01),
+            "COLOR_F555W_F814W": (2.0, 4.0),
+            "SNR_F814W": (10.0, None),
+            "CROWD_F814W": (None, 0.01),
+        },
+    )
     # sharp: -0.025 < v <= 0.01; colour: 2 <= v < 4; S/N >= 10 (column names case-insensitive)
     assert keep.tolist() == [False, False, True, False]
     assert applied == ["SHARP_F814W", "COLOR_F555W_F814W", "SNR_F814W"] and missing == ["CROWD_F814W"]
@@ -136,7 +146,12 @@ def test_gaussian_centroids_beat_the_detection_and_skip_what_they_cannot_fit():
     cx, cy = M.gaussian_centroids(data, start[:, 0], start[:, 1], fwhm)
     d = np.column_stack([cx, cy]) - truth
     r = np.hypot(d[:, 0], d[:, 1])
-    assert np.isfinite(d).all() and np.median(r) < 0.02 and np.sqrt(np.mean(d**2)) < 0.05 and np.abs(d.mean(axis=0)).max() < 0.015
+    assert (
+        np.isfinite(d).all()
+        and np.median(r) < 0.02
+        and np.sqrt(np.mean(d**2)) < 0.05
+        and np.abs(d.mean(axis=0)).max() < 0.015
+    )
     # a stamp off the image, and one of only bad pixels, give NaN rather than a guess
     bad = np.zeros(data.shape, bool)
     bad[50:60, 50:60] = True
@@ -154,8 +169,12 @@ def _visits(rng, shifts, catalogue_xy, ra0=150.0, dec0=2.0, dithers=2):
         for d in range(dithers):
             name = f"jw{v}_{d}"
             seen = catalogue_xy[rng.random(len(catalogue_xy)) < 0.8]
-            ra, dec = M.from_tangent(seen[:, 0] - dx + rng.normal(0, 0.004, len(seen)),
-                                     seen[:, 1] - dy + rng.normal(0, 0.004, len(seen)), ra0, dec0)
+            ra, dec = M.from_tangent(
+                seen[:, 0] - dx + rng.normal(0, 0.004, len(seen)),
+                seen[:, 1] - dy + rng.normal(0, 0.004, len(seen)),
+                ra0,
+                dec0,
+            )
             sources[name] = {"x": ra, "ra": ra, "dec": dec}
             exposures.append(ExposureInfo(Path(name), name, "F300M", v, ra0, dec0, 30.0))
     return exposures, sources
@@ -226,8 +245,12 @@ def test_relative_shifts_recover_the_guide_star_errors(engine_run, truth):
     from astropy.table import Table
 
     tables = {t: next(d.glob("*_visit_shifts.ecsv")) for t, d in _task_dirs(engine_run, "relative_astrometry").items()}
-    assert sorted(tables) == ["relative_astrometry/synth1/miri", "relative_astrometry/synth1/nircam",
-                              "relative_astrometry/synth2/miri", "relative_astrometry/synth2/nircam"]
+    assert sorted(tables) == [
+        "relative_astrometry/synth1/miri",
+        "relative_astrometry/synth1/nircam",
+        "relative_astrometry/synth2/miri",
+        "relative_astrometry/synth2/nircam",
+    ]
     for task, path in tables.items():
         t = Table.read(path)
         assert t.meta["reference_band"] == ("F200W" if task.endswith("nircam") else "F770W")  # the stand-ins
@@ -250,7 +273,12 @@ def test_tweakback_files_and_mosaic_carry_the_absolute_solution(engine_run, trut
     from tests.benchmarks.astrometry import wcs_error
 
     dirs = _task_dirs(engine_run, "astrometry")
-    assert sorted(dirs) == ["astrometry/synth1/F200W", "astrometry/synth1/F770W", "astrometry/synth2/F200W", "astrometry/synth2/F770W"]
+    assert sorted(dirs) == [
+        "astrometry/synth1/F200W",
+        "astrometry/synth1/F770W",
+        "astrometry/synth2/F200W",
+        "astrometry/synth2/F770W",
+    ]
     for task, d in dirs.items():
         band = task.rsplit("/", 1)[1]
         qa = Table.read(next(d.glob("*_astrometry.ecsv")))
@@ -271,7 +299,11 @@ def test_tweakback_files_and_mosaic_carry_the_absolute_solution(engine_run, trut
             members = tar.getmembers()
             assert {Path(mb.name).parent.name for mb in members} == {mosaic.name.replace("_i2d.fits", "_tweakback")}
             names = [Path(mb.name).name for mb in members]
-            expect = [n for n, e in truth.exposures.items() if e["target"] == task.split("/")[1] and e["band"] == band and e["kind"] == "science"]
+            expect = [
+                n
+                for n, e in truth.exposures.items()
+                if e["target"] == task.split("/")[1] and e["band"] == band and e["kind"] == "science"
+            ]
             assert sorted(n.replace("_cal.fits", "") for n in names) == sorted(expect)
             for mb in members:
                 with datamodels.ImageModel(fits.HDUList.fromstring(tar.extractfile(mb).read())) as m:
@@ -337,9 +369,17 @@ def test_band_mapping_miri_solves_on_f1000w_nircam_per_band(tmp_path):
             inst = "miri" if band in ("F770W", "F1000W", "F2100W") else "nircam"
             _exposure(raw / f"jw09001{target}{band.lower()}_uncal.fits", target, inst, band, "001", 60000.0)
     for band in ("F770W", "F1000W", "F2100W"):
-        _exposure(raw / f"jw09001alphabkg{band.lower()}_uncal.fits", "alpha", "miri", band, "003", 60000.5, parallel=True)
-    (tmp_path / "cat.ecsv").write_text("# %ECSV 1.0\n# ---\n# datatype:\n# - {name: RA, datatype: float64}\n# - {name: DEC, datatype: float64}\nRA DEC\n10.0 1.0\n")
-    (tmp_path / "m.toml").write_text(toy_manifest(["F200W", "F300M", "F770W", "F1000W", "F2100W"], """
+        _exposure(
+            raw / f"jw09001alphabkg{band.lower()}_uncal.fits", "alpha", "miri", band, "003", 60000.5, parallel=True
+        )
+    (tmp_path / "cat.ecsv").write_text(
+        "# %ECSV 1.0\n# ---\n# datatype:\n# - {name: RA, datatype: float64}\n# - {name: DEC, datatype: float64}\nRA "
+        "DEC\n10.0 1.0\n"
+    )
+    (tmp_path / "m.toml").write_text(
+        toy_manifest(
+            ["F200W", "F300M", "F770W", "F1000W", "F2100W"],
+            """
 [targets.alpha]
 ra = 10.0
 dec = 1.0
@@ -350,13 +390,20 @@ dec = 2.0
 bands = ["F200W", "F770W", "F2100W"]
 [products]
 convolved_fwhm_arcsec = []  # no PSFs in this toy program: no PSF matching
-"""))
+""",
+        )
+    )
     g = build_graph(load_manifest(tmp_path / "m.toml"))
 
     def ref(task):
         return [r["task"] for r in g.tasks[task].inputs["reference_mosaic"]]
 
-    assert ref("astrometry/alpha/F770W") == ref("astrometry/alpha/F2100W") == ref("astrometry/alpha/F1000W") == ["lv3/alpha/F1000W"]
+    assert (
+        ref("astrometry/alpha/F770W")
+        == ref("astrometry/alpha/F2100W")
+        == ref("astrometry/alpha/F1000W")
+        == ["lv3/alpha/F1000W"]
+    )
     assert ref("astrometry/alpha/F200W") == ref("astrometry/alpha/F300M") == []  # NIRCam: each band its own
     assert ref("astrometry/beta/F770W") == []  # beta has no F1000W: solved on its own band (recorded)
     cal = g.tasks["relative_astrometry/alpha/miri"].inputs["cal"]
@@ -392,8 +439,12 @@ def test_too_few_matches_keeps_the_relative_astrometry_and_says_why(engine_run, 
     out = tmp_path / "out"
     out.mkdir()
     written = absolute.run({"mosaic": [mosaic], "cal": cal, "catalog": [tmp_path / "far.ecsv"]}, out, params, context)
-    assert sorted(p.name for p in written) == ["synth2_f200w_astrometry.ecsv", "synth2_f200w_astrometry.png",
-                                                "synth2_f200w_i2d.fits", "synth2_f200w_tweakback.tar.gz"]
+    assert sorted(p.name for p in written) == [
+        "synth2_f200w_astrometry.ecsv",
+        "synth2_f200w_astrometry.png",
+        "synth2_f200w_i2d.fits",
+        "synth2_f200w_tweakback.tar.gz",
+    ]
     h0 = fits.getheader(out / "synth2_f200w_i2d.fits", 0)
     assert h0["HLSPDAST"] == "relative only" and h0["HLSPDAM"] == 0
     status = Table.read(out / "synth2_f200w_astrometry.ecsv").meta["solution"]["status"]
@@ -402,5 +453,9 @@ def test_too_few_matches_keeps_the_relative_astrometry_and_says_why(engine_run, 
     strict = tmp_path / "strict"
     strict.mkdir()
     with pytest.raises(WorkFailed, match="astrometry synth2 F200W: too few"):
-        absolute.run({"mosaic": [mosaic], "cal": cal, "catalog": [tmp_path / "far.ecsv"]}, strict,
-                     {**params, "require_solution": True}, context)
+        absolute.run(
+            {"mosaic": [mosaic], "cal": cal, "catalog": [tmp_path / "far.ecsv"]},
+            strict,
+            {**params, "require_solution": True},
+            context,
+        )

@@ -33,9 +33,27 @@ DARK_NFRAMES = 3
 DETECTOR1_TYPES = ["mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise"]
 IMAGE2_TYPES = ["distortion", "filteroffset", "flat", "photom", "area"]
 NA_TYPES = [
-    "ipc", "refpix", "sirskernel", "reset", "rscd", "persat", "trapdensity", "trappars",
-    "pictureframe", "emicorr", "specwcs", "regions", "wavelengthrange", "camera", "fflat",
-    "sflat", "dflat", "apcorr", "abvegaoffset", "pars-detector1pipeline", "pars-image2pipeline",
+    "ipc",
+    "refpix",
+    "sirskernel",
+    "reset",
+    "rscd",
+    "persat",
+    "trapdensity",
+    "trappars",
+    "pictureframe",
+    "emicorr",
+    "specwcs",
+    "regions",
+    "wavelengthrange",
+    "camera",
+    "fflat",
+    "sflat",
+    "dflat",
+    "apcorr",
+    "abvegaoffset",
+    "pars-detector1pipeline",
+    "pars-image2pipeline",
 ]
 
 
@@ -256,8 +274,10 @@ def test_pipeline_recovers_injected_signal(calibrated, detector, band):
     assert np.nanstd(np.nanmedian(blocks, axis=2)) < 0.002
     # reference pixels and dead pixels end DO_NOT_USE and NaN
     sub = D.subarray(detector, "demo")
-    cut = (slice(sub["ystart"] - 1, sub["ystart"] - 1 + sub["shape"][0]),
-           slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1]))
+    cut = (
+        slice(sub["ystart"] - 1, sub["ystart"] - 1 + sub["shape"][0]),
+        slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1]),
+    )
     dead = D.bad_pixels(detector)[cut]
     assert dead.any() and not np.isfinite(cal.data[dead]).any()
     assert not np.isfinite(cal.data[~science]).any()
@@ -294,8 +314,18 @@ def test_products_record_crds_references(calibrated, detector, band):
         assert name.startswith(f"crds://jwst_{inst.lower()}_{reftype}_9001_{detector.lower()}"), name
     assert rate.meta.ref_file.ipc.name == "N/A"
     steps = cal.meta.cal_step
-    for step in ("dq_init", "saturation", "linearity", "dark_sub", "refpix", "jump", "ramp_fit",
-                 "assign_wcs", "flat_field", "photom"):
+    for step in (
+        "dq_init",
+        "saturation",
+        "linearity",
+        "dark_sub",
+        "refpix",
+        "jump",
+        "ramp_fit",
+        "assign_wcs",
+        "flat_field",
+        "photom",
+    ):
         assert getattr(steps, step) == "COMPLETE", step
     if inst == "NIRCAM":
         assert steps.superbias == "COMPLETE"

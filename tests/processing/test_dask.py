@@ -29,8 +29,14 @@ def _done(cache) -> int:
 def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(engine_run, tmp_path):
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=logging.ERROR)
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
     client = Client(cluster)
     try:
         from tests.conftest import seed_cache
@@ -38,11 +44,27 @@ def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(
         addr = cluster.scheduler_address
         cache, work = tmp_path / "cache", tmp_path / "work"
         seeded = seed_cache(engine_run["cache"], cache)  # the early stages: what is tested is the kill
-        args = ["run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache), "--scheduler", addr,
-                "--targets", "synth2"]
+        args = [
+            "run",
+            str(engine_run["manifest"]),
+            "--workdir",
+            str(work),
+            "--cache",
+            str(cache),
+            "--scheduler",
+            addr,
+            "--targets",
+            "synth2",
+        ]
         t0 = time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "release.cli", *args], cwd=REPO, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "400"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "release.cli", *args],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "COLUMNS": "400"},
+        )
         deadline = time.time() + 600
         while _done(cache) < seeded + 1 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
@@ -58,7 +80,9 @@ def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(
             hlsp(*args, check_code=0)
         rerun = hlsp(*args, check_code=0)
         assert seeded + 1 <= killed_at < _done(cache), (seeded, killed_at, _done(cache))  # killed mid-run
-        assert all(line.split("│")[3].strip() == "0" for line in rerun.stdout.splitlines() if line.startswith("│ lv")), rerun.stdout
+        assert all(
+            line.split("│")[3].strip() == "0" for line in rerun.stdout.splitlines() if line.startswith("│ lv")
+        ), rerun.stdout
         for target, band in PRODUCTS:
             a = work / "products" / target / band / f"{target}_{band}_i2d.fits"
             b = engine_run["workdir"] / "products" / target / band / f"{target}_{band}_i2d.fits"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from processing.destripe import amplifier_slices, fast_axis_is_x, masked_row_medians, stripe_model
 from processing.destripe_multi import MultiTileParameters, difference_model
@@ -62,12 +61,12 @@ def test_a_stripe_free_image_comes_out_unchanged():
 
 def test_masking_fallback_full_row_then_none():
     image = np.zeros((3, 8))
-    image[:, :4] += np.array([1.0, 2.0, 3.0])[:, None]   # amplifier 0
+    image[:, :4] += np.array([1.0, 2.0, 3.0])[:, None]  # amplifier 0
     image[:, 4:] += np.array([10.0, 20.0, 30.0])[:, None]  # amplifier 1
     mask = np.zeros((3, 8), bool)
-    mask[0, :4] = True         # row 0: amplifier 0 fully masked -> the full row's median (amplifier 1's value)
-    mask[1, :] = True          # row 1: everything masked -> not corrected
-    mask[2, 0] = True          # row 2: 25% of amplifier 0 masked -> its own median
+    mask[0, :4] = True  # row 0: amplifier 0 fully masked -> the full row's median (amplifier 1's value)
+    mask[1, :] = True  # row 1: everything masked -> not corrected
+    mask[2, 0] = True  # row 2: 25% of amplifier 0 masked -> its own median
     model, counts = masked_row_medians(image, mask, [slice(0, 4), slice(4, 8)], 0.8)
     assert model[0, 0] == 10.0 and model[0, 5] == 10.0
     assert np.all(model[1] == 0.0)
@@ -131,5 +130,7 @@ def test_overlapping_exposures_are_aligned_before_differencing():
     back = _shifted(moved, dy, dx)
     inner = np.isfinite(back)
     inner[:10], inner[-10:], inner[:, -10:] = False, False, False
-    assert np.nanstd((back - sky)[inner] - np.nanmedian(back - sky, axis=1, keepdims=True)[np.where(inner)[0]][:, 0]) < 0.5
+    assert (
+        np.nanstd((back - sky)[inner] - np.nanmedian(back - sky, axis=1, keepdims=True)[np.where(inner)[0]][:, 0]) < 0.5
+    )
     assert register(sky, np.full_like(sky, np.nan)) is None

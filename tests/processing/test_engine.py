@@ -53,7 +53,7 @@ def test_second_run_is_a_noop(engine_run):
     t0 = time.time()
     proc = hlsp("run", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), check_code=0)
     elapsed = time.time() - t0
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("│ lv")]
+    lines = [row for row in proc.stdout.splitlines() if row.startswith("│ lv")]
     for line in lines:
         cells = [c.strip() for c in line.strip("│").split("│")]
         assert cells[2] == "0", line  # ran
@@ -65,20 +65,31 @@ def test_parameter_change_reruns_only_that_target(engine_run, tmp_path):
     lm0 = load_manifest(engine_run["manifest"])
     program = lm0.resolve_path(lm0.manifest.program.data.path)
     changed = write_manifest(
-        tmp_path / "changed.toml", program,
+        tmp_path / "changed.toml",
+        program,
         extra='\n[targets.synth2.parameters.default.lv3.outlier_detection]\nsnr = "4.0 3.0"\n',
     )
     lm = load_manifest(changed)
     engine = Engine(lm, build_graph(lm), tmp_path / "work", cache_dir=engine_run["cache"])
     status = engine.plan()
     rerun = sorted(t for t, s in status.items() if s == "run")
-    assert rerun == ["anchoring/synth2/F200W", "anchoring/synth2/F770W", "astrometry/synth2/F200W", "astrometry/synth2/F770W",
-                     "lv3/synth2/F200W", "lv3/synth2/F770W", "psf_matching/synth2/F200W", "psf_matching/synth2/F770W"]
+    assert rerun == [
+        "anchoring/synth2/F200W",
+        "anchoring/synth2/F770W",
+        "astrometry/synth2/F200W",
+        "astrometry/synth2/F770W",
+        "lv3/synth2/F200W",
+        "lv3/synth2/F770W",
+        "psf_matching/synth2/F200W",
+        "psf_matching/synth2/F770W",
+    ]
     summary = engine.run()
     assert summary.ok and sorted(t for t, r in summary.results.items() if r.status == "ran") == rerun
     # synth1's products are the very same files as before; synth2's were remade
     for target, band in PRODUCTS:
-        same = fits_fingerprint(product(tmp_path / "work", target, band)) == fits_fingerprint(product(engine_run["workdir"], target, band))
+        same = fits_fingerprint(product(tmp_path / "work", target, band)) == fits_fingerprint(
+            product(engine_run["workdir"], target, band)
+        )
         assert same == (target == "synth1"), (target, band)
 
 
@@ -90,7 +101,18 @@ def test_kill_9_then_resume_gives_identical_products(engine_run, tmp_path):
     # kill and the resume (of lv3 and everything after it), not the whole graph again
     seeded = seed_cache(engine_run["cache"], cache)
     only = ["--targets", "synth1", "--bands", "f770w"]
-    cmd = [sys.executable, "-m", "release.cli", "run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache), *only]
+    cmd = [
+        sys.executable,
+        "-m",
+        "release.cli",
+        "run",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--cache",
+        str(cache),
+        *only,
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -105,15 +127,29 @@ def test_kill_9_then_resume_gives_identical_products(engine_run, tmp_path):
     # every published entry is whole
     for entry in (cache / "objects").glob("*/*"):
         assert (entry / "task.json").exists(), entry
-    hlsp("run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache), *only, check_code=0)
+    hlsp(
+        "run",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--cache",
+        str(cache),
+        *only,
+        check_code=0,
+    )
     assert not any((cache / "tmp").iterdir())  # the dead run's scratch is gone
-    assert seeded + 1 <= killed_with < len(list((cache / "objects").glob("*/*/task.json"))), (seeded, killed_with)  # killed mid-run
+    assert seeded + 1 <= killed_with < len(list((cache / "objects").glob("*/*/task.json"))), (
+        seeded,
+        killed_with,
+    )  # killed mid-run
     for target, band in [("synth1", "f770w")]:
         a, b = product(tmp_path / "work", target, band), product(engine_run["workdir"], target, band)
         assert fits_fingerprint(a) == fits_fingerprint(b)
         wa, wb = _open(a).meta.wcs, _open(b).meta.wcs  # the WCS in the ASDF extension
-        assert np.array_equal(np.array(wa(np.arange(0, 300, 37.0), np.arange(0, 300, 37.0))),
-                              np.array(wb(np.arange(0, 300, 37.0), np.arange(0, 300, 37.0))))
+        assert np.array_equal(
+            np.array(wa(np.arange(0, 300, 37.0), np.arange(0, 300, 37.0))),
+            np.array(wb(np.arange(0, 300, 37.0), np.arange(0, 300, 37.0))),
+        )
 
 
 def _open(path):
@@ -131,8 +167,11 @@ def test_corrupt_input_fails_its_task_and_the_other_target_completes(engine_run,
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(src, dest)
     truth = json.loads((program / "truth" / "truth.json").read_text())["exposures"]
-    victim = next(p for p in sorted((copy / "uncal" / "synth2").glob("*mirimage_uncal.fits"))
-                  if truth[p.name[: -len("_uncal.fits")]]["kind"] == "science")
+    victim = next(
+        p
+        for p in sorted((copy / "uncal" / "synth2").glob("*mirimage_uncal.fits"))
+        if truth[p.name[: -len("_uncal.fits")]]["kind"] == "science"
+    )
     data = victim.read_bytes()
     victim.unlink()
     victim.write_bytes(data[: len(data) // 2])  # a truncated download
@@ -142,7 +181,9 @@ def test_corrupt_input_fails_its_task_and_the_other_target_completes(engine_run,
     manifest = write_manifest(tmp_path / "m.toml", copy)
     text = manifest.read_text().replace(f'crds_path = "{copy / "crds"}"', f'crds_path = "{program / "crds"}"')
     manifest.write_text(text)
-    proc = hlsp("run", str(manifest), "--workdir", str(tmp_path / "work"), "--cache", str(engine_run["cache"]), check_code=1)
+    proc = hlsp(
+        "run", str(manifest), "--workdir", str(tmp_path / "work"), "--cache", str(engine_run["cache"]), check_code=1
+    )
     out = " ".join(proc.stdout.split())
     assert f"lv1 failed on {victim}" in out, out
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -218,9 +259,9 @@ def test_nircam_exposures_are_destriped_against_the_truth(engine_run, effects_pr
     result = measure(effects_program, engine_run["cache"])
     assert len(result["exposures"]) == 6
     for r in result["exposures"]:
-        assert r["both"] <= r["before"], r          # never more row structure than went in
-        assert r["both_over_floor"] < 1.5, r        # near the noise floor of a row median
-        assert abs(r["flux_change"]) < 0.005, r     # below 0.5% of the flux
+        assert r["both"] <= r["before"], r  # never more row structure than went in
+        assert r["both_over_floor"] < 1.5, r  # near the noise floor of a row median
+        assert abs(r["flux_change"]) < 0.005, r  # below 0.5% of the flux
 
 
 def test_miri_is_lyot_separated_and_level_matched_against_the_truth(engine_run, effects_program, demo_release):
@@ -237,7 +278,9 @@ def test_miri_is_lyot_separated_and_level_matched_against_the_truth(engine_run, 
     counts = graph.stage_counts()
     assert counts["lyot"] == 6 and counts["level_match"] == 4  # MIRI exposures; every target and band
     assert {r["task"].split("/")[0] for r in graph.tasks["level_match/synth1/F770W"].inputs["cal"]} == {"lyot"}
-    assert {r["task"].split("/")[0] for r in graph.tasks["destripe_multi/synth1/F200W"].inputs["cal"]} == {"level_match"}
+    assert {r["task"].split("/")[0] for r in graph.tasks["destripe_multi/synth1/F200W"].inputs["cal"]} == {
+        "level_match"
+    }
     assert graph.tasks["lv3/synth1/F770W"].params["skymatch"] == {"skip": True}
     mosaic = fits.getheader(product(engine_run["workdir"], "synth1", "f770w"))
     assert "HLSPDLV" in mosaic and "HLSPDLC" in mosaic and "HLSPDLK" in mosaic

@@ -20,11 +20,11 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
+from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 from processing.simulate import external as E
 from processing.simulate.detectors import FILTERS
 from processing.simulate.generate import hash_str
 from processing.simulate.sky import _FWHM_TO_SIGMA, RED_SUPERGIANT, Galaxy, add_gaussians, tangent_offsets
-from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 
 NAME = "NGC9999"
 SEED = 7
@@ -237,7 +237,8 @@ def test_far_pixels_sit_at_the_background(ext, survey):
     faint = far & (model < 0.05)
     assert faint.sum() > 1000
     assert np.median(img[faint]) - t["background_mjysr"] == pytest.approx(
-        t["slope"] * np.median(model[faint]), abs=3 * 1.2533 * t["noise_mjysr"] / np.sqrt(faint.sum()) + 0.01)
+        t["slope"] * np.median(model[faint]), abs=3 * 1.2533 * t["noise_mjysr"] / np.sqrt(faint.sum()) + 0.01
+    )
 
 
 # -- (b) astrometric reference catalogue -----------------------------------------------------
@@ -273,9 +274,18 @@ def test_reference_catalog(ext):
     assert len(rsg) > 500
     assert 0.05 < (np.hypot(rsg[:, 0], rsg[:, 1]) < 20).sum() / (np.pi * 20**2) < 0.5
     # the paper's cuts keep most red supergiants and no cluster, foreground star or faint extra
-    passing = ((cat["SNR_F814W"] >= 10) & (cat["CROWD_F814W"] <= 0.01) & (cat["FLAG_F814W"] == 0) & (cat["OBJTYPE"] == 1)
-               & (cat["SHARP_F814W"] > -0.025) & (cat["SHARP_F814W"] <= 0.01) & (cat["ROUND_F814W"] > -0.15)
-               & (cat["ROUND_F814W"] <= 0.4) & (cat["COLOR_F555W_F814W"] >= 2) & (cat["COLOR_F555W_F814W"] < 4))
+    passing = (
+        (cat["SNR_F814W"] >= 10)
+        & (cat["CROWD_F814W"] <= 0.01)
+        & (cat["FLAG_F814W"] == 0)
+        & (cat["OBJTYPE"] == 1)
+        & (cat["SHARP_F814W"] > -0.025)
+        & (cat["SHARP_F814W"] <= 0.01)
+        & (cat["ROUND_F814W"] > -0.15)
+        & (cat["ROUND_F814W"] <= 0.4)
+        & (cat["COLOR_F555W_F814W"] >= 2)
+        & (cat["COLOR_F555W_F814W"] < 4)
+    )
     assert passing.sum() == t["n_pass_cuts"]
     assert set(np.asarray(cat["KIND"][passing])) == {"rsg"} and passing.sum() > 0.6 * len(rsg)
     # most red supergiants sit 3-5 mag above the TRGB (the paper's magnitude window; the

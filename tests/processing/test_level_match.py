@@ -34,8 +34,11 @@ def test_lyot_split_and_merge_round_trip_is_exact():
     shape = (1024, 1032)
     region = lyot.lyot_region(shape)
     dq = rng.choice(np.array([0, 1, 4, 512, 513], dtype=np.uint32), size=shape, p=[0.9, 0.04, 0.03, 0.02, 0.01])
-    arrays = {"data": rng.normal(size=shape).astype(np.float32), "err": rng.random(shape).astype(np.float32),
-              "var_poisson": rng.random(shape).astype(np.float32)}
+    arrays = {
+        "data": rng.normal(size=shape).astype(np.float32),
+        "err": rng.random(shape).astype(np.float32),
+        "var_poisson": rng.random(shape).astype(np.float32),
+    }
     dq_imager, dq_coron = lyot.split(dq, region)
     # each part: the other part non-science and unusable, its own pixels untouched
     assert np.all(dq_imager[region] & lyot.SPLIT_FLAGS == lyot.SPLIT_FLAGS)
@@ -57,10 +60,10 @@ def test_an_exposure_has_two_parts_only_when_science_lies_on_both_sides():
     region[:3, :3] = True
     science = np.ones((10, 10), bool)
     assert lyot.has_two_parts(region, science)
-    assert not lyot.has_two_parts(np.zeros_like(region), science)          # no region on this subarray
-    assert not lyot.has_two_parts(np.ones_like(region), science)           # all coronagraph
+    assert not lyot.has_two_parts(np.zeros_like(region), science)  # no region on this subarray
+    assert not lyot.has_two_parts(np.ones_like(region), science)  # all coronagraph
     science[:3, :3] = False
-    assert not lyot.has_two_parts(region, science)                         # its pixels all unusable
+    assert not lyot.has_two_parts(region, science)  # its pixels all unusable
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,10 +87,10 @@ def test_pair_difference_sees_the_offset_through_emission():
 
 def test_axis_overlap_fraction():
     both = np.zeros((100, 100), bool)
-    both[10:20, 0:80] = True                   # a strip: thin along y, long along x
+    both[10:20, 0:80] = True  # a strip: thin along y, long along x
     assert L.axis_overlap_fraction(both, (100, 100), (100, 100)) == pytest.approx(0.8)
     both[:] = False
-    both[0:5, 0:5] = True                      # a corner: thin along both
+    both[0:5, 0:5] = True  # a corner: thin along both
     assert L.axis_overlap_fraction(both, (100, 100), (100, 100)) == pytest.approx(0.05)
     assert L.axis_overlap_fraction(both, (100, 100), (10, 10)) == pytest.approx(0.5)  # relative to the smaller
     assert L.axis_overlap_fraction(np.zeros((4, 4), bool), (4, 4), (4, 4)) == 0.0
@@ -98,10 +101,15 @@ def _pair(i, j, n=10000, med=0.0, rms=0.5, axis=1.0):
 
 
 def test_the_three_pair_cuts():
-    pairs = [_pair(0, 1, rms=0.50), _pair(1, 2, rms=0.51), _pair(2, 3, rms=0.49), _pair(0, 3, rms=0.50),
-             _pair(0, 2, n=15),                       # a tiny overlap: < 0.2% of the mean
-             _pair(1, 3, axis=0.1),                   # a diagonal corner: thin along both axes
-             _pair(3, 4, rms=2.0)]                    # a noisy difference histogram
+    pairs = [
+        _pair(0, 1, rms=0.50),
+        _pair(1, 2, rms=0.51),
+        _pair(2, 3, rms=0.49),
+        _pair(0, 3, rms=0.50),
+        _pair(0, 2, n=15),  # a tiny overlap: < 0.2% of the mean
+        _pair(1, 3, axis=0.1),  # a diagonal corner: thin along both axes
+        _pair(3, 4, rms=2.0),
+    ]  # a noisy difference histogram
     L.select_pairs(pairs, 0.002, 0.25, 2.0, 0.1)
     assert [p.kept for p in pairs] == [True, True, True, True, False, False, False]
     assert "mean" in pairs[4].reason and "along both axes" in pairs[5].reason and "RMS" in pairs[6].reason
@@ -138,13 +146,19 @@ def test_solver_weights_pairs_by_their_error():
     off, _, _ = L.solve_offsets(2, pairs, priority=np.array([1.0, 0.0]), weighting="rms")
     assert off[0] == pytest.approx(0.20, abs=1e-9)  # the paper's weights: both count the same
     # the statistical error of one pair's offset: that of a median, 1.2533 RMS / sqrt(n)
-    _, _, _, err = L.solve_offsets_with_errors(2, [_pair(0, 1, n=10000, med=0.1, rms=0.5)], priority=np.array([1.0, 0.0]))
+    _, _, _, err = L.solve_offsets_with_errors(
+        2, [_pair(0, 1, n=10000, med=0.1, rms=0.5)], priority=np.array([1.0, 0.0])
+    )
     assert err[0] == pytest.approx(1.2533 * 0.5 / 100) and err[1] == 0.0
 
 
 def test_solver_keeps_disconnected_groups_apart():
     truth = np.array([0.0, 0.2, 0.5, 1.0, 1.3])
-    pairs = [_pair(0, 1, med=truth[0] - truth[1]), _pair(2, 3, med=truth[2] - truth[3]), _pair(3, 4, med=truth[3] - truth[4])]
+    pairs = [
+        _pair(0, 1, med=truth[0] - truth[1]),
+        _pair(2, 3, med=truth[2] - truth[3]),
+        _pair(3, 4, med=truth[3] - truth[4]),
+    ]
     pairs.append(_pair(1, 2, med=5.0, n=3))
     pairs[-1].drop("test: a dropped pair does not connect")
     off, groups, refs = L.solve_offsets(5, pairs)
@@ -168,7 +182,9 @@ def _mosaic(tmp_path, boxes, offsets, visits, noise=0.2, seed=0):
         cut = (sky[y0:y1, x0:x1] + off + rng.normal(0, noise, (y1 - y0, x1 - x0))).astype(np.float32)
         store = tmp_path / f"img{k}.npy"
         np.save(store, cut)
-        images.append(L.Image(name=f"e{k}", visit=visit, mjd=float(k), box=(y0, y1, x0, x1), span=(y1 - y0, x1 - x0), store=store))
+        images.append(
+            L.Image(name=f"e{k}", visit=visit, mjd=float(k), box=(y0, y1, x0, x1), span=(y1 - y0, x1 - x0), store=store)
+        )
     return images, sky
 
 
@@ -207,7 +223,9 @@ def test_tiles_misaligned_by_a_pointing_error_are_aligned_before_differencing(tm
     # the second tile's pixels carry the sky 3.4, -2.6 pixels away (its WCS is wrong)
     moved = ndimage.shift(images[1].load(), (3.4, -2.6), order=3, mode="nearest")
     np.save(images[1].store, moved.astype(np.float32))
-    unaligned = L.match_levels(images, np.zeros(2), L.LevelMatchParameters(align_tiles=False, subtract_lowest=False), tmp_path)
+    unaligned = L.match_levels(
+        images, np.zeros(2), L.LevelMatchParameters(align_tiles=False, subtract_lowest=False), tmp_path
+    )
     aligned = L.match_levels(images, np.zeros(2), L.LevelMatchParameters(subtract_lowest=False), tmp_path)
     assert aligned.pairs2[0].shift == pytest.approx((-3.4, 2.6), abs=0.1)
     assert abs(aligned.total(1) - 0.5) < 0.01 < abs(unaligned.total(1) - 0.5)

@@ -106,9 +106,9 @@ def test_propagated_error_matches_the_noise_of_convolved_white_noise():
 def test_nans_neither_erode_the_map_nor_grow_it():
     kernel = K.gaussian(31, 0.1, 0.6)
     img = np.full((120, 120), 5.0)
-    img[:, :40] = np.nan          # outside the footprint
-    img[60, 80] = np.nan          # one bad pixel inside
-    img[90:110, 60:80] = np.nan   # a hole larger than the kernel's core
+    img[:, :40] = np.nan  # outside the footprint
+    img[60, 80] = np.nan  # one bad pixel inside
+    img[90:110, 60:80] = np.nan  # a hole larger than the kernel's core
     out, err, cov = C.convolve_block(img, np.ones_like(img), kernel)
     # the edge stays where it was: the first valid column is still valid, the last NaN still NaN
     assert np.isfinite(out[10:50, 40]).all() and np.isnan(out[10:50, 39]).all()
@@ -173,7 +173,9 @@ def _write_mosaic(path, fwhm=0.3, pix=0.1, n=241):
     prim.header["EXPSTART"] = 60000.0
     h = w.to_header()
     h["BUNIT"] = "MJy/sr"
-    fits.HDUList([prim, fits.ImageHDU(sci, h, name="SCI"), fits.ImageHDU(np.full_like(sci, 0.01), h, name="ERR")]).writeto(path)
+    fits.HDUList(
+        [prim, fits.ImageHDU(sci, h, name="SCI"), fits.ImageHDU(np.full_like(sci, 0.01), h, name="ERR")]
+    ).writeto(path)
     return path
 
 
@@ -188,12 +190,23 @@ def test_the_stage_writes_each_resolution_with_its_beam_and_kernel(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     variants = {"gauss0p85as": 0.85, "gauss1p00as": 1.0}
-    written = S.run({"mosaic": [str(mosaic)], "psf": [str(psf)]}, out, {"noise_curve_points": 3},
-                    {"target": "synth1", "band": "F770W", "product": "synth1_f770w", "variants": variants})
+    written = S.run(
+        {"mosaic": [str(mosaic)], "psf": [str(psf)]},
+        out,
+        {"noise_curve_points": 3},
+        {"target": "synth1", "band": "F770W", "product": "synth1_f770w", "variants": variants},
+    )
     names = sorted(p.name for p in written)
-    assert names == sorted(["synth1_f770w_gauss0p85as.fits", "synth1_f770w_gauss0p85as_kernel.fits",
-                            "synth1_f770w_gauss1p00as.fits", "synth1_f770w_gauss1p00as_kernel.fits",
-                            "synth1_f770w_psf_matching.ecsv", "synth1_f770w_psf_matching.png"])
+    assert names == sorted(
+        [
+            "synth1_f770w_gauss0p85as.fits",
+            "synth1_f770w_gauss0p85as_kernel.fits",
+            "synth1_f770w_gauss1p00as.fits",
+            "synth1_f770w_gauss1p00as_kernel.fits",
+            "synth1_f770w_psf_matching.ecsv",
+            "synth1_f770w_psf_matching.png",
+        ]
+    )
     assert not list(out.glob("*.npy"))  # the scratch arrays are gone
     for variant, fwhm in variants.items():
         with fits.open(out / f"synth1_f770w_{variant}.fits") as h:
@@ -222,7 +235,12 @@ def test_the_stage_refuses_a_resolution_the_band_cannot_reach(tmp_path):
 
     mosaic = _write_mosaic(tmp_path / "m_i2d.fits")
     psf = _write_psf(tmp_path / "psf_F2100W.fits", 0.65)
-    ctx = {"target": "synth1", "band": "F2100W", "product": "synth1_f2100w", "variants": {"gauss0p50as": 0.5, "gauss0p90as": 0.9}}
+    ctx = {
+        "target": "synth1",
+        "band": "F2100W",
+        "product": "synth1_f2100w",
+        "variants": {"gauss0p50as": 0.5, "gauss0p90as": 0.9},
+    }
     with pytest.raises(WorkFailed, match=r"synth1 F2100W to 0.50\": 0.50\" is not wider than the band's PSF \(0.65"):
         S.run({"mosaic": [str(mosaic)], "psf": [str(psf)]}, tmp_path, {}, ctx)
     # an airy-like PSF with a hard limit: W- above it is refused, naming the finest allowed
@@ -253,7 +271,9 @@ def test_resolutions_enter_the_key_of_psf_matching_only(engine_run, tmp_path):
 
     lm0 = load_manifest(engine_run["manifest"])
     program = lm0.resolve_path(lm0.manifest.program.data.path)
-    changed = write_manifest(tmp_path / "changed.toml", program, extra="\n[products]\nconvolved_fwhm_arcsec = [0.85, 1.5]\n")
+    changed = write_manifest(
+        tmp_path / "changed.toml", program, extra="\n[products]\nconvolved_fwhm_arcsec = [0.85, 1.5]\n"
+    )
     lm = load_manifest(changed)
     graph = build_graph(lm)
     status = Engine(lm, graph, tmp_path / "work", cache_dir=engine_run["cache"], read_only=True).plan()
@@ -272,7 +292,9 @@ def test_a_band_without_its_psf_is_refused_when_the_graph_is_built(engine_run, t
 
     lm0 = load_manifest(engine_run["manifest"])
     program = lm0.resolve_path(lm0.manifest.program.data.path)
-    bad = write_manifest(tmp_path / "bad.toml", program, extra=f'\n[products]\npsfs = {{ F770W = "{tmp_path / "nope.fits"}" }}\n')
+    bad = write_manifest(
+        tmp_path / "bad.toml", program, extra=f'\n[products]\npsfs = {{ F770W = "{tmp_path / "nope.fits"}" }}\n'
+    )
     with pytest.raises(BadInput, match=r"products.psfs.F770W: the PSF of F770W, .*nope.fits, is not a file"):
         build_graph(load_manifest(bad))
     empty = tmp_path / "psfs"
@@ -308,7 +330,9 @@ def test_the_engine_run_matches_the_truth_at_each_resolution(engine_run, effects
         noise = t["noise_mjysr"][np.isfinite(t["noise_mjysr"])]
         assert noise[-1] < noise[0]  # smoothing lowers the noise (Figure 10)
     mosaic = next(p for p in index if p["product"] == "img" and p["target"] == "synth1" and p["band"] == "F770W")
-    conv = next(p for p in index if p["product"] == "img-gauss0p90as" and p["target"] == "synth1" and p["band"] == "F770W")
+    conv = next(
+        p for p in index if p["product"] == "img-gauss0p90as" and p["target"] == "synth1" and p["band"] == "F770W"
+    )
     native = _against_truth(entry(mosaic) / mosaic["file"], truth, "synth1", "F770W", None)
     smooth = _against_truth(entry(conv) / conv["file"], truth, "synth1", "F770W", 0.9)
     assert abs(smooth["median"] - native["median"]) < 0.02

@@ -68,7 +68,11 @@ def test_one_over_f_stripes_present(effects_program, effects_default):
     sub = D.subarray(det, "demo")
     ys = slice(sub["ystart"] - 1, sub["ystart"] - 1 + sub["shape"][0])
     xs = slice(sub["xstart"] - 1, sub["xstart"] - 1 + sub["shape"][1])
-    model = (sky + truth.exposures[name]["nircam_sky_mjysr"]) / D.FILTERS["F200W"]["photmjsr"] * D.flat(det, "F200W")[ys, xs]
+    model = (
+        (sky + truth.exposures[name]["nircam_sky_mjysr"])
+        / D.FILTERS["F200W"]["photmjsr"]
+        * D.flat(det, "F200W")[ys, xs]
+    )
     resid = np.where(D.science_mask(det)[ys, xs] & (rate.dq == 0), rate.data - model, np.nan)
     rows = np.nanmedian(resid, axis=1)
     ok = np.isfinite(rows)
@@ -137,9 +141,9 @@ def test_pointing_errors_present(effects_program, effects_default):
     sky_level = truth.exposures[name]["nircam_sky_mjysr"]
 
     def sampled(step):
-        y, x = np.mgrid[8:ny - 8:step, 8:nx - 8:step]
+        y, x = np.mgrid[8 : ny - 8 : step, 8 : nx - 8 : step]
         ra, dec = cal.meta.wcs(x, y)  # the header (nominal) WCS
-        data = cal.data[8:ny - 8:step, 8:nx - 8:step] - sky_level
+        data = cal.data[8 : ny - 8 : step, 8 : nx - 8 : step] - sky_level
         ok = np.isfinite(data)
         return ra[ok], dec[ok], data[ok], np.cos(np.deg2rad(dec[ok]))
 

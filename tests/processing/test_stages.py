@@ -26,7 +26,7 @@ from processing.stages import Input, ModelParameters, Product, Registry, Registr
 from release.manifest import load_manifest
 from tests.conftest import REPO
 
-TOY_A = '''
+TOY_A = """
 from pathlib import Path
 from astropy.io import fits
 
@@ -35,8 +35,8 @@ def run(inputs, outdir, params, context):
     out = Path(outdir) / (context["exposure"] + "_toya.fits")
     fits.PrimaryHDU(data * params["gain"]).writeto(out)
     return [out]
-'''
-TOY_B = '''
+"""
+TOY_B = """
 from pathlib import Path
 import numpy as np
 from astropy.io import fits
@@ -53,8 +53,8 @@ def run(inputs, outdir, params, context):
 
 def catalog(lm, unit):
     return [lm.resolve_path(lm.manifest.targets[unit["target"]].astrometry_catalog)]
-'''
-TOY_VISIT = '''
+"""
+TOY_VISIT = """
 from pathlib import Path
 from astropy.io import fits
 
@@ -62,13 +62,23 @@ def run(inputs, outdir, params, context):
     out = Path(outdir) / (context["exposure"] + "_toyv.fits")
     fits.PrimaryHDU(fits.getdata(inputs["rate"][0]) * 0 + len(inputs["ref"])).writeto(out)
     return [out]
-'''
+"""
 
 
-def _exposure(path: Path, target: str, inst: str, band: str, visit: str, mjd: float, parallel: bool = False, value: float = 1.0):
+def _exposure(
+    path: Path, target: str, inst: str, band: str, visit: str, mjd: float, parallel: bool = False, value: float = 1.0
+):
     h = fits.Header()
-    h.update(TARGPROP=target.upper(), INSTRUME=inst.upper(), FILTER=band, EXPRIPAR="PARALLEL_COORDINATED" if parallel else "PRIME",
-             PROGRAM="09001", OBSERVTN="001", VISIT=visit, EXPSTART=mjd)
+    h.update(
+        TARGPROP=target.upper(),
+        INSTRUME=inst.upper(),
+        FILTER=band,
+        EXPRIPAR="PARALLEL_COORDINATED" if parallel else "PRIME",
+        PROGRAM="09001",
+        OBSERVTN="001",
+        VISIT=visit,
+        EXPSTART=mjd,
+    )
     fits.PrimaryHDU(np.full((4, 4), value, dtype=np.float32), header=h).writeto(path)
 
 
@@ -121,11 +131,22 @@ def toy(tmp_path, monkeypatch):
         for band, inst in (("F200W", "nircam"), ("F300M", "nircam"), ("F770W", "miri")):
             for visit in ("001", "002"):
                 n += 1
-                _exposure(raw / f"jw09001{target}{band.lower()}{visit}_uncal.fits", target, inst, band, visit, 60000 + n / 100, value=n)
+                _exposure(
+                    raw / f"jw09001{target}{band.lower()}{visit}_uncal.fits",
+                    target,
+                    inst,
+                    band,
+                    visit,
+                    60000 + n / 100,
+                    value=n,
+                )
         _exposure(raw / f"jw09001{target}bkg_uncal.fits", target, "miri", "F770W", "003", 60001, parallel=True)
     (tmp_path / "cat.txt").write_text("0.5")
     manifest = tmp_path / "m.toml"
-    manifest.write_text(toy_manifest(["F200W", "F300M", "F770W"], """
+    manifest.write_text(
+        toy_manifest(
+            ["F200W", "F300M", "F770W"],
+            """
 [targets.alpha]
 ra = 10.0
 dec = 1.0
@@ -134,7 +155,9 @@ astrometry_catalog = "cat.txt"
 ra = 20.0
 dec = 2.0
 astrometry_catalog = "cat.txt"
-"""))
+""",
+        )
+    )
     return {"root": tmp_path, "manifest": manifest, "mods": mods, "lm": load_manifest(manifest)}
 
 
@@ -147,15 +170,39 @@ def _registry(extra: list[Stage] | None = None) -> Registry:
     class Ref(BaseModel):
         reference_band: str = Field("F300M", description="band the visit reference is taken from")
 
-    a = Stage("toy_a", "exposure", (Input("raw", "raw"),), ("_toya.fits",), "toy_a:run", ("toy_a",),
-              ModelParameters(Gain, {"miri": {"gain": 3.0}}), exposures="all", memory_gb=0.1)
-    v = Stage("toy_visit", "exposure", (Input("rate", "same", "toy_a", "_toya.fits"),
-                                         Input("ref", "visit_reference", "toy_a", "_toya.fits")),
-              ("_toyv.fits",), "toy_visit:run", ("toy_visit",), ModelParameters(Ref), instruments=("nircam",), memory_gb=0.1)
-    b = Stage("toy_b", "target_band", (Input("members", "members", "toy_a", "_toya.fits"),
-                                        Input("catalog", "manifest_file", files="toy_b:catalog")),
-              ("_toyb.fits",), "toy_b:run", ("toy_b",), ModelParameters(Ref), products=(Product("img", "_toyb.fits"),),
-              memory_gb=0.1)
+    a = Stage(
+        "toy_a",
+        "exposure",
+        (Input("raw", "raw"),),
+        ("_toya.fits",),
+        "toy_a:run",
+        ("toy_a",),
+        ModelParameters(Gain, {"miri": {"gain": 3.0}}),
+        exposures="all",
+        memory_gb=0.1,
+    )
+    v = Stage(
+        "toy_visit",
+        "exposure",
+        (Input("rate", "same", "toy_a", "_toya.fits"), Input("ref", "visit_reference", "toy_a", "_toya.fits")),
+        ("_toyv.fits",),
+        "toy_visit:run",
+        ("toy_visit",),
+        ModelParameters(Ref),
+        instruments=("nircam",),
+        memory_gb=0.1,
+    )
+    b = Stage(
+        "toy_b",
+        "target_band",
+        (Input("members", "members", "toy_a", "_toya.fits"), Input("catalog", "manifest_file", files="toy_b:catalog")),
+        ("_toyb.fits",),
+        "toy_b:run",
+        ("toy_b",),
+        ModelParameters(Ref),
+        products=(Product("img", "_toyb.fits"),),
+        memory_gb=0.1,
+    )
     return Registry([b, v, a] + (extra or []))  # declared out of order on purpose
 
 
@@ -175,10 +222,20 @@ def test_registry_orders_stages_by_their_connections_and_refuses_bad_declaration
     with pytest.raises(RegistryError, match="declared twice"):
         Registry([a, a])
     with pytest.raises(RegistryError, match="reads 'nope', which is not declared"):
-        Registry([Stage("x", "exposure", (Input("i", "same", "nope", "_a.fits"),), ("_x.fits",), "m:f", ("m",), a.parameters)])
+        Registry(
+            [
+                Stage(
+                    "x", "exposure", (Input("i", "same", "nope", "_a.fits"),), ("_x.fits",), "m:f", ("m",), a.parameters
+                )
+            ]
+        )
     with pytest.raises(RegistryError, match="cycle"):
-        Registry([Stage("x", "target_band", (Input("i", "same", "y", ""),), ("_x",), "m:f", ("m",), a.parameters),
-                  Stage("y", "target_band", (Input("i", "same", "x", ""),), ("_y",), "m:f", ("m",), a.parameters)])
+        Registry(
+            [
+                Stage("x", "target_band", (Input("i", "same", "y", ""),), ("_x",), "m:f", ("m",), a.parameters),
+                Stage("y", "target_band", (Input("i", "same", "x", ""),), ("_y",), "m:f", ("m",), a.parameters),
+            ]
+        )
     with pytest.raises(RegistryError, match="relation 'sideways'"):
         Registry([Stage("x", "exposure", (Input("i", "sideways", "x", ""),), ("_x",), "m:f", ("m",), a.parameters)])
 
@@ -250,7 +307,10 @@ def test_replacing_an_input_file_changes_exactly_the_tasks_that_read_it(toy):
         hdul[0].data[0, 0] = 99.0
     again = _engine(toy, reg).task_keys()
     assert {t for t in after if after[t] != again[t]} == {
-        "toy_a/jw09001alphaf200w001", "toy_visit/jw09001alphaf200w001", "toy_b/alpha/F200W"}
+        "toy_a/jw09001alphaf200w001",
+        "toy_visit/jw09001alphaf200w001",
+        "toy_b/alpha/F200W",
+    }
 
 
 def test_keys_do_not_depend_on_where_the_program_lives(toy, tmp_path_factory):
@@ -287,9 +347,16 @@ def test_crds_context_content_enters_the_keys(tmp_path):
     assert len({a, b, c}) == 3 and all(x.startswith("jwst_9001.pmap:") for x in (a, b, c))
     assert executor_mod.crds_fingerprint(None, "jwst_9001.pmap", hashes) == "jwst_9001.pmap"
     # a real CRDS (remote/auto modes): references by name, so a download changes no key
-    remote = executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h4.json"), references_by_content=False)
+    remote = executor_mod.crds_fingerprint(
+        tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h4.json"), references_by_content=False
+    )
     (refs / "jwst_miri_flat_0002.fits").write_bytes(b"downloaded now")
-    assert executor_mod.crds_fingerprint(tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h5.json"), references_by_content=False) == remote
+    assert (
+        executor_mod.crds_fingerprint(
+            tmp_path, "jwst_9001.pmap", HashIndex(tmp_path / "h5.json"), references_by_content=False
+        )
+        == remote
+    )
     assert remote != c  # the mappings still count by content
 
 
@@ -306,7 +373,8 @@ def _run_all(toy, reg, **kw):
 def test_a_toy_stage_added_in_its_declaration_alone_runs_and_provides_its_product(toy):
     """A new stage: its module and its declaration in a registry; nothing else changes. It
     runs on the local executor, is cached, measured per task, and its product is indexed."""
-    (toy["mods"] / "toy_c.py").write_text(textwrap.dedent('''
+    (toy["mods"] / "toy_c.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
         from astropy.io import fits
 
@@ -316,15 +384,25 @@ def test_a_toy_stage_added_in_its_declaration_alone_runs_and_provides_its_produc
             fits.PrimaryHDU(data).writeto(out)
             (Path(outdir) / "scratch.tmp").write_text("not an output: removed before publishing")
             return [out]
-    '''))
+    """)
+    )
     from pydantic import BaseModel
 
     class NoParams(BaseModel):
         pass
 
-    c = Stage("toy_c", "target_instrument", (Input("bands", "members", "toy_b", "_toyb.fits"),), ("_toyc.fits",),
-              "toy_c:run", ("toy_c",), ModelParameters(NoParams), instruments=("nircam",),
-              products=(Product("img-sum", "_toyc.fits"),), memory_gb=0.1)
+    c = Stage(
+        "toy_c",
+        "target_instrument",
+        (Input("bands", "members", "toy_b", "_toyb.fits"),),
+        ("_toyc.fits",),
+        "toy_c:run",
+        ("toy_c",),
+        ModelParameters(NoParams),
+        instruments=("nircam",),
+        products=(Product("img-sum", "_toyc.fits"),),
+        memory_gb=0.1,
+    )
     reg = _registry([c])
     eng, summary = _run_all(toy, reg, workers=2)
     assert summary.count("ran") == len(eng.graph.tasks) == 13 + 6 + 8 + 2
@@ -335,8 +413,12 @@ def test_a_toy_stage_added_in_its_declaration_alone_runs_and_provides_its_produc
     assert not missing
     assert sorted({e.product for e in entries}) == ["img", "img-sum"]
     total = fits.getdata(next(e.path for e in entries if e.product == "img-sum" and e.target == "alpha"))
-    f200 = fits.getdata(next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F200W")))
-    f300 = fits.getdata(next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F300M")))
+    f200 = fits.getdata(
+        next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F200W"))
+    )
+    f300 = fits.getdata(
+        next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F300M"))
+    )
     assert np.allclose(total, f200 + f300)
     index = json.loads((eng.workdir / "products" / "index.json").read_text())
     assert {p["product"] for p in index["products"]} == {"img", "img-sum"}
@@ -352,11 +434,12 @@ def test_a_toy_stage_added_in_its_declaration_alone_runs_and_provides_its_produc
 
 def test_dask_executor_gives_the_local_executors_results(toy):
     local, _ = _run_all(toy, _registry(), workers=1)
-    dask_eng, summary = _run_all(toy, _registry(), work="work-dask", cache_dir=toy["root"] / "cache-dask",
-                                 executor="dask", workers=2)
+    dask_eng, summary = _run_all(
+        toy, _registry(), work="work-dask", cache_dir=toy["root"] / "cache-dask", executor="dask", workers=2
+    )
     assert summary.executor == "dask" and summary.count("ran") == len(dask_eng.graph.tasks)
     assert dask_eng.task_keys() == local.task_keys()
-    for (e1, e2) in zip(*(sorted(e.product_index()[0], key=lambda x: x.task) for e in (local, dask_eng))):
+    for e1, e2 in zip(*(sorted(e.product_index()[0], key=lambda x: x.task) for e in (local, dask_eng))):
         assert e1.task == e2.task and np.array_equal(fits.getdata(e1.path), fits.getdata(e2.path))
 
 
@@ -364,7 +447,8 @@ def test_a_local_worker_that_dies_fails_its_task_named_and_the_rest_still_run(to
     """A worker killed mid-task (the kernel's OOM killer, kill -9) breaks the process pool and
     fails every task in it: each is run once more in a new pool; a task that kills its worker
     twice fails with the reason (no traceback), the rest complete, and a rerun resumes."""
-    (toy["mods"] / "toy_die.py").write_text(textwrap.dedent('''
+    (toy["mods"] / "toy_die.py").write_text(
+        textwrap.dedent("""
         import os, signal
         from pathlib import Path
         from astropy.io import fits
@@ -379,14 +463,23 @@ def test_a_local_worker_that_dies_fails_its_task_named_and_the_rest_still_run(to
             out = Path(outdir) / (context["target"] + "_" + context["band"].lower() + "_die.fits")
             fits.PrimaryHDU(fits.getdata(inputs["mosaic"][0])).writeto(out)
             return [out]
-    '''))
+    """)
+    )
     from pydantic import BaseModel
 
     class Marker(BaseModel):
         marker: str = str(toy["root"] / "deaths")
 
-    die = Stage("toy_die", "target_band", (Input("mosaic", "same", "toy_b", "_toyb.fits"),), ("_die.fits",), "toy_die:run",
-                ("toy_die",), ModelParameters(Marker), memory_gb=0.1)
+    die = Stage(
+        "toy_die",
+        "target_band",
+        (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
+        ("_die.fits",),
+        "toy_die:run",
+        ("toy_die",),
+        ModelParameters(Marker),
+        memory_gb=0.1,
+    )
     reg = _registry([die])
     summary = _engine(toy, reg, workers=2).run()
     failed = {t: r.error for t, r in summary.results.items() if r.status == "failed"}
@@ -412,8 +505,12 @@ def test_processing_never_imports_release():
     offenders = []
     for path in sorted((REPO / "processing").rglob("*.py")):
         tree = ast.parse(path.read_text())
-        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
-                for n in ast.walk(node)}
+        skip = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING"
+            for n in ast.walk(node)
+        }
         for node in ast.walk(tree):
             if id(node) in skip:
                 continue
@@ -427,7 +524,8 @@ def test_processing_never_imports_release():
 def test_a_stage_that_refines_an_output_in_place_is_read_by_every_reader(toy):
     """A refiner (like destriping the rate files before image2) is one declaration: the
     readers of the refined output read it instead, for the refiner's instruments only."""
-    (toy["mods"] / "toy_fix.py").write_text(textwrap.dedent('''
+    (toy["mods"] / "toy_fix.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
         from astropy.io import fits
 
@@ -435,16 +533,29 @@ def test_a_stage_that_refines_an_output_in_place_is_read_by_every_reader(toy):
             out = Path(outdir) / Path(inputs["data"][0]).name
             fits.PrimaryHDU(fits.getdata(inputs["data"][0]) - 1.0).writeto(out)
             return [out]
-    '''))
+    """)
+    )
     from pydantic import BaseModel
 
     class NoParams(BaseModel):
         pass
 
-    fix = Stage("toy_fix", "exposure", (Input("data", "same", "toy_a", "_toya.fits"),), ("_toya.fits",), "toy_fix:run",
-                ("toy_fix",), ModelParameters(NoParams), instruments=("nircam",), refines=("toy_a", "_toya.fits"), memory_gb=0.1)
+    fix = Stage(
+        "toy_fix",
+        "exposure",
+        (Input("data", "same", "toy_a", "_toya.fits"),),
+        ("_toya.fits",),
+        "toy_fix:run",
+        ("toy_fix",),
+        ModelParameters(NoParams),
+        instruments=("nircam",),
+        refines=("toy_a", "_toya.fits"),
+        memory_gb=0.1,
+    )
     reg = _registry([fix])
-    assert reg.order.index("toy_fix") < reg.order.index("toy_b") and reg.order.index("toy_fix") < reg.order.index("toy_visit")
+    assert reg.order.index("toy_fix") < reg.order.index("toy_b") and reg.order.index("toy_fix") < reg.order.index(
+        "toy_visit"
+    )
     graph = build_graph(toy["lm"], registry=reg)
     assert {r["task"].split("/")[0] for r in graph.tasks["toy_b/alpha/F200W"].inputs["members"]} == {"toy_fix"}
     assert {r["task"].split("/")[0] for r in graph.tasks["toy_b/alpha/F770W"].inputs["members"]} == {"toy_a"}
@@ -457,15 +568,29 @@ def test_a_stage_that_refines_an_output_in_place_is_read_by_every_reader(toy):
     assert np.allclose(by[("alpha", "F200W")], (2 * 1 - 1 + 2 * 2 - 1) / 2 + 0.5)
     assert np.allclose(by[("alpha", "F770W")], (3 * 5 + 3 * 6) / 2 + 0.5)
     with pytest.raises(RegistryError, match="does not read it"):
-        Registry([reg["toy_a"], Stage("bad", "exposure", (), ("_toya.fits",), "m:f", ("m",), fix.parameters,
-                                      refines=("toy_a", "_toya.fits"))])
+        Registry(
+            [
+                reg["toy_a"],
+                Stage(
+                    "bad",
+                    "exposure",
+                    (),
+                    ("_toya.fits",),
+                    "m:f",
+                    ("m",),
+                    fix.parameters,
+                    refines=("toy_a", "_toya.fits"),
+                ),
+            ]
+        )
 
 
 def test_a_wider_stage_refines_every_member_exposure_and_each_reader_gets_its_own_file(toy):
     """Multi-tile work (level matching, multi-tile destriping) reads every exposure of a
     target and band and writes each one back: declared as a target_band refiner of an
     exposure output, each exposure reader gets that exposure's file from the wide task."""
-    (toy["mods"] / "toy_wide.py").write_text(textwrap.dedent('''
+    (toy["mods"] / "toy_wide.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
         import numpy as np
         from astropy.io import fits
@@ -480,29 +605,44 @@ def test_a_wider_stage_refines_every_member_exposure_and_each_reader_gets_its_ow
                 out.append(Path(outdir) / Path(p).name)
                 fits.PrimaryHDU(d - mean).writeto(out[-1])
             return out
-    '''))
+    """)
+    )
     from pydantic import BaseModel
 
     class WideParams(BaseModel):
         forget_one: bool = False
 
-    wide = Stage("toy_wide", "target_band", (Input("members", "members", "toy_a", "_toya.fits"),), ("_toya.fits",),
-                 "toy_wide:run", ("toy_wide",), ModelParameters(WideParams), instruments=("nircam",),
-                 refines=("toy_a", "_toya.fits"), memory_gb=0.1)
+    wide = Stage(
+        "toy_wide",
+        "target_band",
+        (Input("members", "members", "toy_a", "_toya.fits"),),
+        ("_toya.fits",),
+        "toy_wide:run",
+        ("toy_wide",),
+        ModelParameters(WideParams),
+        instruments=("nircam",),
+        refines=("toy_a", "_toya.fits"),
+        memory_gb=0.1,
+    )
     reg = _registry([wide])
     assert reg.widens("toy_wide") and not reg.widens("toy_a")
     graph = build_graph(toy["lm"], registry=reg)
     assert graph.tasks["toy_visit/jw09001alphaf200w001"].inputs["rate"] == [
-        {"task": "toy_wide/alpha/F200W", "suffix": "_toya.fits", "member": "jw09001alphaf200w001"}]
+        {"task": "toy_wide/alpha/F200W", "suffix": "_toya.fits", "member": "jw09001alphaf200w001"}
+    ]
     assert graph.tasks["toy_wide/alpha/F200W"].inputs["members"][0]["task"] == "toy_a/jw09001alphaf200w001"
     assert {r["task"] for r in graph.tasks["toy_b/alpha/F770W"].inputs["members"]} == {
-        "toy_a/jw09001alphaf770w001", "toy_a/jw09001alphaf770w002"}  # MIRI is not refined
+        "toy_a/jw09001alphaf770w001",
+        "toy_a/jw09001alphaf770w002",
+    }  # MIRI is not refined
     eng, _ = _run_all(toy, reg, workers=2)
     entries, _ = eng.product_index()
     by = {(e.target, e.band): fits.getdata(e.path) for e in entries}
     assert np.allclose(by[("alpha", "F200W")], 0.5)  # members minus their mean, averaged: 0, plus the catalogue's 0.5
     visit = eng.cache.entry(eng.task_keys()["toy_visit/jw09001alphaf200w002"])
-    assert np.allclose(fits.getdata(visit / "jw09001alphaf200w002_toyv.fits"), 1.0)  # one file per reader, one reference
+    assert np.allclose(
+        fits.getdata(visit / "jw09001alphaf200w002_toyv.fits"), 1.0
+    )  # one file per reader, one reference
     # a wide refiner that leaves a member out fails naming the file, and nothing downstream runs on half the data
     graph = build_graph(toy["lm"], registry=reg)
     for t in graph.tasks.values():
@@ -518,7 +658,8 @@ def test_a_stage_with_variants_writes_and_provides_one_product_per_manifest_valu
     """Outputs and products that repeat per manifest value (e.g. one PSF-matched mosaic per
     resolution): declared once with {variant}, expanded from the manifest when the graph is
     built, checked by the executor, one product each in the index; none asked for: no task."""
-    (toy["mods"] / "toy_s.py").write_text(textwrap.dedent('''
+    (toy["mods"] / "toy_s.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
         from astropy.io import fits
 
@@ -532,30 +673,62 @@ def test_a_stage_with_variants_writes_and_provides_one_product_per_manifest_valu
                 out.append(Path(outdir) / f"{context['product']}_{name}.fits")
                 fits.PrimaryHDU(data * value).writeto(out[-1])
             return out
-    '''))
+    """)
+    )
     sys.modules.pop("toy_s", None)
     from pydantic import BaseModel
 
     class NoParams(BaseModel):
         pass
 
-    s = Stage("toy_s", "target_band", (Input("mosaic", "same", "toy_b", "_toyb.fits"),), ("_{variant}.fits",),
-              "toy_s:run", ("toy_s",), ModelParameters(NoParams), products=(Product("img-{variant}", "_{variant}.fits"),),
-              variants="toy_s:variants", memory_gb=0.1)
+    s = Stage(
+        "toy_s",
+        "target_band",
+        (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
+        ("_{variant}.fits",),
+        "toy_s:run",
+        ("toy_s",),
+        ModelParameters(NoParams),
+        products=(Product("img-{variant}", "_{variant}.fits"),),
+        variants="toy_s:variants",
+        memory_gb=0.1,
+    )
     with pytest.raises(RegistryError, match="names {variant} in _{variant}.fits but declares no variants"):
-        _registry([Stage("toy_bad", "target_band", (Input("mosaic", "same", "toy_b", "_toyb.fits"),), ("_{variant}.fits",),
-                         "toy_s:run", ("toy_s",), ModelParameters(NoParams))])
+        _registry(
+            [
+                Stage(
+                    "toy_bad",
+                    "target_band",
+                    (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
+                    ("_{variant}.fits",),
+                    "toy_s:run",
+                    ("toy_s",),
+                    ModelParameters(NoParams),
+                )
+            ]
+        )
     reg = _registry([s])
     eng, summary = _run_all(toy, reg, workers=1)
     task = eng.graph.tasks["toy_s/alpha/F200W"]
     assert task.context["variants"] == {"x85": 0.85, "x90": 0.9, "x100": 1.0}
-    assert sorted(summary.results["toy_s/alpha/F200W"].record["outputs"]) == ["alpha_f200w_x100.fits", "alpha_f200w_x85.fits", "alpha_f200w_x90.fits"]
+    assert sorted(summary.results["toy_s/alpha/F200W"].record["outputs"]) == [
+        "alpha_f200w_x100.fits",
+        "alpha_f200w_x85.fits",
+        "alpha_f200w_x90.fits",
+    ]
     entries, missing = eng.product_index()
     assert not missing
     got = sorted((e.product, e.kind) for e in entries if e.target == "alpha" and e.band == "F200W")
-    assert got == [("img", "img"), ("img-x100", "img-{variant}"), ("img-x85", "img-{variant}"), ("img-x90", "img-{variant}")]
+    assert got == [
+        ("img", "img"),
+        ("img-x100", "img-{variant}"),
+        ("img-x85", "img-{variant}"),
+        ("img-x90", "img-{variant}"),
+    ]
     img = fits.getdata(next(e.path for e in entries if e.product == "img" and (e.target, e.band) == ("alpha", "F200W")))
-    x90 = fits.getdata(next(e.path for e in entries if e.product == "img-x90" and (e.target, e.band) == ("alpha", "F200W")))
+    x90 = fits.getdata(
+        next(e.path for e in entries if e.product == "img-x90" and (e.target, e.band) == ("alpha", "F200W"))
+    )
     assert np.allclose(x90, 0.9 * img)
     # a manifest asking for no variant: the stage has no task
     none = toy["lm"].path.with_name("none.toml")

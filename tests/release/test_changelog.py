@@ -49,10 +49,17 @@ def test_a_second_release_says_what_changed_and_validates_against_the_first(engi
     changes = next(rel.glob("*_all_multi_v1p1_changes.txt")).read_text()
     assert "added: targets.synth2.parameters.band.F770W.psf_matching.min_coverage: (unset) -> 0.9" in changes
     # only synth2 F770W's PSF-matched mosaics and the synth2 PSF-matching table were remade
-    changed = sorted(line.split(": ", 1)[1].split(" (")[0] for line in changes.splitlines() if line.strip().startswith("changed:")
-                     and "targets." not in line)
-    assert changed == ["synth2 F770W img-gauss0p85as.fits", "synth2 F770W img-gauss0p90as.fits", "synth2 F770W img-gauss1p00as.fits",
-                       "synth2 MULTI psf-matching.ecsv"], changes
+    changed = sorted(
+        line.split(": ", 1)[1].split(" (")[0]
+        for line in changes.splitlines()
+        if line.strip().startswith("changed:") and "targets." not in line
+    )
+    assert changed == [
+        "synth2 F770W img-gauss0p85as.fits",
+        "synth2 F770W img-gauss0p90as.fits",
+        "synth2 F770W img-gauss1p00as.fits",
+        "synth2 MULTI psf-matching.ecsv",
+    ], changes
     assert " 0 new, 0 gone" in changes
     readme = next(rel.glob("*_readme.txt")).read_text()
     assert "Against version 1.0.0" in readme and "psf_matching.min_coverage" in readme
@@ -73,7 +80,7 @@ version = "1.0.1"
 kind = "patch"
 changes = ["synth2 MIRI: PSF-matched pixels need 80% of the kernel on data."]
 [patch]
-parent = "{engine_run['manifest']}"
+parent = "{engine_run["manifest"]}"
 targets = ["synth2"]
 instruments = ["miri"]
 [targets.synth2.parameters.instrument.miri.psf_matching]
@@ -90,7 +97,9 @@ min_coverage = 0.8
         # synth1 and synth2's NIRCam: the parent's files, same names, same bytes
         carried = sorted(n for n in names if "_v1p0_" in n)
         assert carried and all(file_sha256(rel / n) == file_sha256(demo_release / n) for n in carried)
-        assert {n for n in parent if n.startswith("synth1/") or ("nircam_synth2" in n and "_multi_" not in n)} <= set(carried)
+        assert {n for n in parent if n.startswith("synth1/") or ("nircam_synth2" in n and "_multi_" not in n)} <= set(
+            carried
+        )
         # synth2's MIRI: made again, with the new version; the per-target tables hold every band
         assert "synth2/hlsp_synth-jwst_jwst_miri_synth2_f770w_v1p0p1_img-gauss0p85as.fits" in names
         assert not any("miri_synth2" in n and "_v1p0_" in n for n in names)
@@ -108,8 +117,19 @@ min_coverage = 0.8
         data[-1] ^= 1
         victim.chmod(0o644)
         victim.write_bytes(bytes(data))
-        proc = hlsp("validate", str(rel), "--against", str(demo_release), "--no-fitsverify", "--junit", str(tmp_path / "j.xml"), check_code=1)
+        proc = hlsp(
+            "validate",
+            str(rel),
+            "--against",
+            str(demo_release),
+            "--no-fitsverify",
+            "--junit",
+            str(tmp_path / "j.xml"),
+            check_code=1,
+        )
         junit = (tmp_path / "j.xml").read_text()
-        assert any(victim.name in line and "differs from v1p0's file of that name" in line for line in junit.split("<testcase"))
+        assert any(
+            victim.name in line and "differs from v1p0's file of that name" in line for line in junit.split("<testcase")
+        )
     finally:
         shutil.rmtree(rel, ignore_errors=True)

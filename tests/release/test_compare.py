@@ -46,16 +46,26 @@ def test_the_numbers_recover_a_known_shift_scale_and_offset():
 def test_limits_name_target_band_quantity_and_value():
     from release.manifest import Comparisons
 
-    comp = Comparisons.model_validate({"thresholds": {"max_shift_mas": 20}, "overrides": {"F2100W": {"max_background_change_mjysr": 0.5},
-                                                                                         "ngc3627/F200W": {"max_shift_mas": 500}}})
-    assert C.limits_for(comp, "ngc0628", "F2100W") == {"max_shift_mas": 20, "max_flux_ratio_change": 0.02, "max_background_change_mjysr": 0.5}
+    comp = Comparisons.model_validate(
+        {
+            "thresholds": {"max_shift_mas": 20},
+            "overrides": {"F2100W": {"max_background_change_mjysr": 0.5}, "ngc3627/F200W": {"max_shift_mas": 500}},
+        }
+    )
+    assert C.limits_for(comp, "ngc0628", "F2100W") == {
+        "max_shift_mas": 20,
+        "max_flux_ratio_change": 0.02,
+        "max_background_change_mjysr": 0.5,
+    }
     assert C.limits_for(comp, "ngc3627", "F200W")["max_shift_mas"] == 500
     assert C.limits_for(comp, "ngc0628", "F200W")["max_shift_mas"] == 20
     n = C.Numbers("ngc0628", "F200W", "img", "a", "b", 1000, 0.0, 0.01, 0.2, 1.1, 30.0, 40.0, 50.0)
     problems = C.check(n, C.limits_for(comp, "ngc0628", "F200W"))
-    assert problems == ["ngc0628 F200W: shifted by 50.0 mas (east +30.0, north +40.0) > max_shift_mas 20",
-                        "ngc0628 F200W: flux ratio 1.1000 differs from 1 by more than max_flux_ratio_change 0.02",
-                        "ngc0628 F200W: background changed by +0.2000 MJy/sr > max_background_change_mjysr 0.1"]
+    assert problems == [
+        "ngc0628 F200W: shifted by 50.0 mas (east +30.0, north +40.0) > max_shift_mas 20",
+        "ngc0628 F200W: flux ratio 1.1000 differs from 1 by more than max_flux_ratio_change 0.02",
+        "ngc0628 F200W: background changed by +0.2000 MJy/sr > max_background_change_mjysr 0.1",
+    ]
     # the shift is allowed where the release means to change the astrometry
     assert C.check(n, C.limits_for(comp, "ngc3627", "F200W"))[0].startswith("ngc0628 F200W: flux ratio")
 
@@ -74,19 +84,35 @@ def test_validate_against_fails_a_shifted_and_a_rescaled_mosaic(demo_release, tm
     rescaled = next(new.rglob("*nircam_synth2_f200w_*_img.fits"))
     _edit_sci(shifted, lambda d: np.roll(d, 3, axis=1))  # 3 pixels of 0.11": 330 mas
     _edit_sci(rescaled, lambda d: d * 1.1)
-    proc = hlsp("validate", str(new), "--against", str(demo_release), "--no-fitsverify", "--junit", str(tmp_path / "j.xml"),
-                "--figures", str(tmp_path / "fig"), check_code=1)
+    hlsp(
+        "validate",
+        str(new),
+        "--against",
+        str(demo_release),
+        "--no-fitsverify",
+        "--junit",
+        str(tmp_path / "j.xml"),
+        "--figures",
+        str(tmp_path / "fig"),
+        check_code=1,
+    )
     junit = (tmp_path / "j.xml").read_text()
     lines = [line for line in junit.split("<testcase") if "against v1p0" in line]
     bad = [line for line in lines if "<failure" in line]
     assert len(bad) == 2, bad  # the test program: 2 targets x 2 bands
-    assert any(shifted.name in line and "synth1 F770W: shifted by 3" in line and "max_shift_mas 30" in line for line in bad)
+    assert any(
+        shifted.name in line and "synth1 F770W: shifted by 3" in line and "max_shift_mas 30" in line for line in bad
+    )
     assert any(rescaled.name in line and "synth2 F200W: flux ratio 1.10" in line for line in bad)
     assert len(lines) == 4  # every mosaic compared, 2 within the limits
-    assert len(list((tmp_path / "fig").glob("*_comparison.png"))) == 4 and (tmp_path / "fig" / "comparison.ecsv").exists()
+    assert (
+        len(list((tmp_path / "fig").glob("*_comparison.png"))) == 4 and (tmp_path / "fig" / "comparison.ecsv").exists()
+    )
     # a limit that allows the move (what this release is meant to change) passes that band
-    assert "shifted" not in C.check(C.compare_files(C.Pair("synth1", "F770W", "img", shifted, next(demo_release.rglob(shifted.name))))[0],
-                                    {"max_shift_mas": 400.0})
+    assert "shifted" not in C.check(
+        C.compare_files(C.Pair("synth1", "F770W", "img", shifted, next(demo_release.rglob(shifted.name))))[0],
+        {"max_shift_mas": 400.0},
+    )
 
 
 def test_compare_two_files(demo_release, tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from release.cli import main
 from processing.errors import ManifestError
+from release.cli import main
 from release.manifest import file_version, load_manifest
 from tests.conftest import MANIFESTS
 
@@ -19,15 +19,28 @@ SHIPPED = sorted(MANIFESTS.rglob("*.toml"))
 BASE = {
     "schema_version": 1,
     "release": {
-        "project": "test-jwst", "title": "Test", "version": "1.1.0", "previous": "1.0.0",
-        "doi": "10.17909/abcd-1234", "lead": "A. Lead", "pi": "P. I.",
+        "project": "test-jwst",
+        "title": "Test",
+        "version": "1.1.0",
+        "previous": "1.0.0",
+        "doi": "10.17909/abcd-1234",
+        "lead": "A. Lead",
+        "pi": "P. I.",
         "contact": {"name": "C. Ontact", "email": "c@example.org"},
     },
     "pins": {"jwst": "3.0.0", "crds_context": "jwst_9001.pmap"},
-    "program": {"proposal_ids": [2107], "instruments": ["nircam", "miri"], "bands": ["F200W", "F300M", "F770W", "F2100W"]},
+    "program": {
+        "proposal_ids": [2107],
+        "instruments": ["nircam", "miri"],
+        "bands": ["F200W", "F300M", "F770W", "F2100W"],
+    },
     "targets": {
         "ngc7496": {"ra": 347.447, "dec": -43.4278},
-        "ic5332": {"ra": 353.6145, "dec": -36.1011, "miri_background": {"source": "borrowed", "borrow_from": "ngc7496"}},
+        "ic5332": {
+            "ra": 353.6145,
+            "dec": -36.1011,
+            "miri_background": {"source": "borrowed", "borrow_from": "ngc7496"},
+        },
         "ngc0628": {"ra": 24.1739, "dec": 15.7836, "bands": ["F200W", "F770W"]},
     },
     "parameters": {"instrument": {"miri": {"lv3": {"tweakreg": {"skip": True}}}}},
@@ -66,7 +79,8 @@ def test_phangs_releases_match_the_paper():
 
 
 @pytest.mark.parametrize(
-    "version, expected", [("1.1.0", "v1p1"), ("1.0.1", "v1p0p1"), ("1.1.1", "v1p1p1"), ("2.0.0", "v2p0"), ("10.12.3", "v10p12p3")]
+    "version, expected",
+    [("1.1.0", "v1p1"), ("1.0.1", "v1p0p1"), ("1.1.1", "v1p1p1"), ("2.0.0", "v2p0"), ("10.12.3", "v10p12p3")],
 )
 def test_file_version(version, expected):
     assert file_version(version) == expected
@@ -101,20 +115,49 @@ DELETE = object()
 
 # (id, mutation(s) as (dotted key or tuple of keys, value), text the error must contain)
 BROKEN = [
-    ("typo-key", [("targets.ic5332.miri_background.borow_from", "ngc7496")], "targets.ic5332.miri_background.borow_from: unknown key (did you mean 'borrow_from'?)"),
+    (
+        "typo-key",
+        [("targets.ic5332.miri_background.borow_from", "ngc7496")],
+        "targets.ic5332.miri_background.borow_from: unknown key (did you mean 'borrow_from'?)",
+    ),
     ("typo-top-level", [("product", {"tweakback": False})], "product: unknown key (did you mean 'products'?)"),
     ("wrong-type", [("targets.ngc7496.ra", "twelve")], "targets.ngc7496.ra"),
     ("ra-out-of-range", [("targets.ngc7496.ra", 400.0)], "targets.ngc7496.ra"),
-    ("unknown-band", [("program.bands", ["F200W", "F210X"])], "program.bands[1]: 'F210X' is not a NIRCam or MIRI imaging filter"),
-    ("band-not-in-program", [("targets.ngc0628.bands", ["F200W", "F335M"])], "targets.ngc0628.bands[1]: F335M is not in program.bands"),
+    (
+        "unknown-band",
+        [("program.bands", ["F200W", "F210X"])],
+        "program.bands[1]: 'F210X' is not a NIRCam or MIRI imaging filter",
+    ),
+    (
+        "band-not-in-program",
+        [("targets.ngc0628.bands", ["F200W", "F335M"])],
+        "targets.ngc0628.bands[1]: F335M is not in program.bands",
+    ),
     ("band-wrong-instrument", [("program.instruments", ["nircam"])], "program.bands[2]: F770W is a miri filter"),
-    ("borrow-missing-target", [("targets.ic5332.miri_background.borrow_from", "ngc7497")], "targets.ic5332.miri_background.borrow_from: 'ngc7497' is not a target of this manifest (did you mean 'ngc7496'?)"),
-    ("borrow-cycle", [("targets.ngc7496.miri_background", {"source": "borrowed", "borrow_from": "ic5332"})], "borrowing forms a cycle: ic5332 -> ngc7496 -> ic5332"),
+    (
+        "borrow-missing-target",
+        [("targets.ic5332.miri_background.borrow_from", "ngc7497")],
+        "targets.ic5332.miri_background.borrow_from: 'ngc7497' is not a target of this manifest (did you mean "
+        "'ngc7496'?)",
+    ),
+    (
+        "borrow-cycle",
+        [("targets.ngc7496.miri_background", {"source": "borrowed", "borrow_from": "ic5332"})],
+        "borrowing forms a cycle: ic5332 -> ngc7496 -> ic5332",
+    ),
     ("borrow-self", [("targets.ic5332.miri_background.borrow_from", "ic5332")], "a target cannot borrow from itself"),
-    ("borrow-without-source", [("targets.ic5332.miri_background.source", "own")], "targets.ic5332.miri_background.source"),
+    (
+        "borrow-without-source",
+        [("targets.ic5332.miri_background.source", "own")],
+        "targets.ic5332.miri_background.source",
+    ),
     ("bad-version", [("release.version", "1.1")], "release.version: '1.1' is not a release version"),
     ("previous-not-lower", [("release.previous", "1.2.0")], "release.previous: 1.2.0 is not lower"),
-    ("bad-crds-context", [("pins.crds_context", "jwst_1201")], "pins.crds_context: 'jwst_1201' is not a JWST CRDS context"),
+    (
+        "bad-crds-context",
+        [("pins.crds_context", "jwst_1201")],
+        "pins.crds_context: 'jwst_1201' is not a JWST CRDS context",
+    ),
     ("bad-jwst-version", [("pins.jwst", "latest")], "pins.jwst: 'latest' is not a jwst release version"),
     ("target-with-slash", [("targets.ngc/628", {"ra": 1.0, "dec": 1.0})], "targets.ngc/628"),
     ("target-dotdot", [(("targets", "a..b"), {"ra": 1.0, "dec": 1.0})], "targets.a..b"),
@@ -122,62 +165,241 @@ BROKEN = [
     ("missing-required", [("pins.crds_context", DELETE)], "pins.crds_context: required key is missing"),
     ("bad-project-id", [("release.project", "PHANGS_JWST")], "release.project"),
     ("bad-email", [("release.contact.email", "nobody")], "release.contact.email"),
-    ("unknown-jwst-step", [("parameters.default", {"lv3": {"tweakrek": {"fitgeometry": "shift"}}})], "parameters.default.lv3.tweakrek: 'tweakrek' is not a step of the lv3 pipeline (did you mean 'tweakreg'?)"),
-    ("unknown-jwst-param", [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"snr_treshold": 5}}}})], "parameters.band.F200W.lv3.tweakreg.snr_treshold: unknown parameter"),
-    ("bad-jwst-param-value", [("parameters.default", {"lv1": {"ramp_fit": {"suppress_one_group": "maybe"}}})], "parameters.default.lv1.ramp_fit.suppress_one_group"),
-    ("engine-owned-param", [("parameters.default", {"lv3": {"resample": {"output_dir": "/tmp"}}})], "decided by the engine"),
-    ("unknown-stage", [("targets.ngc7496.parameters", {"default": {"lv4": {}}})], "targets.ngc7496.parameters.default.lv4: unknown stage"),
-    ("psf-matching-parameter-misspelt", [("parameters.default", {"psf_matching": {"max_negative_weight": 0.5}})], "unknown parameter (did you mean 'max_negative_power'?)"),
-    ("resolutions-same-name", [("products", {"convolved_fwhm_arcsec": [0.851, 0.849]})], "share the product name img-gauss0p85as"),
+    (
+        "unknown-jwst-step",
+        [("parameters.default", {"lv3": {"tweakrek": {"fitgeometry": "shift"}}})],
+        "parameters.default.lv3.tweakrek: 'tweakrek' is not a step of the lv3 pipeline (did you mean 'tweakreg'?)",
+    ),
+    (
+        "unknown-jwst-param",
+        [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"snr_treshold": 5}}}})],
+        "parameters.band.F200W.lv3.tweakreg.snr_treshold: unknown parameter",
+    ),
+    (
+        "bad-jwst-param-value",
+        [("parameters.default", {"lv1": {"ramp_fit": {"suppress_one_group": "maybe"}}})],
+        "parameters.default.lv1.ramp_fit.suppress_one_group",
+    ),
+    (
+        "engine-owned-param",
+        [("parameters.default", {"lv3": {"resample": {"output_dir": "/tmp"}}})],
+        "decided by the engine",
+    ),
+    (
+        "unknown-stage",
+        [("targets.ngc7496.parameters", {"default": {"lv4": {}}})],
+        "targets.ngc7496.parameters.default.lv4: unknown stage",
+    ),
+    (
+        "psf-matching-parameter-misspelt",
+        [("parameters.default", {"psf_matching": {"max_negative_weight": 0.5}})],
+        "unknown parameter (did you mean 'max_negative_power'?)",
+    ),
+    (
+        "resolutions-same-name",
+        [("products", {"convolved_fwhm_arcsec": [0.851, 0.849]})],
+        "share the product name img-gauss0p85as",
+    ),
     ("psf-band-not-in-program", [("products", {"psfs": {"F444W": "psf.fits"}})], "products.psfs.F444W"),
-    ("anchoring-parameter-misspelt", [("parameters.band", {"F300M": {"anchoring": {"range_percentile": [2, 40]}}})], "unknown parameter (did you mean 'range_percentiles'?)"),
-    ("anchoring-range-quoted", [("targets.ngc0628.parameters", {"default": {"anchoring": {"n_bins": "15"}}})], "anchoring.n_bins"),
-    ("destripe-parameter-misspelt", [("parameters.default", {"destripe": {"scale": [3, 7]}})], "unknown parameter (did you mean 'scales'?)"),
-    ("destripe-parameter-quoted", [("parameters.default", {"destripe_multi": {"second_pass": "yes"}})], "destripe_multi.second_pass"),
-    ("param-band-not-observed", [("targets.ngc0628.parameters", {"band": {"F2100W": {}}})], "targets.ngc0628.parameters.band.F2100W"),
+    (
+        "anchoring-parameter-misspelt",
+        [("parameters.band", {"F300M": {"anchoring": {"range_percentile": [2, 40]}}})],
+        "unknown parameter (did you mean 'range_percentiles'?)",
+    ),
+    (
+        "anchoring-range-quoted",
+        [("targets.ngc0628.parameters", {"default": {"anchoring": {"n_bins": "15"}}})],
+        "anchoring.n_bins",
+    ),
+    (
+        "destripe-parameter-misspelt",
+        [("parameters.default", {"destripe": {"scale": [3, 7]}})],
+        "unknown parameter (did you mean 'scales'?)",
+    ),
+    (
+        "destripe-parameter-quoted",
+        [("parameters.default", {"destripe_multi": {"second_pass": "yes"}})],
+        "destripe_multi.second_pass",
+    ),
+    (
+        "param-band-not-observed",
+        [("targets.ngc0628.parameters", {"band": {"F2100W": {}}})],
+        "targets.ngc0628.parameters.band.F2100W",
+    ),
     ("kind-patch-without-table", [("release.kind", "patch")], "patch: release.kind is 'patch'"),
     ("bad-kind", [("release.kind", "hotfix")], "release.kind: 'hotfix' is not allowed"),
-    ("bad-observation-pattern", [("targets.ngc7496.observations", {"skip": ["../jw02107*"]})], "targets.ngc7496.observations.skip[0]"),
+    (
+        "bad-observation-pattern",
+        [("targets.ngc7496.observations", {"skip": ["../jw02107*"]})],
+        "targets.ngc7496.observations.skip[0]",
+    ),
     ("synthetic-without-path", [("program.data", {"source": "synthetic"})], "program.data.path: is required"),
     ("duplicate-resolution", [("products", {"convolved_fwhm_arcsec": [0.9, 0.9]})], "products.convolved_fwhm_arcsec"),
     # a value must have the type the parameter has: a quoted one is a mistake, never converted
-    ("quoted-boolean", [("parameters.default", {"lv3": {"tweakreg": {"skip": "false"}}})], "parameters.default.lv3.tweakreg.skip: 'false' is a string; a boolean is needed"),
-    ("quoted-number", [("parameters.default", {"lv3": {"tweakreg": {"tolerance": "0.3"}}})], "parameters.default.lv3.tweakreg.tolerance: '0.3' is a string; a number is needed"),
-    ("boolean-for-integer", [("parameters.default", {"lv3": {"tweakreg": {"brightest": True}}})], "tweakreg.brightest: True is a boolean; an integer is needed"),
-    ("float-for-integer", [("parameters.default", {"lv3": {"tweakreg": {"brightest": 20.5}}})], "tweakreg.brightest: 20.5 is a number; an integer is needed"),
-    ("number-for-string", [("parameters.default", {"lv3": {"outlier_detection": {"snr": 5}}})], "outlier_detection.snr: 5 is an integer; a string is needed"),
-    ("bad-option", [("parameters.default", {"lv3": {"skymatch": {"skymethod": "globl"}}})], "skymatch.skymethod: 'globl' is not one of"),
+    (
+        "quoted-boolean",
+        [("parameters.default", {"lv3": {"tweakreg": {"skip": "false"}}})],
+        "parameters.default.lv3.tweakreg.skip: 'false' is a string; a boolean is needed",
+    ),
+    (
+        "quoted-number",
+        [("parameters.default", {"lv3": {"tweakreg": {"tolerance": "0.3"}}})],
+        "parameters.default.lv3.tweakreg.tolerance: '0.3' is a string; a number is needed",
+    ),
+    (
+        "boolean-for-integer",
+        [("parameters.default", {"lv3": {"tweakreg": {"brightest": True}}})],
+        "tweakreg.brightest: True is a boolean; an integer is needed",
+    ),
+    (
+        "float-for-integer",
+        [("parameters.default", {"lv3": {"tweakreg": {"brightest": 20.5}}})],
+        "tweakreg.brightest: 20.5 is a number; an integer is needed",
+    ),
+    (
+        "number-for-string",
+        [("parameters.default", {"lv3": {"outlier_detection": {"snr": 5}}})],
+        "outlier_detection.snr: 5 is an integer; a string is needed",
+    ),
+    (
+        "bad-option",
+        [("parameters.default", {"lv3": {"skymatch": {"skymethod": "globl"}}})],
+        "skymatch.skymethod: 'globl' is not one of",
+    ),
     # the bounds the science needs, beyond jwst's own spec
-    ("negative-tolerance", [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"tolerance": -0.3}}}})], "parameters.band.F200W.lv3.tweakreg.tolerance: -0.3 must be > 0.0"),
-    ("negative-searchrad", [("parameters.default", {"lv3": {"tweakreg": {"searchrad": -2.0}}})], "tweakreg.searchrad: -2.0 must be > 0.0"),
-    ("zero-pixel-scale", [("parameters.default", {"lv3": {"resample": {"pixel_scale": 0.0}}})], "resample.pixel_scale: 0.0 must be > 0.0"),
-    ("infinite-value", [("parameters.default", {"lv3": {"resample": {"pixel_scale_ratio": float("inf")}}})], "resample.pixel_scale_ratio: inf is not a finite number"),
-    ("nan-value", [("parameters.default", {"lv3": {"tweakreg": {"tolerance": float("nan")}}})], "tweakreg.tolerance: nan is not a finite number"),
-    ("pixfrac-above-1", [("parameters.default", {"lv3": {"resample": {"pixfrac": 1.5}}})], "resample.pixfrac: 1.5 must be <= 1.0"),
-    ("bad-list-length", [("parameters.default", {"lv3": {"resample": {"crpix": [1.0]}}})], "resample.crpix: [1.0] must have 2 elements"),
+    (
+        "negative-tolerance",
+        [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"tolerance": -0.3}}}})],
+        "parameters.band.F200W.lv3.tweakreg.tolerance: -0.3 must be > 0.0",
+    ),
+    (
+        "negative-searchrad",
+        [("parameters.default", {"lv3": {"tweakreg": {"searchrad": -2.0}}})],
+        "tweakreg.searchrad: -2.0 must be > 0.0",
+    ),
+    (
+        "zero-pixel-scale",
+        [("parameters.default", {"lv3": {"resample": {"pixel_scale": 0.0}}})],
+        "resample.pixel_scale: 0.0 must be > 0.0",
+    ),
+    (
+        "infinite-value",
+        [("parameters.default", {"lv3": {"resample": {"pixel_scale_ratio": float("inf")}}})],
+        "resample.pixel_scale_ratio: inf is not a finite number",
+    ),
+    (
+        "nan-value",
+        [("parameters.default", {"lv3": {"tweakreg": {"tolerance": float("nan")}}})],
+        "tweakreg.tolerance: nan is not a finite number",
+    ),
+    (
+        "pixfrac-above-1",
+        [("parameters.default", {"lv3": {"resample": {"pixfrac": 1.5}}})],
+        "resample.pixfrac: 1.5 must be <= 1.0",
+    ),
+    (
+        "bad-list-length",
+        [("parameters.default", {"lv3": {"resample": {"crpix": [1.0]}}})],
+        "resample.crpix: [1.0] must have 2 elements",
+    ),
     # two keys naming one band: never merged with one silently dropped
-    ("band-keys-differ-in-case", [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"tolerance": 0.3}}}, "f200w": {"lv3": {"tweakreg": {"tolerance": 0.5}}}})], "parameters.band: 'F200W' and 'f200w' are the same band"),
-    ("target-band-keys-differ-in-case", [("targets.ngc7496.parameters", {"band": {"f770w": {}, "F770W": {}}})], "targets.ngc7496.parameters.band: 'f770w' and 'F770W' are the same band"),
-    ("target-band-listed-twice", [("targets.ngc0628.bands", ["F200W", "f200w"])], "targets.ngc0628.bands: lists a band twice"),
+    (
+        "band-keys-differ-in-case",
+        [
+            (
+                "parameters.band",
+                {
+                    "F200W": {"lv3": {"tweakreg": {"tolerance": 0.3}}},
+                    "f200w": {"lv3": {"tweakreg": {"tolerance": 0.5}}},
+                },
+            )
+        ],
+        "parameters.band: 'F200W' and 'f200w' are the same band",
+    ),
+    (
+        "target-band-keys-differ-in-case",
+        [("targets.ngc7496.parameters", {"band": {"f770w": {}, "F770W": {}}})],
+        "targets.ngc7496.parameters.band: 'f770w' and 'F770W' are the same band",
+    ),
+    (
+        "target-band-listed-twice",
+        [("targets.ngc0628.bands", ["F200W", "f200w"])],
+        "targets.ngc0628.bands: lists a band twice",
+    ),
     ("target-without-bands", [("targets.ngc0628.bands", [])], "targets.ngc0628.bands"),
     # what would break MAST's names or FITS headers is refused before any processing
-    ("version-too-long-for-names", [("release.version", "100.200.300"), ("release.previous", "1.0.0")], "release.version: 100.200.300 gives the file-name version 'v100p200p300', longer than the 9 characters"),
-    ("names-too-long", [("release.project", "a-twenty-char-projct"), ("targets.ngc0628x-twenty-six-characters", {"ra": 1.0, "dec": 1.0})], "targets.ngc0628x-twenty-six-characters: its release files would break MAST's naming rules"),
-    ("non-ascii-designation", [("targets.ngc0628.designation", "NGC 628 \u2014 ring")], "targets.ngc0628.designation: 'NGC 628 \u2014 ring' has characters a FITS header cannot hold"),
+    (
+        "version-too-long-for-names",
+        [("release.version", "100.200.300"), ("release.previous", "1.0.0")],
+        "release.version: 100.200.300 gives the file-name version 'v100p200p300', longer than the 9 characters",
+    ),
+    (
+        "names-too-long",
+        [
+            ("release.project", "a-twenty-char-projct"),
+            ("targets.ngc0628x-twenty-six-characters", {"ra": 1.0, "dec": 1.0}),
+        ],
+        "targets.ngc0628x-twenty-six-characters: its release files would break MAST's naming rules",
+    ),
+    (
+        "non-ascii-designation",
+        [("targets.ngc0628.designation", "NGC 628 \u2014 ring")],
+        "targets.ngc0628.designation: 'NGC 628 \u2014 ring' has characters a FITS header cannot hold",
+    ),
     ("control-char-in-lead", [("release.lead", "A. Lead\n")], "release.lead"),
-    ("title-longer-than-a-card", [("release.title", "T" * 69)], "release.title: is 69 characters; a FITS header value holds at most 68"),
+    (
+        "title-longer-than-a-card",
+        [("release.title", "T" * 69)],
+        "release.title: is 69 characters; a FITS header value holds at most 68",
+    ),
     ("empty-lead", [("release.lead", "  ")], "release.lead: must not be empty"),
-    ("quoted-coordinate", [("targets.ngc7496.ra", "347.447")], "targets.ngc7496.ra: '347.447' is str; a number is needed (write it without quotes)"),
-    ("quoted-product-flag", [("products", {"tweakback": "false"})], "products.tweakback: 'false' is str; a boolean (true or false) is needed"),
-    ("quoted-proposal-id", [("program.proposal_ids", ["2107"])], "program.proposal_ids[0]: '2107' is str; an integer is needed"),
-    ("non-ascii-reference", [("release.references", ["2024ApJS..273...13W", "Williams et al. \u00e9"])], "release.references[1]"),
+    (
+        "quoted-coordinate",
+        [("targets.ngc7496.ra", "347.447")],
+        "targets.ngc7496.ra: '347.447' is str; a number is needed (write it without quotes)",
+    ),
+    (
+        "quoted-product-flag",
+        [("products", {"tweakback": "false"})],
+        "products.tweakback: 'false' is str; a boolean (true or false) is needed",
+    ),
+    (
+        "quoted-proposal-id",
+        [("program.proposal_ids", ["2107"])],
+        "program.proposal_ids[0]: '2107' is str; an integer is needed",
+    ),
+    (
+        "non-ascii-reference",
+        [("release.references", ["2024ApJS..273...13W", "Williams et al. \u00e9"])],
+        "release.references[1]",
+    ),
     # offline by design: a catalogue service by name would need the network
-    ("catalog-service-by-name", [("targets.ngc0628.astrometry_catalog", "GAIADR3")], "targets.ngc0628.astrometry_catalog: 'GAIADR3' names a catalogue service, which needs the network"),
+    (
+        "catalog-service-by-name",
+        [("targets.ngc0628.astrometry_catalog", "GAIADR3")],
+        "targets.ngc0628.astrometry_catalog: 'GAIADR3' names a catalogue service, which needs the network",
+    ),
     # bespoke stages' parameters: finite, in the science's bounds
-    ("infinite-stage-parameter", [("parameters.default", {"level_match": {"sigma": float("inf")}})], "parameters.default.level_match.sigma"),
-    ("destripe-scale-zero", [("parameters.default", {"destripe": {"scales": [0, 7]}})], "parameters.default.destripe.scales.0"),
-    ("astrometry-negative-tolerance", [("parameters.instrument", {"nircam": {"astrometry": {"tolerance_strict_arcsec": -0.1}}})], "parameters.instrument.nircam.astrometry.tolerance_strict_arcsec"),
-    ("astrometry-quoted-flag", [("parameters.default", {"astrometry": {"rotation": "no"}})], "parameters.default.astrometry.rotation"),
+    (
+        "infinite-stage-parameter",
+        [("parameters.default", {"level_match": {"sigma": float("inf")}})],
+        "parameters.default.level_match.sigma",
+    ),
+    (
+        "destripe-scale-zero",
+        [("parameters.default", {"destripe": {"scales": [0, 7]}})],
+        "parameters.default.destripe.scales.0",
+    ),
+    (
+        "astrometry-negative-tolerance",
+        [("parameters.instrument", {"nircam": {"astrometry": {"tolerance_strict_arcsec": -0.1}}})],
+        "parameters.instrument.nircam.astrometry.tolerance_strict_arcsec",
+    ),
+    (
+        "astrometry-quoted-flag",
+        [("parameters.default", {"astrometry": {"rotation": "no"}})],
+        "parameters.default.astrometry.rotation",
+    ),
 ]
 
 
@@ -291,7 +513,9 @@ def test_patch_resolves_parent_paths_from_the_parents_folder(tmp_path):
     data["pins"]["crds_path"] = "crds-cache"
     data["program"]["data"] = {"source": "local", "path": "raw"}
     data["targets"]["ngc0628"]["astrometry_catalog"] = "catalogs/ngc0628.ecsv"
-    data["targets"]["ngc0628"]["anchoring"] = {"nircam": [{"survey": "irac1", "file": "ext/irac1.fits", "fwhm_arcsec": 1.7}]}
+    data["targets"]["ngc0628"]["anchoring"] = {
+        "nircam": [{"survey": "irac1", "file": "ext/irac1.fits", "fwhm_arcsec": 1.7}]
+    }
     write(parent_dir, data, "parent.toml")
     patch = {
         "release": {"version": "1.1.1", "kind": "patch"},
@@ -301,8 +525,12 @@ def test_patch_resolves_parent_paths_from_the_parents_folder(tmp_path):
     m = lm.manifest
     assert lm.resolve_path(m.program.data.path) == (parent_dir / "raw").resolve()
     assert lm.resolve_path(m.pins.crds_path) == (parent_dir / "crds-cache").resolve()
-    assert lm.resolve_path(m.targets["ngc0628"].astrometry_catalog) == (parent_dir / "catalogs" / "ngc0628.ecsv").resolve()
-    assert lm.resolve_path(m.targets["ngc0628"].anchoring.nircam[0].file) == (parent_dir / "ext" / "irac1.fits").resolve()
+    assert (
+        lm.resolve_path(m.targets["ngc0628"].astrometry_catalog) == (parent_dir / "catalogs" / "ngc0628.ecsv").resolve()
+    )
+    assert (
+        lm.resolve_path(m.targets["ngc0628"].anchoring.nircam[0].file) == (parent_dir / "ext" / "irac1.fits").resolve()
+    )
     # a path the patch sets itself is the patch's own
     patch["program"] = {"data": {"source": "local", "path": "newraw"}}
     lm = load_manifest(write(patch_dir, patch, "patch2.toml"))

@@ -58,12 +58,19 @@ def test_a_second_holder_of_a_folder_lock_is_refused(tmp_path):
 
     with folder_lock(tmp_path, "the work folder", "run"):
         proc = subprocess.run(
-            [sys.executable, "-c",
-             "import sys; from pathlib import Path; from processing.fileio import folder_lock\n"
-             "from processing.errors import BadInput\n"
-             "try:\n    with folder_lock(Path(sys.argv[1]), 'the work folder', 'run'): pass\n"
-             "except BadInput as e:\n    print(e); sys.exit(2)", str(tmp_path)],
-            capture_output=True, text=True, cwd=REPO)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pathlib import Path; from processing.fileio import folder_lock\n"
+                "from processing.errors import BadInput\n"
+                "try:\n    with folder_lock(Path(sys.argv[1]), 'the work folder', 'run'): pass\n"
+                "except BadInput as e:\n    print(e); sys.exit(2)",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         assert proc.returncode == 2 and "is in use by another hlsp command (hlsp run, pid" in proc.stdout
     with folder_lock(tmp_path, "the work folder", "run"):  # released when the holder is done
         pass
@@ -103,7 +110,9 @@ def test_a_log_folder_linked_out_of_the_work_folder_is_refused(engine_run, tmp_p
     work = tmp_path / "work"
     work.mkdir()
     (work / "logs").symlink_to(elsewhere)
-    proc = hlsp("run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(engine_run["cache"]), check_code=2)
+    proc = hlsp(
+        "run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(engine_run["cache"]), check_code=2
+    )
     assert "is a symbolic link out of" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert list(elsewhere.iterdir()) == []
 
@@ -116,7 +125,9 @@ def test_concurrent_run_and_package_are_refused_cleanly(engine_run, tmp_path):
     assert "Traceback" not in proc.stderr
     releases = tmp_path / "rel"
     with folder_lock(releases / "synth-jwst", "the release folder", "package"):
-        proc = hlsp("package", str(engine_run["manifest"]), "--workdir", str(work), "--releases", str(releases), check_code=2)
+        proc = hlsp(
+            "package", str(engine_run["manifest"]), "--workdir", str(work), "--releases", str(releases), check_code=2
+        )
     assert "is in use by another hlsp command" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in (releases / "synth-jwst").iterdir()) == [".hlsp.lock"]  # no staging, no release
 
@@ -128,8 +139,11 @@ def test_package_ships_only_the_products_of_its_manifest(engine_run, tmp_path):
 
     lm_a = load_manifest(engine_run["manifest"])
     program = lm_a.resolve_path(lm_a.manifest.program.data.path)
-    b = write_manifest(tmp_path / "b.toml", program,
-                       extra='\n[targets.synth2.parameters.default.lv3.outlier_detection]\nsnr = "4.0 3.0"\n')
+    b = write_manifest(
+        tmp_path / "b.toml",
+        program,
+        extra='\n[targets.synth2.parameters.default.lv3.outlier_detection]\nsnr = "4.0 3.0"\n',
+    )
     cache = _linked_cache(engine_run["cache"], tmp_path / "cache")
     work = tmp_path / "work"
     hlsp("run", str(b), "--workdir", str(work), "--cache", str(cache), check_code=0)
@@ -137,8 +151,17 @@ def test_package_ships_only_the_products_of_its_manifest(engine_run, tmp_path):
     a_product = engine_run["workdir"] / "products" / "synth2" / "f770w" / "synth2_f770w_i2d.fits"
     assert fits.getval(b_product, "HLSPTASK") != fits.getval(a_product, "HLSPTASK")
 
-    hlsp("package", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache),
-         "--releases", str(tmp_path / "rel"), check_code=0)
+    hlsp(
+        "package",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(work),
+        "--cache",
+        str(cache),
+        "--releases",
+        str(tmp_path / "rel"),
+        check_code=0,
+    )
     img = next((tmp_path / "rel").rglob("*_miri_synth2_f770w_v1p0_img.fits"))
     with fits.open(img) as hdul, fits.open(a_product) as a:
         assert hdul[0].header["HLSPTASK"] == a[0].header["HLSPTASK"]
@@ -152,8 +175,17 @@ def test_package_ships_only_the_products_of_its_manifest(engine_run, tmp_path):
         for f in entry.iterdir():
             f.unlink()
         entry.rmdir()
-    proc = hlsp("package", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache),
-                "--releases", str(tmp_path / "rel2"), check_code=2)
+    proc = hlsp(
+        "package",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(work),
+        "--cache",
+        str(cache),
+        "--releases",
+        str(tmp_path / "rel2"),
+        check_code=2,
+    )
     text = " ".join(proc.stderr.split())
     assert "are not in the cache" in text and "synth2/F200W" in text and "synth2/F770W" in text, text
     assert not (tmp_path / "rel2" / "synth-jwst" / "v1p0").exists()
@@ -166,7 +198,15 @@ def test_release_is_world_readable_and_stale_staging_is_cleaned(engine_run, tmp_
     (stale / "half.fits").write_bytes(b"\0" * 4096)
     old = os.umask(0o077)  # even a strict umask gives a readable release (the command inherits it)
     try:
-        hlsp("package", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), "--releases", str(releases), check_code=0)
+        hlsp(
+            "package",
+            str(engine_run["manifest"]),
+            "--workdir",
+            str(engine_run["workdir"]),
+            "--releases",
+            str(releases),
+            check_code=0,
+        )
     finally:
         os.umask(old)
     assert not stale.exists()
@@ -188,7 +228,9 @@ def _read_only(folder: Path) -> list[str] | None:
         return []
     if shutil.which("unshare") is None:
         return None
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}'"], capture_output=True)
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}'"], capture_output=True
+    )
     if probe.returncode != 0:
         return None
     return ["unshare", "-m", "sh", "-c", f"mount --bind -o ro '{folder}' '{folder}' && exec \"$@\"", "sh"]
@@ -205,7 +247,16 @@ def test_read_only_work_folder_or_cache_is_bad_input(engine_run, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     prefix = _read_only(cache)
-    proc = hlsp("run", str(engine_run["manifest"]), "--workdir", str(tmp_path / "w2"), "--cache", str(cache), check_code=2, prefix=prefix)
+    proc = hlsp(
+        "run",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(tmp_path / "w2"),
+        "--cache",
+        str(cache),
+        check_code=2,
+        prefix=prefix,
+    )
     assert f"the task cache {cache}" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -227,13 +278,24 @@ def test_console_is_readable(engine_run, demo_release, tmp_path):
     logs = list((engine_run["workdir"] / "logs").glob("run-*.log"))
     assert logs
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # as in a pipe or CI log: no terminal width
-    proc = hlsp("package", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]),
-                "--releases", str(tmp_path / "rel"), check_code=0, env=env)
+    proc = hlsp(
+        "package",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(engine_run["workdir"]),
+        "--releases",
+        str(tmp_path / "rel"),
+        check_code=0,
+        env=env,
+    )
     assert not any(n in proc.stdout + proc.stderr for n in noise), proc.stdout + proc.stderr
     dest = tmp_path / "rel" / "synth-jwst" / "v1p0"
     assert any(line.endswith(str(dest)) for line in proc.stdout.splitlines()), proc.stdout
     proc = hlsp("plan", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), check_code=0, env=env)
-    for name in ("hlsp_synth-jwst_jwst_miri_synth2_f770w_v1p0_img.fits", "hlsp_synth-jwst_jwst_nircam_synth1_f200w_v1p0_img.fits"):
+    for name in (
+        "hlsp_synth-jwst_jwst_miri_synth2_f770w_v1p0_img.fits",
+        "hlsp_synth-jwst_jwst_nircam_synth1_f200w_v1p0_img.fits",
+    ):
         assert name in proc.stdout, proc.stdout
 
 

@@ -24,7 +24,9 @@ def test_demo_release_validates_clean(demo_release, tmp_path):
     # under CI (CI=true) validation is strict: fitsverify must have run on every FITS file
     # (the Makefile installs it); elsewhere, without it, the check is reported as not run
     # against itself: every band compared (no shift, ratio 1, no level change)
-    proc = hlsp("validate", str(demo_release), "--junit", str(tmp_path / "v.xml"), "--against", str(demo_release), check_code=0)
+    proc = hlsp(
+        "validate", str(demo_release), "--junit", str(tmp_path / "v.xml"), "--against", str(demo_release), check_code=0
+    )
     assert "valid" in proc.stdout
     if shutil.which("fitsverify") is None:
         assert "not run: fitsverify" in proc.stdout
@@ -54,7 +56,9 @@ def test_convolved_products_carry_their_beam_and_the_anchored_level(demo_release
         assert h[0].header["HLSPDBO"] == ref[0].header["HLSPDBO"]
         assert h["SCI"].data.shape == ref["SCI"].data.shape
         both = np.isfinite(h["SCI"].data) & np.isfinite(ref["SCI"].data)
-        assert np.nanmedian(h["SCI"].data[both]) == pytest.approx(np.nanmedian(ref["SCI"].data[both]), rel=0.05, abs=0.05)
+        assert np.nanmedian(h["SCI"].data[both]) == pytest.approx(
+            np.nanmedian(ref["SCI"].data[both]), rel=0.05, abs=0.05
+        )
         assert np.nanmedian(h["ERR"].data[both]) < 0.5 * np.nanmedian(ref["ERR"].data[both])
 
 
@@ -63,7 +67,18 @@ def test_img_opens_with_wcs_and_units_on_every_extension(demo_release):
 
     p = next(p for p in imgs(demo_release) if "miri_synth2_f770w" in p.name)
     with fits.open(p) as hdul:
-        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "CON", "WHT", "INPUTS"]
+        assert [h.name for h in hdul] == [
+            "PRIMARY",
+            "SCI",
+            "ERR",
+            "DQ",
+            "VAR_POISSON",
+            "VAR_RNOISE",
+            "VAR_FLAT",
+            "CON",
+            "WHT",
+            "INPUTS",
+        ]
         h0 = hdul[0].header
         assert h0["SIMULATD"] is True and h0["TELESCOP"] == h0["OBSERVAT"] == "JWST" and h0["TIMESYS"] == "UTC"
         assert h0["HLSPVER"] == "v1p0" and h0["HLSPTARG"] == "synth2" and h0["FILTER"] == "F770W"
@@ -82,7 +97,15 @@ def test_img_opens_with_wcs_and_units_on_every_extension(demo_release):
 
 def test_published_release_is_never_overwritten(engine_run, demo_release):
     before = {p: p.stat().st_mtime_ns for p in demo_release.rglob("*")}
-    proc = hlsp("package", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), "--releases", str(demo_release.parent.parent), check_code=2)
+    proc = hlsp(
+        "package",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(engine_run["workdir"]),
+        "--releases",
+        str(demo_release.parent.parent),
+        check_code=2,
+    )
     assert "already published" in proc.stderr
     assert {p: p.stat().st_mtime_ns for p in demo_release.rglob("*")} == before
     assert not [p for p in demo_release.parent.iterdir() if p.name.startswith(".staging")]
@@ -111,8 +134,17 @@ def test_failed_packaging_publishes_nothing(engine_run, tmp_path):
     record["outputs"][victim.name] = file_sha256(victim)
     (entry / "task.json").unlink()
     (entry / "task.json").write_text(json.dumps(record))
-    proc = hlsp("package", str(engine_run["manifest"]), "--workdir", str(tmp_path / "work"), "--cache", str(cache),
-                "--releases", str(tmp_path / "rel"), check_code=1)
+    proc = hlsp(
+        "package",
+        str(engine_run["manifest"]),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--cache",
+        str(cache),
+        "--releases",
+        str(tmp_path / "rel"),
+        check_code=1,
+    )
     assert "nothing was published" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "rel" / "synth-jwst" / "v1p0").exists()
     assert not list((tmp_path / "rel" / "synth-jwst").glob(".staging*"))
@@ -193,7 +225,18 @@ def truncated_file(rel):
 def stale_manifest_entry(rel):
     m = next(rel.glob("*_manifest.csv"))
     rows = list(csv.reader(m.read_text().splitlines()))
-    rows.append(["synth1/hlsp_synth-jwst_jwst_miri_synth1_f560w_v1p0_img.fits", "10", "0" * 64, "img", "synth1", "miri", "f560w", "v1p0"])
+    rows.append(
+        [
+            "synth1/hlsp_synth-jwst_jwst_miri_synth1_f560w_v1p0_img.fits",
+            "10",
+            "0" * 64,
+            "img",
+            "synth1",
+            "miri",
+            "f560w",
+            "v1p0",
+        ]
+    )
     m.write_text("\n".join(",".join(r) for r in rows) + "\n")
     return "f560w", "not in the release"
 
@@ -214,7 +257,9 @@ def sci_all_nan(rel):
 def wrong_dtype(rel):
     p = _img(rel)
     with fits.open(p) as hdul:
-        hdus = [fits.ImageHDU(h.data.astype(np.float32), header=h.header, name="DQ") if h.name == "DQ" else h for h in hdul]
+        hdus = [
+            fits.ImageHDU(h.data.astype(np.float32), header=h.header, name="DQ") if h.name == "DQ" else h for h in hdul
+        ]
         fits.HDUList(hdus).writeto(p.with_suffix(".tmp"), checksum=True)
     p.with_suffix(".tmp").replace(p)
     return p.name, "DQ is float32, expected uint32"
@@ -261,7 +306,7 @@ def wrong_folder(rel):
 
 def _drop_csv_rows(rel, needle):
     m = next(rel.glob("*_manifest.csv"))
-    m.write_text("".join(l for l in m.read_text().splitlines(keepends=True) if needle not in l))
+    m.write_text("".join(row for row in m.read_text().splitlines(keepends=True) if needle not in row))
 
 
 def missing_band(rel):
@@ -393,6 +438,7 @@ def tweakback_missing(rel):
 
 def _header_break(name, ext, key, value=None, problem="", delete=False):
     """A break that edits one header card of a mosaic (checksums updated), and what must be reported."""
+
     def brk(rel):
         p = _img(rel)
         _edit_header(p, ext, key, value, delete=delete)
@@ -403,19 +449,37 @@ def _header_break(name, ext, key, value=None, problem="", delete=False):
 
 
 HEADER_BREAKS = [
-    _header_break('missing_keyword', 0, "DOI", delete=True, problem="DOI missing"),
-    _header_break('wrong_bunit', "SCI", "BUNIT", "DN/s", "SCI BUNIT is 'DN/s'"),
-    _header_break('broken_wcs', "ERR", "CTYPE1", "PIXEL", "ERR: WCS does not parse"),
-    _header_break('equinox_with_icrs', "SCI", "EQUINOX", 2000.0, "EQUINOX set"),
-    _header_break('version_mismatch_in_header', 0, "HLSPVER", "v2p0", "HLSPVER 'v2p0' differs"),
-    _header_break('bad_date', 0, "DATE-BEG", "25/02/2023", "DATE-BEG '25/02/2023' is not ISO-8601"),
-    _header_break('simulated_flag_removed', 0, "SIMULATD", delete=True, problem="SIMULATD missing or F in a release made from simulated data"),
-    _header_break('header_of_another_target', 0, "HLSPTARG", "SYNTH 2", "HLSPTARG 'SYNTH 2' is not the manifest's designation 'synth1'"),
-    _header_break('coordinates_of_another_target', 0, "RA_TARG", 150.60, "off the"),
-    _header_break('filter_disagrees', 0, "FILTER", "F300M", "FILTER 'F300M' differs"),
-    _header_break('instrument_disagrees', 0, "INSTRUME", "MIRI", "INSTRUME 'MIRI' differs"),
-    _header_break('made_from_another_manifest', 0, "HLSPMANI", "0" * 64, "is not the release manifest's content hash"),
-    _header_break('dates_disagree', 0, "DATE-END", "2023-02-24T00:00:00.000", "DATE-END 2023-02-24T00:00:00.000 disagrees with MJD-END"),
+    _header_break("missing_keyword", 0, "DOI", delete=True, problem="DOI missing"),
+    _header_break("wrong_bunit", "SCI", "BUNIT", "DN/s", "SCI BUNIT is 'DN/s'"),
+    _header_break("broken_wcs", "ERR", "CTYPE1", "PIXEL", "ERR: WCS does not parse"),
+    _header_break("equinox_with_icrs", "SCI", "EQUINOX", 2000.0, "EQUINOX set"),
+    _header_break("version_mismatch_in_header", 0, "HLSPVER", "v2p0", "HLSPVER 'v2p0' differs"),
+    _header_break("bad_date", 0, "DATE-BEG", "25/02/2023", "DATE-BEG '25/02/2023' is not ISO-8601"),
+    _header_break(
+        "simulated_flag_removed",
+        0,
+        "SIMULATD",
+        delete=True,
+        problem="SIMULATD missing or F in a release made from simulated data",
+    ),
+    _header_break(
+        "header_of_another_target",
+        0,
+        "HLSPTARG",
+        "SYNTH 2",
+        "HLSPTARG 'SYNTH 2' is not the manifest's designation 'synth1'",
+    ),
+    _header_break("coordinates_of_another_target", 0, "RA_TARG", 150.60, "off the"),
+    _header_break("filter_disagrees", 0, "FILTER", "F300M", "FILTER 'F300M' differs"),
+    _header_break("instrument_disagrees", 0, "INSTRUME", "MIRI", "INSTRUME 'MIRI' differs"),
+    _header_break("made_from_another_manifest", 0, "HLSPMANI", "0" * 64, "is not the release manifest's content hash"),
+    _header_break(
+        "dates_disagree",
+        0,
+        "DATE-END",
+        "2023-02-24T00:00:00.000",
+        "DATE-END 2023-02-24T00:00:00.000 disagrees with MJD-END",
+    ),
 ]
 
 
@@ -450,19 +514,46 @@ def psf_matching_table_missing(rel):
 
 
 BREAKS = HEADER_BREAKS + [
-    convolved_beam_disagrees_with_name, convolved_beam_missing, convolved_missing, psf_matching_table_missing,
-    symlink_file, symlink_folder, not_world_readable, err_all_nan, err_negative, wrong_folder, missing_band,
-    band_not_in_manifest, release_manifest_missing, date_in_future, empty_readme, preview_not_an_image,
-    duplicate_manifest_row, flip_byte, flip_header_byte, wrong_name, extra_file, missing_extension, truncated_file,
-    stale_manifest_entry, sci_all_nan, wrong_dtype, missing_readme,
-    tweakback_member_escapes, tweakback_member_not_fits, tweakback_member_is_a_link, tweakback_member_without_astrometry,
-    tweakback_truncated, tweakback_missing,
+    convolved_beam_disagrees_with_name,
+    convolved_beam_missing,
+    convolved_missing,
+    psf_matching_table_missing,
+    symlink_file,
+    symlink_folder,
+    not_world_readable,
+    err_all_nan,
+    err_negative,
+    wrong_folder,
+    missing_band,
+    band_not_in_manifest,
+    release_manifest_missing,
+    date_in_future,
+    empty_readme,
+    preview_not_an_image,
+    duplicate_manifest_row,
+    flip_byte,
+    flip_header_byte,
+    wrong_name,
+    extra_file,
+    missing_extension,
+    truncated_file,
+    stale_manifest_entry,
+    sci_all_nan,
+    wrong_dtype,
+    missing_readme,
+    tweakback_member_escapes,
+    tweakback_member_not_fits,
+    tweakback_member_is_a_link,
+    tweakback_member_without_astrometry,
+    tweakback_truncated,
+    tweakback_missing,
 ]
 
 
 def _copy_release(src: Path, dest: Path) -> None:
     """A copy to break; the tweakback tarballs are hard-linked (large, and a break replaces
     them rather than editing them in place)."""
+
     def copy(a, b):
         if str(a).endswith("_tweakback.tar.gz"):
             os.link(a, b)
