@@ -11,7 +11,10 @@ DEMO_DIR ?= demo-output
 #   chromium    the headless browser the tests open the HTML release report in (`hlsp report`).
 SYSTEM_PACKAGES := fitsverify chromium
 
-.PHONY: demo test bench install sysdeps lock schema clean
+# pytest-xdist worker processes for the tests (the end-to-end tests share one engine run between them)
+TEST_WORKERS ?= 2
+
+.PHONY: demo check test bench install sysdeps lock schema clean
 
 install: $(STAMP) sysdeps
 
@@ -39,8 +42,17 @@ sysdeps:
 demo: $(STAMP) sysdeps
 	$(BIN)/hlsp demo --outdir $(DEMO_DIR)
 
-test: $(STAMP) sysdeps
-	$(BIN)/python -m pytest
+# The fast tier: lint, formatting and every test that runs no pipeline (tests/conftest.py
+# classifies them by the fixtures they use). What a developer runs on every change.
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist worksteal --durations=15
+
+# The README's test command and CI's: the fast tier, then the end-to-end tier on TEST_WORKERS
+# processes (work stealing: a long test does not hold the others back).
+test: check sysdeps
+	$(BIN)/python -m pytest -m slow -n $(TEST_WORKERS) --dist worksteal --durations=15
 
 bench: $(STAMP) sysdeps
 	$(BIN)/python -m tests.benchmarks

@@ -545,14 +545,18 @@ def _check_readme(report: Report, rel: str, path: Path, m) -> None:
 def _check_tweakback(report: Report, rel: str, path: Path) -> None:
     """A tweakback tarball opens; its members are regular files in one folder (no absolute
     path, no '..', no link: nothing can land outside the folder it is unpacked in); each is a
-    readable FITS exposure with a celestial WCS and the astrometry record (HLSPDAST)."""
+    readable FITS exposure with a celestial WCS and the astrometry record (HLSPDAST).
+
+    Read as a stream, one member at a time (each is decompressed once: opening members of a
+    seekable gzip archive in turn decompresses it again from the start for every seek back)."""
+    import io
     import tarfile
 
     from astropy.io import fits
     from astropy.wcs import WCS
 
     try:
-        tar = tarfile.open(path, mode="r:gz")
+        tar = tarfile.open(path, mode="r|gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
         report.add(rel, "tweakback tarball", f"does not open as a gzipped tar archive ({type(exc).__name__}: {exc})")
         return
@@ -575,7 +579,7 @@ def _check_tweakback(report: Report, rel: str, path: Path) -> None:
                 folders.add(parts[0])
                 n += 1
                 try:
-                    with fits.open(tar.extractfile(member), memmap=False) as hdul:
+                    with fits.open(io.BytesIO(tar.extractfile(member).read()), memmap=False) as hdul:
                         h0 = hdul[0].header
                         if "HLSPDAST" not in h0:
                             problems.append(f"{name}: no HLSPDAST (astrometry record)")

@@ -11,61 +11,177 @@ REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = REPO / "manifests"
 
 
+# --------------------------------------------------------------------------------------------
+# Two tiers, chosen by what a test uses (not by hand)
+# --------------------------------------------------------------------------------------------
+
+#: fixtures that write a synthetic program, or run the jwst pipeline or the engine on one. A
+#: test that requests one, directly or through other fixtures, is marked ``slow`` at collection
+#: (the end-to-end tier of `make test`); every other test is the fast tier of `make check`.
+#: Declare such a fixture with :func:`pipeline_fixture` instead of ``pytest.fixture``.
+PIPELINE_FIXTURES: set[str] = set()
+
+
+def pipeline_fixture(fn=None, **kwargs):
+    """``pytest.fixture`` for a fixture that runs the pipeline: the tests using it are slow."""
+
+    def declare(f):
+        PIPELINE_FIXTURES.add(kwargs.get("name", f.__name__))
+        return pytest.fixture(**kwargs)(f)
+
+    return declare(fn) if fn is not None else declare
+
+
+def uses_pipeline(item) -> bool:
+    """Whether a collected test requests a pipeline fixture (``fixturenames`` is the closure:
+    the fixtures of its fixtures too)."""
+    return bool(set(getattr(item, "fixturenames", ())) & PIPELINE_FIXTURES)
+
+
+def pytest_itemcollected(item):
+    if uses_pipeline(item):
+        item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(trylast=True)  # after `-m` deselected what is not run
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist's worksteal scheduling (`make test`) the first half of the list starts
+    on one worker and the second half on the other: the tests that do not need the shared engine
+    run start the second half, so that worker has work of its own while the first builds it."""
+    import os
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    engine = [i for i in items if "engine_run" in i.fixturenames]
+    other = [i for i in items if "engine_run" not in i.fixturenames]
+    half = min(len(items) // 2, len(engine))
+    items[:] = engine[:half] + other + engine[half:]
+
+
+class PipelineInFastTier(RuntimeError):
+    """A fast-tier test ran what only the slow tier may run."""
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_runs_no_pipeline(request, monkeypatch):
+    """In the fast tier, running a jwst step or writing a synthetic program fails the test at
+    once, naming what to do: so a test that does it without a pipeline fixture cannot slip
+    into `make check` unnoticed (its time would, and nothing else would tell)."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import stpipe.step
+
+    from processing.simulate import generate
+
+    def refuse(what):
+        def run(*args, **kwargs):
+            raise PipelineInFastTier(
+                f"{request.node.nodeid} {what} but requests no pipeline fixture: run it from a fixture "
+                "declared with tests.conftest.pipeline_fixture (it then belongs to the slow tier)"
+            )
+
+        return run
+
+    monkeypatch.setattr(stpipe.step.Step, "run", refuse("runs a jwst step"))
+    monkeypatch.setattr(generate, "simulate_program", refuse("writes a synthetic program"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
 
 
 # --------------------------------------------------------------------------------------------
-# The synthetic program, generated once per session (small: two bands each)
+# Session fixtures built once per test run, shared by every pytest-xdist worker
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def clean_program(tmp_path_factory) -> Path:
-    """A program with no instrumental effect at all (no noise, backgrounds, stripes, CRs, pointing errors)."""
-    from processing.simulate.exposures import Effects
-    from processing.simulate.generate import simulate_program
+def once(tmp_path_factory, name: str, build):
+    """``build(folder)`` run once per test run; its (picklable) result shared by every worker.
 
-    out = tmp_path_factory.mktemp("clean") / "program"
-    simulate_program(out, size="demo", seed=3, bands=["F300M", "F770W"], effects=Effects.none())
-    return out
+    Without xdist it runs in a new temporary folder. Under xdist the first worker to ask builds
+    in ``<run's temporary root>/shared/<name>`` under a lock while the others wait, then each
+    reads the result (the pattern pytest-xdist documents for session fixtures). What a shared
+    fixture made is read by tests, never written: a test that writes (a run, a package, a
+    changed file) does it in its own folder, on a linked copy if it needs the fixture's files
+    (:func:`linked_copy`)."""
+    import fcntl
+    import os
+    import pickle
+    import shutil
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / "shared"
+    root.mkdir(exist_ok=True)
+    with open(root / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the worker dies)
+        done = root / f"{name}.pickle"
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        folder = root / name
+        if folder.exists():  # a worker that failed to build it before
+            shutil.rmtree(folder)
+        folder.mkdir()
+        result = build(folder)
+        done.write_bytes(pickle.dumps(result))
+        return result
 
 
-@pytest.fixture(scope="session")
-def clean_default(clean_program, tmp_path_factory) -> dict:
-    """jwst defaults (detector1, image2, image3) on the clean program's synth1, with skymatch off.
+def linked_copy(src: Path, dest: Path) -> Path:
+    """A copy of a shared fixture's folder whose files are hard links (links stay links): free,
+    and a test may then write in it. Files must be replaced, never edited in place (the cache and
+    the releases never edit a file in place either)."""
+    import os
+    import shutil
+
+    # a lock file is never shared: flock locks the inode, and a link would lock both folders
+    shutil.copytree(src, dest, symlinks=True, copy_function=os.link, ignore=shutil.ignore_patterns(".hlsp.lock"))
+    return dest
+
+
+# --------------------------------------------------------------------------------------------
+# The synthetic program, generated once per test run (small: two bands each)
+# --------------------------------------------------------------------------------------------
+
+
+@pipeline_fixture(scope="session")
+def clean_default(tmp_path_factory) -> tuple[Path, dict]:
+    """A program with no instrumental effect at all (no noise, backgrounds, stripes, CRs,
+    pointing errors), one band (F770W; `make bench` checks the others), and jwst's defaults
+    (detector1, image2, image3) on its synth1 with skymatch off: (program, result).
 
     skymatch is the one default that estimates a background; with emission filling the field
     it subtracts real emission (measured here: about 0.7 MJy/sr at F300M, 0.4 at F770W), which
     is the paper's point (section 3.5), not a property of the data.
     """
-    from processing.simulate.default_pipeline import LV3_DEFAULT_PARAMS, run_default_pipeline
+    from tests.benchmarks.default_pipeline import clean_defaults
 
-    params = {**LV3_DEFAULT_PARAMS, "skymatch": {"skip": True}}
-    return run_default_pipeline(
-        clean_program, tmp_path_factory.mktemp("clean-default"), targets=["synth1"], lv3_params=params
-    )
+    return once(tmp_path_factory, "clean", lambda folder: clean_defaults(folder, bands=("F770W",)))
 
 
-@pytest.fixture(scope="session")
+@pipeline_fixture(scope="session")
 def effects_program(tmp_path_factory) -> Path:
     """The demo program's effects, on two bands (NIRCam F200W, MIRI F770W)."""
     from processing.simulate.generate import simulate_program
 
-    out = tmp_path_factory.mktemp("effects") / "program"
-    simulate_program(out, size="demo", seed=1, bands=["F200W", "F770W"])
-    return out
+    def build(folder: Path) -> Path:
+        simulate_program(folder / "program", size="demo", seed=1, bands=["F200W", "F770W"])
+        return folder / "program"
+
+    return once(tmp_path_factory, "effects", build)
 
 
-@pytest.fixture(scope="session")
+@pipeline_fixture(scope="session")
 def effects_default(effects_program, tmp_path_factory) -> dict:
     from processing.simulate.default_pipeline import run_default_pipeline
 
-    work = tmp_path_factory.mktemp("effects-default")
-    result = run_default_pipeline(effects_program, work, targets=["synth1"])
-    result["workdir"] = work
-    return result
+    def build(folder: Path) -> dict:
+        return {**run_default_pipeline(effects_program, folder, targets=["synth1"]), "workdir": folder}
+
+    return once(tmp_path_factory, "effects-default", build)
 
 
 #: the wide-field images of the synthetic program, in the paper's order (survey, beam FWHM")
@@ -152,40 +268,83 @@ def hlsp(
     return proc
 
 
-@pytest.fixture(scope="session")
+@pipeline_fixture(scope="session")
 def engine_run(effects_program, tmp_path_factory) -> dict:
-    """`hlsp run` on the effects program: the first, uncached run, shared by the engine tests."""
+    """`hlsp run` on the effects program: the first, uncached run, shared by the engine tests
+    (read-only: a test that runs, plans or packages with it works on a :func:`linked_copy`)."""
     import time
 
-    root = tmp_path_factory.mktemp("engine")
-    manifest = write_manifest(root / "release.toml", effects_program)
-    t0 = time.time()
-    proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), check_code=0)
-    return {
-        "root": root,
-        "manifest": manifest,
-        "workdir": root / "work",
-        "cache": root / "work" / "cache",
-        "elapsed_s": time.time() - t0,
-        "stdout": proc.stdout,
-        "stderr": proc.stderr,
-    }
+    def build(root: Path) -> dict:
+        manifest = write_manifest(root / "release.toml", effects_program)
+        t0 = time.time()
+        proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), check_code=0)
+        return {
+            "root": root,
+            "manifest": manifest,
+            "workdir": root / "work",
+            "cache": root / "work" / "cache",
+            "elapsed_s": time.time() - t0,
+            "stdout": proc.stdout,
+            "stderr": proc.stderr,
+        }
+
+    return once(tmp_path_factory, "engine", build)
 
 
-@pytest.fixture(scope="session")
+@pipeline_fixture(scope="session")
 def demo_release(engine_run, tmp_path_factory) -> Path:
-    """The engine run's mosaics packaged as a release (validated clean in test_validate)."""
-    root = tmp_path_factory.mktemp("releases")
-    hlsp(
-        "package",
-        str(engine_run["manifest"]),
-        "--workdir",
-        str(engine_run["workdir"]),
-        "--releases",
-        str(root),
-        check_code=0,
-    )
-    return root / "synth-jwst" / "v1p0"
+    """The engine run's mosaics packaged as a release (validated clean in test_validate). The
+    packaging runs on a linked copy of the work folder (it writes its log there)."""
+
+    def build(root: Path) -> Path:
+        work = linked_copy(engine_run["workdir"], root / "work")
+        hlsp(
+            "package",
+            str(engine_run["manifest"]),
+            "--workdir",
+            str(work),
+            "--releases",
+            str(root / "releases"),
+            check_code=0,
+        )
+        return root / "releases" / "synth-jwst" / "v1p0"
+
+    return once(tmp_path_factory, "releases", build)
+
+
+#: the one parameter :func:`changed_run` changes (synth2's lv3 outlier detection)
+CHANGED_SYNTH2 = '\n[targets.synth2.parameters.default.lv3.outlier_detection]\nsnr = "4.0 3.0"\n'
+
+
+@pipeline_fixture(scope="session")
+def changed_run(engine_run, tmp_path_factory) -> dict:
+    """The engine run's manifest with one parameter of synth2 changed (:data:`CHANGED_SYNTH2`),
+    planned and run by the engine on a linked copy of the engine run's cache, in a work folder
+    of its own: what the plan said would run, what ran, and where (read-only, as engine_run)."""
+    from processing.executor import Engine
+    from processing.pipeline import build_graph
+    from release.manifest import load_manifest
+
+    def build(root: Path) -> dict:
+        lm0 = load_manifest(engine_run["manifest"])
+        manifest = write_manifest(
+            root / "changed.toml", lm0.resolve_path(lm0.manifest.program.data.path), extra=CHANGED_SYNTH2
+        )
+        lm = load_manifest(manifest)
+        cache = linked_copy(engine_run["cache"], root / "cache")
+        engine = Engine(lm, build_graph(lm), root / "work", cache_dir=cache)
+        planned = engine.plan()
+        summary = engine.run()
+        return {
+            "manifest": manifest,
+            "workdir": root / "work",
+            "cache": cache,
+            "planned": dict(planned),
+            "ok": summary.ok,
+            "ran": sorted(t for t, r in summary.results.items() if r.status == "ran"),
+        }
+
+    return once(tmp_path_factory, "changed", build)
 
 
 #: the stages a kill-and-resume test runs for itself (everything before them comes from the

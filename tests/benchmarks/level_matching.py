@@ -141,9 +141,10 @@ def _skymatch_levels(cal_files: list[Path], workdir: Path) -> dict[str, float]:
     return out
 
 
-def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: bool = True) -> dict:
+def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: bool = True, lyot: bool = True) -> dict:
     """Per target and band: residual levels per exposure part before, after level matching
-    and after skymatch; the RMS errors; the mosaic's tile steps."""
+    and after skymatch; the RMS errors; the mosaic's tile steps; with ``lyot``, the MIRI
+    mosaic's coronagraph region against its imager (:func:`mosaic_lyot`)."""
     from stdatamodels.jwst import datamodels
 
     from processing import lyot
@@ -210,7 +211,7 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
         cals = {r["exposure"]: rec["dir"] / f"{r['exposure']}_cal.fits" for r in rows}
         mosaic = Mosaic.load(truth, target, band, i2d)
         entry["mosaic"] = mosaic_steps(truth, mosaic, cals)
-        if truth.exposures[exposures[0]]["instrument"] == "miri":
+        if lyot and truth.exposures[exposures[0]]["instrument"] == "miri":
             entry["mosaic_lyot"] = mosaic_lyot(mosaic, cals)
         out[f"{target}/{band}"] = entry
     return out

@@ -20,8 +20,7 @@ from processing.simulate.crds_context import (
     context_serial,
     write_crds_context,
 )
-
-pytestmark = pytest.mark.slow
+from tests.conftest import pipeline_fixture
 
 CONTEXT = "jwst_9001.pmap"
 BANDS = ["F200W", "F300M", "F770W"]
@@ -57,7 +56,7 @@ NA_TYPES = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pipeline_fixture(scope="session")
 def crds_cache(tmp_path_factory):
     """Write the context once and configure crds (in this process) to use it."""
     root = tmp_path_factory.mktemp("crds_cache")
@@ -175,7 +174,7 @@ def make_uncal(detector: str, band: str, ngroups: int = NGROUPS):
     return model, science
 
 
-@pytest.fixture(scope="session")
+@pipeline_fixture(scope="session")
 def calibrated(crds_cache):
     """rate and cal models of each case, from calwebb_detector1 + calwebb_image2 (no resample)."""
     from jwst.pipeline import Detector1Pipeline, Image2Pipeline

@@ -11,12 +11,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from processing.executor import fits_fingerprint
 from tests.conftest import REPO, hlsp
-
-pytestmark = pytest.mark.slow
 
 # one target: the scheduler, the kill and the resume are what is tested, not the whole graph again
 PRODUCTS = [("synth2", "f200w"), ("synth2", "f770w")]

@@ -10,7 +10,7 @@ import tomli_w
 
 from release import changelog as L
 from release.manifest import Manifest, load_manifest
-from tests.conftest import hlsp
+from tests.conftest import hlsp, linked_copy
 
 
 def test_the_changelog_lists_a_changed_crds_context_and_a_changed_target_parameter(engine_run):
@@ -39,8 +39,8 @@ def test_a_second_release_says_what_changed_and_validates_against_the_first(engi
     data["comparisons"] = {"previous_release": str(demo_release)}
     manifest = tmp_path / "release-1.1.toml"
     manifest.write_text(tomli_w.dumps(data))
-    # the first release's cache, another work folder: only synth2 F770W's PSF matching runs
-    work = ["--workdir", str(tmp_path / "work"), "--cache", str(engine_run["cache"])]
+    # the first release's cache (a linked copy), another work folder: only synth2 F770W's PSF matching runs
+    work = ["--workdir", str(tmp_path / "work"), "--cache", str(linked_copy(engine_run["cache"], tmp_path / "cache"))]
     proc = hlsp("run", str(manifest), *work, check_code=0)
     assert "psf_matching" in proc.stdout
     releases = tmp_path / "releases"
@@ -86,9 +86,11 @@ instruments = ["miri"]
 [targets.synth2.parameters.instrument.miri.psf_matching]
 min_coverage = 0.8
 """)
-    work = ["--workdir", str(tmp_path / "work"), "--cache", str(engine_run["cache"])]
+    work = ["--workdir", str(tmp_path / "work"), "--cache", str(linked_copy(engine_run["cache"], tmp_path / "cache"))]
     hlsp("run", str(patch), *work, check_code=0)
-    releases = demo_release.parent.parent  # the parent is published there: a patch is packaged beside it
+    # the parent is published there (a linked copy of its releases folder): a patch is packaged beside it
+    releases = linked_copy(demo_release.parent.parent, tmp_path / "releases")
+    demo_release = releases / demo_release.relative_to(demo_release.parent.parent)
     hlsp("package", str(patch), *work, "--releases", str(releases), check_code=0)
     rel = demo_release.parent / "v1p0p1"
     try:

@@ -16,20 +16,11 @@ import pytest
 from astropy.io import fits
 
 from processing.fileio import folder_lock, remove_scratch
-from tests.conftest import REPO, hlsp, write_manifest
-
-pytestmark = pytest.mark.slow
+from tests.conftest import REPO, hlsp, linked_copy
 
 
 def _tree(root: Path) -> dict[str, int]:
     return {str(p): p.lstat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
-
-
-def _linked_cache(src: Path, dest: Path) -> Path:
-    """A copy of a task cache made of hard links (no data copied)."""
-    shutil.copytree(src / "objects", dest / "objects", copy_function=os.link)
-    (dest / "tmp").mkdir()
-    return dest
 
 
 # -- fast: the file helpers on their own ------------------------------------------------------
@@ -92,7 +83,7 @@ def test_run_never_empties_a_link_in_the_cache_scratch(engine_run, tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "result.fits").write_bytes(b"a week of work")
-    cache = _linked_cache(engine_run["cache"], tmp_path / "cache")
+    cache = linked_copy(engine_run["cache"], tmp_path / "cache")
     from processing.cache import _host
 
     planted = cache / "tmp" / f"{'0' * 64}.{_host()}.99999999"  # this host, no such process: stale scratch
@@ -110,15 +101,14 @@ def test_a_log_folder_linked_out_of_the_work_folder_is_refused(engine_run, tmp_p
     work = tmp_path / "work"
     work.mkdir()
     (work / "logs").symlink_to(elsewhere)
-    proc = hlsp(
-        "run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(engine_run["cache"]), check_code=2
-    )
+    cache = linked_copy(engine_run["cache"], tmp_path / "cache")
+    proc = hlsp("run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache), check_code=2)
     assert "is a symbolic link out of" in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert list(elsewhere.iterdir()) == []
 
 
 def test_concurrent_run_and_package_are_refused_cleanly(engine_run, tmp_path):
-    work = engine_run["workdir"]
+    work = linked_copy(engine_run["workdir"], tmp_path / "work")
     with folder_lock(work, "the work folder", "run"):
         proc = hlsp("run", str(engine_run["manifest"]), "--workdir", str(work), check_code=2)
     assert f"the work folder {work} is in use by another hlsp command" in " ".join(proc.stderr.split())
@@ -132,21 +122,15 @@ def test_concurrent_run_and_package_are_refused_cleanly(engine_run, tmp_path):
     assert sorted(p.name for p in (releases / "synth-jwst").iterdir()) == [".hlsp.lock"]  # no staging, no release
 
 
-def test_package_ships_only_the_products_of_its_manifest(engine_run, tmp_path):
+def test_package_ships_only_the_products_of_its_manifest(engine_run, changed_run, tmp_path):
     """Manifest B run in the same work folder (other parameters for synth2) does not make
     `hlsp package A` ship B's mosaics; without A's own products it refuses, naming them."""
     from release.manifest import load_manifest
 
     lm_a = load_manifest(engine_run["manifest"])
-    program = lm_a.resolve_path(lm_a.manifest.program.data.path)
-    b = write_manifest(
-        tmp_path / "b.toml",
-        program,
-        extra='\n[targets.synth2.parameters.default.lv3.outlier_detection]\nsnr = "4.0 3.0"\n',
-    )
-    cache = _linked_cache(engine_run["cache"], tmp_path / "cache")
-    work = tmp_path / "work"
-    hlsp("run", str(b), "--workdir", str(work), "--cache", str(cache), check_code=0)
+    # B's run (changed_run: A's cache, B's work folder), copied: this test removes entries
+    cache = linked_copy(changed_run["cache"], tmp_path / "cache")
+    work = linked_copy(changed_run["workdir"], tmp_path / "work")
     b_product = work / "products" / "synth2" / "f770w" / "synth2_f770w_i2d.fits"
     a_product = engine_run["workdir"] / "products" / "synth2" / "f770w" / "synth2_f770w_i2d.fits"
     assert fits.getval(b_product, "HLSPTASK") != fits.getval(a_product, "HLSPTASK")
@@ -202,7 +186,7 @@ def test_release_is_world_readable_and_stale_staging_is_cleaned(engine_run, tmp_
             "package",
             str(engine_run["manifest"]),
             "--workdir",
-            str(engine_run["workdir"]),
+            str(linked_copy(engine_run["workdir"], tmp_path / "work")),
             "--releases",
             str(releases),
             check_code=0,
@@ -265,9 +249,10 @@ def test_plan_writes_nothing(engine_run, tmp_path):
     proc = hlsp("plan", str(engine_run["manifest"]), "--workdir", str(fresh), check_code=0)
     assert not fresh.exists(), "plan created the work folder"
     assert "will run" in proc.stdout
-    before = _tree(engine_run["workdir"])
-    hlsp("plan", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), check_code=0)
-    assert _tree(engine_run["workdir"]) == before
+    work = linked_copy(engine_run["workdir"], tmp_path / "work")  # a finished run's folder
+    before = _tree(work)
+    hlsp("plan", str(engine_run["manifest"]), "--workdir", str(work), check_code=0)
+    assert _tree(work) == before
 
 
 def test_console_is_readable(engine_run, demo_release, tmp_path):
@@ -278,11 +263,12 @@ def test_console_is_readable(engine_run, demo_release, tmp_path):
     logs = list((engine_run["workdir"] / "logs").glob("run-*.log"))
     assert logs
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # as in a pipe or CI log: no terminal width
+    work = linked_copy(engine_run["workdir"], tmp_path / "work")
     proc = hlsp(
         "package",
         str(engine_run["manifest"]),
         "--workdir",
-        str(engine_run["workdir"]),
+        str(work),
         "--releases",
         str(tmp_path / "rel"),
         check_code=0,
@@ -291,7 +277,7 @@ def test_console_is_readable(engine_run, demo_release, tmp_path):
     assert not any(n in proc.stdout + proc.stderr for n in noise), proc.stdout + proc.stderr
     dest = tmp_path / "rel" / "synth-jwst" / "v1p0"
     assert any(line.endswith(str(dest)) for line in proc.stdout.splitlines()), proc.stdout
-    proc = hlsp("plan", str(engine_run["manifest"]), "--workdir", str(engine_run["workdir"]), check_code=0, env=env)
+    proc = hlsp("plan", str(engine_run["manifest"]), "--workdir", str(work), check_code=0, env=env)
     for name in (
         "hlsp_synth-jwst_jwst_miri_synth2_f770w_v1p0_img.fits",
         "hlsp_synth-jwst_jwst_nircam_synth1_f200w_v1p0_img.fits",

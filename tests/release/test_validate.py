@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from tests.conftest import hlsp
-
-pytestmark = pytest.mark.slow
+from tests.conftest import hlsp, linked_copy
 
 
 def imgs(release: Path) -> list[Path]:
@@ -95,20 +93,22 @@ def test_img_opens_with_wcs_and_units_on_every_extension(demo_release):
         assert hdul[0].header.get("CHECKSUM") and all("DATASUM" in h.header for h in hdul)
 
 
-def test_published_release_is_never_overwritten(engine_run, demo_release):
-    before = {p: p.stat().st_mtime_ns for p in demo_release.rglob("*")}
+def test_published_release_is_never_overwritten(engine_run, demo_release, tmp_path):
+    releases = linked_copy(demo_release.parent.parent, tmp_path / "releases")
+    published = releases / demo_release.relative_to(demo_release.parent.parent)
+    before = {p: p.stat().st_mtime_ns for p in published.rglob("*")}
     proc = hlsp(
         "package",
         str(engine_run["manifest"]),
         "--workdir",
-        str(engine_run["workdir"]),
+        str(linked_copy(engine_run["workdir"], tmp_path / "work")),
         "--releases",
-        str(demo_release.parent.parent),
+        str(releases),
         check_code=2,
     )
     assert "already published" in proc.stderr
-    assert {p: p.stat().st_mtime_ns for p in demo_release.rglob("*")} == before
-    assert not [p for p in demo_release.parent.iterdir() if p.name.startswith(".staging")]
+    assert {p: p.stat().st_mtime_ns for p in published.rglob("*")} == before
+    assert not [p for p in published.parent.iterdir() if p.name.startswith(".staging")]
 
 
 def test_failed_packaging_publishes_nothing(engine_run, tmp_path):
