@@ -455,7 +455,6 @@ STAGE = Stage(
     inputs=(Input("rate", "same", "lv1", "_rate.fits"),),
     outputs=("_rate.fits", "_destripe1.fits"),
     run="processing.destripe:run",
-    modules=("processing.destripe",),
     parameters=ModelParameters(SingleTileParameters),
     instruments=("nircam",),
     refines=("lv1", "_rate.fits"),

@@ -374,7 +374,6 @@ STAGE = Stage(
     inputs=(Input("cal", "members", "lv2", "_cal.fits"),),
     outputs=("_cal.fits", "_destripe2.fits"),
     run="processing.destripe_multi:run",
-    modules=("processing.destripe_multi", "processing.destripe"),
     parameters=ModelParameters(MultiTileParameters),
     instruments=("nircam",),
     refines=("lv2", "_cal.fits"),

@@ -6,11 +6,11 @@ unit, provenance), runs it in a private scratch folder and publishes its declare
 the content-addressed cache. The scheduler in this process decides what is cached, what runs
 where (processing/executors.py), and what cannot run because something it needs failed.
 
-Cache keys are exact (:meth:`Engine._key`): the stage, its code version (the source of its
-declared modules, :func:`code_version`), the content of every file it reads (raw exposures,
-files the manifest names; by name and sha256, not path, so another machine gets the same
-keys), the keys of the upstream tasks it reads, its parameters and unit, the jwst version and
-the CRDS context's content (:func:`crds_fingerprint`).
+Cache keys are exact (:meth:`Engine._key`): the stage, its code version (the source of every
+project module it can execute, found by following its imports: :func:`code_version`), the
+content of every file it reads (raw exposures, files the manifest names; by name and sha256,
+not path, so another machine gets the same keys), the keys of the upstream tasks it reads, its
+parameters and unit, the jwst version and the CRDS context's content (:func:`crds_fingerprint`).
 
 Failures (a corrupt input, a missing file, a jwst step or CRDS error, a worker that died) fail
 their task with a message naming the file and stage; tasks that need it are skipped;
@@ -50,26 +50,100 @@ PROVENANCE_KEYWORDS = ("HLSPMANI", "HLSPTASK", "HLSPCODE", "HLSPJWST", "HLSPCRDS
 WORKER_MEMORY_GB = 2.5
 
 
-def _module_sources(module: str) -> list[tuple[str, bytes]]:
-    """The source files of a module, or of every module of a package (a stage folder)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        raise HlspError(f"stage module {module} cannot be found")
-    if spec.submodule_search_locations:
-        root = Path(spec.origin).parent
-        return [(f"{module}/{p.relative_to(root).as_posix()}", p.read_bytes()) for p in sorted(root.rglob("*.py"))]
-    return [(module, Path(spec.origin).read_bytes())]
+#: Top-level packages whose modules count as a stage's code (besides the stage's own package).
+PROJECT_PACKAGES = ("processing",)
 
 
 @functools.cache
-def code_version(modules: tuple[str, ...]) -> str:
-    """Engine version + hash of the stage's declared modules: editing one stage's module
-    changes that stage's keys (and so its dependents'), never another stage's."""
+def _package_dirs(top: str) -> tuple[Path, ...]:
+    """Where a top-level package's modules live (found without importing it)."""
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        return ()
+    if spec.submodule_search_locations:
+        return tuple(Path(d) for d in spec.submodule_search_locations)
+    return (Path(spec.origin).parent,) if spec.origin else ()
+
+
+def _module_file(name: str) -> tuple[Path | None, bool]:
+    """``(source file, is a package)`` of a project module by dotted name, ``(None, False)`` if
+    it is not a module (an attribute imported from one) or has no file (a namespace package)."""
+    top, *rest = name.split(".")
+    for d in _package_dirs(top):
+        base = d.joinpath(*rest) if rest else d
+        if rest and base.with_suffix(".py").is_file():
+            return base.with_suffix(".py"), False
+        if (base / "__init__.py").is_file():
+            return base / "__init__.py", True
+        if not rest and d.is_file():  # a top-level single-file module
+            return d, False
+    if not rest:
+        spec = importlib.util.find_spec(top)
+        if spec is not None and spec.origin and spec.origin.endswith(".py") and not spec.submodule_search_locations:
+            return Path(spec.origin), False
+    return None, False
+
+
+def _imported_names(name: str, source: bytes, is_package: bool) -> set[str]:
+    """Every module name a module's source can import, at any depth (inside functions too): for
+    ``from a import b`` both ``a`` and ``a.b`` (``b`` may be a module)."""
+    import ast
+
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the module's own package
+                package = name.split(".") if is_package else name.split(".")[:-1]
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join(package + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names if a.name != "*"}
+    # importing a.b.c runs a/__init__.py and a/b/__init__.py first
+    return out | {".".join(m.split(".")[:i]) for m in out for i in range(1, m.count(".") + 1)}
+
+
+@functools.cache
+def code_closure(module: str) -> tuple[tuple[str, Path], ...]:
+    """The project modules a stage can execute: ``module`` (its run function's), its packages,
+    and every module they import, at any depth and inside functions too, within the project's
+    packages (:data:`PROJECT_PACKAGES` and ``module``'s own top-level package). Sorted
+    ``(dotted name, source file)`` pairs. Found by reading the sources, never by importing."""
+    tops = set(PROJECT_PACKAGES) | {module.split(".")[0]}
+    seen: dict[str, Path] = {}
+    todo = [module] + [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
+    while todo:
+        name = todo.pop()
+        if name in seen or name.split(".")[0] not in tops:
+            continue
+        path, is_package = _module_file(name)
+        if path is None:
+            if name == module:
+                raise HlspError(f"stage module {module} cannot be found")
+            continue
+        seen[name] = path
+        todo += sorted(_imported_names(name, path.read_bytes(), is_package) - set(seen))
+    return tuple(sorted(seen.items()))
+
+
+@functools.cache
+def code_version(run: str) -> str:
+    """Engine version + hash of every project module a stage's run function (``module:function``)
+    can execute (:func:`code_closure`): derived from the code, never a hand-kept list. Editing a
+    module changes the keys of exactly the stages that can run it (and so their dependents')."""
     h = hashlib.sha256(ENGINE_VERSION.encode())
-    for module in sorted(modules):
-        for name, src in _module_sources(module):
-            h.update(name.encode() + b"\0" + src)
+    for name, path in code_closure(run.partition(":")[0]):
+        h.update(name.encode() + b"\0" + path.read_bytes())
     return f"{ENGINE_VERSION}+{h.hexdigest()[:12]}"
+
+
+def clear_code_caches() -> None:
+    """Forget the code versions (a long-lived process whose modules were edited, e.g. tests)."""
+    for f in (code_version, code_closure, _package_dirs):
+        f.cache_clear()
 
 
 def installed_jwst() -> str:
@@ -168,7 +242,7 @@ def execute_task(spec: dict) -> dict:
     key = spec["key"]
     if (rec := cache.lookup(key)) is not None:
         return rec
-    here = code_version(tuple(spec["modules"]))
+    here = code_version(spec["run"])
     if here != spec["code_version"]:
         raise WorkFailed(
             f"{spec['task']}: this worker's code of stage {spec['stage']} ({here}) differs from the "
@@ -425,7 +499,7 @@ class Engine:
             "inputs": hashes,
             "params": task.params,
             "context": task.context,
-            "code": code_version(stage.modules),
+            "code": code_version(stage.run),
             "jwst": self.jwst_version,
             "crds": self.crds,
             # a product made against the pin's wishes says so in its header: a different result
@@ -441,8 +515,7 @@ class Engine:
             "key": key,
             "cache": str(self.cache.root),
             "run": stage.run,
-            "modules": list(stage.modules),
-            "code_version": code_version(stage.modules),
+            "code_version": code_version(stage.run),
             "outputs": stage.concrete_outputs(task.context.get("variants")),
             "required_outputs": self._required_outputs(task),
             "env": self.env,
@@ -455,7 +528,7 @@ class Engine:
                 "manifest_file": str(self.lm.path),
                 "task_key": key,
                 "task": task.id,
-                "code_version": code_version(stage.modules),
+                "code_version": code_version(stage.run),
                 "jwst_version": self.jwst_version,
                 "jwst_pinned": self.lm.manifest.pins.jwst,
                 "crds_context": self.lm.manifest.pins.crds_context,

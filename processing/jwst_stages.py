@@ -315,8 +315,6 @@ def _parameters(stage: str, pipeline: str) -> JwstParameters:
     )
 
 
-_MODULES = ("processing.jwst_stages",)
-
 DETECTOR1 = Stage(
     name="lv1",
     unit="exposure",
@@ -324,7 +322,6 @@ DETECTOR1 = Stage(
     inputs=(Input("uncal", "raw"),),
     outputs=("_rate.fits",),
     run="processing.jwst_stages:run_lv1",
-    modules=_MODULES,
     parameters=_parameters("lv1", "jwst.pipeline:Detector1Pipeline"),
     memory_gb=2.5,
     description="calwebb_detector1: ramps to count-rate images",
@@ -338,7 +335,6 @@ IMAGE2 = Stage(
     ),
     outputs=("_cal.fits",),
     run="processing.jwst_stages:run_lv2",
-    modules=_MODULES,
     parameters=_parameters("lv2", "jwst.pipeline:Image2Pipeline"),
     memory_gb=2.5,
     description="calwebb_image2: flat field, photometric calibration, MIRI off-field background",
@@ -349,7 +345,6 @@ IMAGE3 = Stage(
     inputs=(Input("cal", "members", "lv2", "_cal.fits"),),
     outputs=("_i2d.fits", "_crf.fits"),
     run="processing.jwst_stages:run_lv3",
-    modules=_MODULES,
     parameters=_parameters("lv3", "jwst.pipeline:Image3Pipeline"),
     products=(Product("img", "_i2d.fits"),),
     memory_gb=2.5,

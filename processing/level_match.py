@@ -926,7 +926,6 @@ STAGE = Stage(
     ),
     outputs=("_cal.fits", "_levels.ecsv", "_level_pairs.ecsv"),
     run="processing.level_match:run",
-    modules=("processing.level_match", "processing.lyot", "processing.destripe_multi"),
     parameters=ModelParameters(LevelMatchParameters),
     refines=("lv2", "_cal.fits"),
     memory_gb=2.5,

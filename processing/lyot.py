@@ -259,7 +259,6 @@ STAGE = Stage(
     inputs=(Input("cal", "same", "lv2", "_cal.fits"),),
     outputs=("_cal.fits", CORON_SUFFIX),
     run="processing.lyot:run",
-    modules=("processing.lyot",),
     parameters=ModelParameters(LyotParameters),
     instruments=("miri",),
     refines=("lv2", "_cal.fits"),

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from processing.errors import BadInput
 from processing.inputs import RawExposure, TargetBandInputs, assign_exposures, scan_exposures
 from processing.parameters import resolve_parameters
-from processing.stages import Registry, Stage, default_registry, resolve
+from processing.registry import default_registry
+from processing.stages import Registry, Stage, resolve
 
 if TYPE_CHECKING:  # release/ depends on processing/, never the reverse
     from release.manifest import LoadedManifest

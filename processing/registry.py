@@ -4,6 +4,8 @@ connections (processing/stages.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from processing import destripe, destripe_multi, jwst_stages, level_match, lyot
 from processing.anchoring import stage as anchoring
 from processing.astrometry import absolute, relative
@@ -25,3 +27,23 @@ REGISTRY = Registry(
         psf_matching.STAGE,  # the anchored mosaic convolved to each Gaussian resolution of the manifest
     ],
 )
+
+
+def default_registry() -> Registry:
+    """This system's stages (what the engine, the manifest checks and the release side use).
+
+    Only the engine, the manifest and the release side import this module: a stage module
+    never does (its code version is the code it can reach, see processing/executor.py)."""
+    return REGISTRY
+
+
+def check_stage_parameters(stages: dict[str, Any], path: str) -> list[tuple[str, str]]:
+    """Problems with one ``{stage: parameters}`` table of a manifest found at dotted ``path``."""
+    return REGISTRY.check_parameters(stages, path)[0]
+
+
+def normalise_stage_parameters(stages: dict[str, Any], path: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+    """``(problems, values)``: the problems of one ``{stage: parameters}`` table at dotted
+    ``path``, and the table with every value as the stage will receive it (integers given for
+    float parameters become floats)."""
+    return REGISTRY.check_parameters(stages, path)

@@ -2,11 +2,12 @@
 
 A :class:`Stage` names its unit of work, its inputs as named connections to upstream stages
 (or to files named by the manifest), the outputs it writes, its parameters, the function that
-runs it (by dotted name, so any worker can import it), the source modules that make its code
-version, and the release products it provides. From the declarations alone the engine builds
-the task graph (processing/pipeline.py), the cache keys and the product index
-(processing/executor.py); the manifest validation and the generated manifest reference take
-the parameters from them. The registry of this system's stages is processing/registry.py.
+runs it (by dotted name, so any worker can import it; the project modules it can execute,
+found by following imports, make its code version) and the release products it provides.
+From the declarations alone the engine builds the task graph (processing/pipeline.py), the
+cache keys and the product index (processing/executor.py); the manifest validation and the
+generated manifest reference take the parameters from them. The registry of this system's
+stages is processing/registry.py.
 
 Adding a stage: write its module (the pure algorithm on arrays and a thin adapter with the
 signature of :data:`RunFunction`), declare it with ``STAGE = Stage(...)`` there, and add it to
@@ -181,7 +182,6 @@ class Stage:
     inputs: tuple[Input, ...]
     outputs: tuple[str, ...]
     run: str
-    modules: tuple[str, ...]
     parameters: ParameterSpec
     products: tuple[Product, ...] = ()
     instruments: tuple[str, ...] = ("nircam", "miri")
@@ -374,25 +374,3 @@ class Registry:
                     (p, f"unknown stage '{stage}'{did_you_mean(stage, list(self.stages) + list(self.planned))}")
                 )
         return problems, values
-
-
-def default_registry() -> Registry:
-    from processing.registry import REGISTRY
-
-    return REGISTRY
-
-
-def check_stage_parameters(stages: dict[str, Any], path: str) -> list[tuple[str, str]]:
-    """Problems with one ``{stage: parameters}`` table of a manifest found at dotted ``path``."""
-    return default_registry().check_parameters(stages, path)[0]
-
-
-def normalise_stage_parameters(stages: dict[str, Any], path: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    """``(problems, values)``: the problems of one ``{stage: parameters}`` table at dotted
-    ``path``, and the table with every value as the stage will receive it (integers given for
-    float parameters become floats)."""
-    return default_registry().check_parameters(stages, path)
-
-
-def known_stages() -> list[str]:
-    return list(default_registry().order)

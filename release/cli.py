@@ -124,7 +124,7 @@ def plan(
     """Show what a run of this manifest would do, product by product, and what is cached."""
     from processing.instruments import instrument_of
     from processing.parameters import resolve_parameters
-    from processing.stages import default_registry
+    from processing.registry import default_registry
     from release.manifest import file_version
     from release.naming import make_name
 

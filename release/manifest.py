@@ -713,7 +713,7 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
 
 
 def _check_layers(layers: ParameterLayers, path: str, bands: list[str], insts: set[str]) -> list[tuple[str, str]]:
-    from processing.stages import check_stage_parameters
+    from processing.registry import check_stage_parameters
 
     problems = check_stage_parameters(layers.default, f"{path}.default")
     for inst, stages in layers.instrument.items():
@@ -862,7 +862,7 @@ def _normalise_parameters(m: Manifest) -> Manifest:
     """The manifest with every step parameter as the stage will receive it (ints for floats
     become floats): the value that reaches a stage, the content hash and the cache keys are
     those of the validated value."""
-    from processing.stages import normalise_stage_parameters
+    from processing.registry import normalise_stage_parameters
 
     data = m.model_dump(mode="python")
 

@@ -249,7 +249,7 @@ PRODUCT_WRITERS = {
 
 
 def _target_tables() -> dict:
-    from processing.stages import default_registry
+    from processing.registry import default_registry
 
     return default_registry().target_tables()
 
@@ -628,7 +628,7 @@ def render_readme(lm: LoadedManifest, files: list[PackagedFile], simulated: bool
         lstrip_blocks=True,
     )
     flags = sorted(((int(np.log2(v)), k, v) for k, v in dqflags.pixel.items() if v), key=lambda x: x[2])
-    from processing.stages import default_registry
+    from processing.registry import default_registry
 
     wanted = {i.lower() for i in m.program.instruments}
     stages = [

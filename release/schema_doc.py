@@ -91,7 +91,7 @@ def reference_text() -> str:
 
 def _stage_reference() -> list[str]:
     """The stages a manifest may set parameters of, from their declarations."""
-    from processing.stages import default_registry
+    from processing.registry import default_registry
 
     reg = default_registry()
     lines = [

@@ -458,7 +458,7 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
                 else f"{target} {band.upper()} is in the release manifest {toml_rel} but its {product} file is missing",
             )
     # per-target tables (e.g. anchoring): one per target, filter 'multi', every band in it
-    from processing.stages import default_registry
+    from processing.registry import default_registry
     from release.naming import collection_instrument
 
     tables = default_registry().target_tables()

@@ -99,7 +99,7 @@ class Mosaic:
 
 def psf_fwhm(band: str) -> float:
     """The band's PSF FWHM, arcsec (the astrometry stages' table: 1.03 lambda / D)."""
-    from processing.astrometry.match import psf_fwhm_arcsec
+    from processing.common.psf import psf_fwhm_arcsec
 
     return float(psf_fwhm_arcsec(band))
 
@@ -556,7 +556,6 @@ STAGE = Stage(
     ),
     outputs=("_i2d.fits", "_tweakback.tar.gz", "_anchoring.ecsv", "_anchoring.png"),
     run="processing.anchoring.stage:run",
-    modules=("processing.anchoring",),
     parameters=ModelParameters(AnchoringParameters, INSTRUMENT_DEFAULTS),
     products=(
         Product("img", "_i2d.fits"),

@@ -312,7 +312,6 @@ STAGE = Stage(
     ),
     outputs=("_i2d.fits", "_tweakback.tar.gz", "_astrometry.ecsv", "_astrometry.png"),
     run="processing.astrometry.absolute:run",
-    modules=("processing.astrometry",),
     parameters=ModelParameters(AbsoluteParameters, ABSOLUTE_DEFAULTS),
     products=(Product("img", "_i2d.fits"), Product("tweakback", "_tweakback.tar.gz")),
     refines=("lv3", "_i2d.fits"),

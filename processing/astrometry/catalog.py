@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from processing.astrometry.match import detect_sources, psf_fwhm_arcsec, select_catalog, to_tangent
+from processing.astrometry.match import detect_sources, select_catalog, to_tangent
+from processing.common.psf import psf_fwhm_arcsec
 from processing.errors import BadInput
 
 

@@ -18,20 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-#: JWST's primary mirror (m), for the diffraction-limited FWHM 1.03 lambda / D.
-JWST_DIAMETER_M = 6.5
 _RAD_TO_ARCSEC = 180.0 / np.pi * 3600.0
-
-
-def psf_fwhm_arcsec(band: str) -> float:
-    """Diffraction-limited PSF FWHM (arcsec) of a JWST imaging band, ``1.03 lambda / D`` with
-    lambda from the filter name (F200W: 2.00 um -> 0.065"; F1000W: 0.33"; F2100W: 0.69",
-    within 6% of the paper's Table 2 from F200W to F2100W)."""
-    digits = "".join(ch for ch in band.upper()[1:] if ch.isdigit())
-    if not digits:
-        raise ValueError(f"band '{band}' has no wavelength in its name")
-    wavelength_um = int(digits) / 100.0
-    return 1.03 * wavelength_um * 1e-6 / JWST_DIAMETER_M * _RAD_TO_ARCSEC
 
 
 # -- tangent plane ---------------------------------------------------------------------------

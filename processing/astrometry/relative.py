@@ -255,7 +255,6 @@ STAGE = Stage(
     ),
     outputs=("_cal.fits", "_visit_shifts.ecsv"),
     run="processing.astrometry.relative:run",
-    modules=("processing.astrometry",),
     parameters=ModelParameters(RelativeParameters, INSTRUMENT_DEFAULTS),
     refines=("lv2", "_cal.fits"),
     memory_gb=2.0,

@@ -4,7 +4,7 @@ out.
 
 - :func:`circularise`: the PSF averaged over rotations about its centre (Aniano: the kernels
   are made from circularised PSFs, so that they do not depend on the telescope's orientation);
-- :func:`gaussian`: a normalised circular Gaussian on the same grid;
+- :func:`gaussian` (processing/common/psf.py): a normalised circular Gaussian on the same grid;
 - :func:`make_kernel`: the ratio of Fourier transforms (photutils ``make_kernel``) with
   Aniano's low-pass filter (a cosine taper between 0.7 k_H and k_H, k_H where the source PSF's
   transform falls to 0.5% of its peak), normalised to sum 1;
@@ -15,7 +15,7 @@ out.
 - :func:`to_pixel_scale`: the kernel on the mosaic's pixel grid.
 
 Grids: square arrays with the PSF centred on the array centre ((n - 1) / 2 on each axis, as
-processing/simulate/external.py writes them and WebbPSF/stpsf do), ``pixscale`` arcsec per pixel.
+the synthetic program writes them and WebbPSF/stpsf do), ``pixscale`` arcsec per pixel.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import math
 
 import numpy as np
 
-FWHM_TO_SIGMA = 1.0 / math.sqrt(8.0 * math.log(2.0))
+from processing.common.psf import FWHM_TO_SIGMA, gaussian, measure_fwhm
+
 #: Aniano et al. (2011): W- of very safe, safe and aggressive kernels
 SAFETY = {"very_safe": 0.3, "safe": 0.5, "aggressive": 1.0}
 
@@ -52,19 +53,6 @@ def circularise(psf: np.ndarray, n_angles: int = 36) -> np.ndarray:
         acc += rotate(psf, angle, reshape=False, order=3, mode="constant", cval=0.0)
     acc = np.clip(acc, 0.0, None)
     return acc / acc.sum()
-
-
-def gaussian(n: int, pixscale: float, fwhm_arcsec: float, centre: float | None = None) -> np.ndarray:
-    """A circular Gaussian of ``fwhm_arcsec`` on an (n, n) grid, centred on ``centre`` (pixels,
-    both axes; default the array centre), sum 1 (pixel values are the integral over each pixel)."""
-    from scipy.special import ndtr
-
-    c = (n - 1) / 2.0 if centre is None else centre
-    s = fwhm_arcsec * FWHM_TO_SIGMA / pixscale
-    edges = np.arange(n + 1) - 0.5 - c
-    one = np.diff(ndtr(edges / s))
-    g = np.outer(one, one)
-    return g / g.sum()
 
 
 def radial_frequency(n: int) -> np.ndarray:
@@ -198,8 +186,6 @@ def safe_fwhm(
     """Narrowest Gaussian FWHM (arcsec) whose kernel from ``source`` (odd, centred) has
     W- <= ``w_max`` (bisection: W- falls as the target widens). ``lo``/``hi``: the bracket
     (default: the source's FWHM and 4x it); NaN if even ``hi`` is not safe enough."""
-    from processing.simulate.external import measure_fwhm
-
     src = circularise(source)
     f0 = measure_fwhm(src, pixscale)
     lo = f0 if lo is None else lo

@@ -129,7 +129,7 @@ def band_kernel(
     Refused (:class:`WorkFailed` naming ``label``) when the band cannot reach the resolution."""
     from scipy.signal import fftconvolve
 
-    from processing.simulate.external import measure_fwhm
+    from processing.common.psf import measure_fwhm
 
     if fwhm_arcsec <= psf_fwhm:
         raise WorkFailed(
@@ -334,7 +334,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     from astropy.io import fits
     from astropy.table import Table
 
-    from processing.simulate.external import measure_fwhm
+    from processing.common.psf import measure_fwhm
 
     t0 = time.time()
     p = PsfMatchingParameters(**params)
@@ -460,7 +460,6 @@ STAGE = Stage(
     ),
     outputs=("_{variant}.fits", "_{variant}_kernel.fits", "_psf_matching.ecsv", "_psf_matching.png"),
     run="processing.psf_matching.stage:run",
-    modules=("processing.psf_matching",),
     parameters=ModelParameters(PsfMatchingParameters),
     products=(Product("img-{variant}", "_{variant}.fits"), Product("psf-matching", "_psf_matching.ecsv", per="target")),
     variants="processing.psf_matching.stage:variants",

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from processing.common.psf import gaussian, measure_fwhm
 from processing.simulate.detectors import FILTERS
 from processing.simulate.sky import (
     _FWHM_TO_SIGMA,
@@ -624,47 +625,15 @@ def psf_model(band: str, oversample: int = 4, fov_pixels: int = 81) -> tuple[np.
     return psf / psf.sum(), scale / oversample
 
 
-def measure_fwhm(image: np.ndarray, pixscale: float) -> float:
-    """FWHM (in the units of ``pixscale``) of a centred, roughly circular PSF.
-
-    The core (pixels above 30% of the maximum) is fitted with a polynomial in r^2 (degree 4)
-    of the distance r to the array centre; the FWHM is twice the radius where the fit falls to
-    half of its value at r = 0. Accurate to ~1% for an Airy or Gaussian core sampled by a few
-    pixels per FWHM or more, whether the centre falls on a pixel or between pixels.
-    """
-    img = np.asarray(image, float)
-    ny, nx = img.shape
-    yy, xx = np.indices(img.shape, dtype=float)
-    r2 = (xx - (nx - 1) / 2.0) ** 2 + (yy - (ny - 1) / 2.0) ** 2
-    core = img > 0.3 * img.max()
-    t = r2[core] / r2[core].max()  # in [0, 1]: a well-conditioned fit
-    deg = int(min(4, np.unique(np.round(t, 9)).size - 1))
-    poly = np.polynomial.Polynomial.fit(t, img[core] / img.max(), deg, domain=[0.0, 1.0], window=[0.0, 1.0])
-    half = poly(0.0) / 2.0
-    roots = (poly - half).roots()
-    real = roots[(abs(roots.imag) < 1e-9) & (roots.real > 0) & (roots.real < 2.0)].real
-    if real.size == 0:
-        raise ValueError("no half-maximum crossing found")
-    r2_half = real.min() * r2[core].max()
-    return float(2.0 * math.sqrt(r2_half) * pixscale)
-
-
 def gaussian_psf(band: str, oversample: int = 4, fov_pixels: int = 81) -> tuple[np.ndarray, float]:
     """The PSF the synthetic sky is rendered with (processing/simulate/sky.py: compact
     components are Gaussians of the band's Table 2 FWHM), on the grid of :func:`psf_model`:
     pixel values are the Gaussian integrated over each oversampled pixel, sum 1, centred on the
     array centre."""
-    from scipy.special import ndtr
-
     from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 
     pixscale = PIXEL_SCALE_ARCSEC[channel_of(band)] / oversample
-    n = fov_pixels * oversample
-    sigma = FILTERS[band]["fwhm"] * _FWHM_TO_SIGMA / pixscale
-    edges = np.arange(n + 1) - n / 2.0  # pixel edges about the array centre
-    prof = np.diff(ndtr(edges / sigma))
-    psf = np.outer(prof, prof)
-    return psf / psf.sum(), pixscale
+    return gaussian(fov_pixels * oversample, pixscale, FILTERS[band]["fwhm"]), pixscale
 
 
 def write_psf_models(outdir: Path, bands: list[str], oversample: int = 4, fov_pixels: int = 81) -> dict:

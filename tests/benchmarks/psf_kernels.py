@@ -29,8 +29,8 @@ def measure(program: Path, resolutions=(0.85, 0.90, 1.00)) -> list[dict]:
     from astropy.io import fits
     from scipy.signal import fftconvolve
 
+    from processing.common.psf import measure_fwhm
     from processing.psf_matching import kernels as K
-    from processing.simulate.external import measure_fwhm
 
     rows = []
     # the JWST-like diffraction PSFs (the sky's own are Gaussians: their kernels are trivial)

@@ -65,10 +65,10 @@ def point_sources(program: Path, resolutions=(0.85, 0.90, 1.00)) -> list[dict]:
     """Point sources of the JWST-like PSFs through their kernels, at the mosaics' pixel scale."""
     from astropy.io import fits
 
+    from processing.common.psf import measure_fwhm
     from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
     from processing.psf_matching import convolve as C
     from processing.psf_matching import kernels as K
-    from processing.simulate.external import measure_fwhm
 
     rows = []
     for path in sorted(Path(program, "psf", "jwst-like").glob("psf_*.fits")):
@@ -196,7 +196,7 @@ import numpy as np
 from astropy.io import fits
 from processing.psf_matching import convolve as C, kernels as K
 from processing.psf_matching.stage import band_kernel, PsfMatchingParameters
-from processing.simulate.external import measure_fwhm
+from processing.common.psf import measure_fwhm
 tmp, n = Path(sys.argv[1]), int(sys.argv[2])
 psf = sys.argv[3]
 h = fits.getheader(psf)

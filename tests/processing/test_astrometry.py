@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from processing.astrometry import match as M
+from processing.common.psf import psf_fwhm_arcsec
 
 
 def _field(rng, n=300, half=40.0):
@@ -216,9 +217,9 @@ def test_a_missing_catalogue_file_is_refused_before_any_work(engine_run, tmp_pat
 
 
 def test_psf_fwhm_from_the_band_name():
-    assert M.psf_fwhm_arcsec("F200W") == pytest.approx(0.064, rel=0.03)
-    assert M.psf_fwhm_arcsec("F1000W") == pytest.approx(0.328, rel=0.03)
-    assert M.psf_fwhm_arcsec("f2100w") == pytest.approx(0.674, rel=0.05)
+    assert psf_fwhm_arcsec("F200W") == pytest.approx(0.064, rel=0.03)
+    assert psf_fwhm_arcsec("F1000W") == pytest.approx(0.328, rel=0.03)
+    assert psf_fwhm_arcsec("f2100w") == pytest.approx(0.674, rel=0.05)
 
 
 # -- the stages on the engine run (effects program: F200W and F770W, both reference bands

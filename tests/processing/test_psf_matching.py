@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from processing.common.psf import measure_fwhm
 from processing.psf_matching import kernels as K
-from processing.simulate.external import measure_fwhm
 
 
 def _airy_like(n=161, pixscale=0.02, fwhm=0.3):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -20,7 +21,7 @@ from astropy.io import fits
 
 from processing import executor as executor_mod
 from processing.errors import BadInput
-from processing.executor import Engine, code_version
+from processing.executor import Engine, clear_code_caches
 from processing.pipeline import build_graph
 from processing.stages import Input, ModelParameters, Product, Registry, RegistryError, Stage
 from release.manifest import load_manifest
@@ -123,7 +124,7 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", f"{mods}:{REPO}")  # spawned workers import them too
     for name in ("toy_a", "toy_b", "toy_visit"):
         sys.modules.pop(name, None)
-    code_version.cache_clear()
+    clear_code_caches()
     raw = tmp_path / "raw"
     raw.mkdir()
     n = 0
@@ -176,7 +177,6 @@ def _registry(extra: list[Stage] | None = None) -> Registry:
         (Input("raw", "raw"),),
         ("_toya.fits",),
         "toy_a:run",
-        ("toy_a",),
         ModelParameters(Gain, {"miri": {"gain": 3.0}}),
         exposures="all",
         memory_gb=0.1,
@@ -187,7 +187,6 @@ def _registry(extra: list[Stage] | None = None) -> Registry:
         (Input("rate", "same", "toy_a", "_toya.fits"), Input("ref", "visit_reference", "toy_a", "_toya.fits")),
         ("_toyv.fits",),
         "toy_visit:run",
-        ("toy_visit",),
         ModelParameters(Ref),
         instruments=("nircam",),
         memory_gb=0.1,
@@ -198,7 +197,6 @@ def _registry(extra: list[Stage] | None = None) -> Registry:
         (Input("members", "members", "toy_a", "_toya.fits"), Input("catalog", "manifest_file", files="toy_b:catalog")),
         ("_toyb.fits",),
         "toy_b:run",
-        ("toy_b",),
         ModelParameters(Ref),
         products=(Product("img", "_toyb.fits"),),
         memory_gb=0.1,
@@ -222,22 +220,16 @@ def test_registry_orders_stages_by_their_connections_and_refuses_bad_declaration
     with pytest.raises(RegistryError, match="declared twice"):
         Registry([a, a])
     with pytest.raises(RegistryError, match="reads 'nope', which is not declared"):
-        Registry(
-            [
-                Stage(
-                    "x", "exposure", (Input("i", "same", "nope", "_a.fits"),), ("_x.fits",), "m:f", ("m",), a.parameters
-                )
-            ]
-        )
+        Registry([Stage("x", "exposure", (Input("i", "same", "nope", "_a.fits"),), ("_x.fits",), "m:f", a.parameters)])
     with pytest.raises(RegistryError, match="cycle"):
         Registry(
             [
-                Stage("x", "target_band", (Input("i", "same", "y", ""),), ("_x",), "m:f", ("m",), a.parameters),
-                Stage("y", "target_band", (Input("i", "same", "x", ""),), ("_y",), "m:f", ("m",), a.parameters),
+                Stage("x", "target_band", (Input("i", "same", "y", ""),), ("_x",), "m:f", a.parameters),
+                Stage("y", "target_band", (Input("i", "same", "x", ""),), ("_y",), "m:f", a.parameters),
             ]
         )
     with pytest.raises(RegistryError, match="relation 'sideways'"):
-        Registry([Stage("x", "exposure", (Input("i", "sideways", "x", ""),), ("_x",), "m:f", ("m",), a.parameters)])
+        Registry([Stage("x", "exposure", (Input("i", "sideways", "x", ""),), ("_x",), "m:f", a.parameters)])
 
 
 def test_graph_from_declarations(toy):
@@ -286,14 +278,79 @@ def test_editing_a_stage_module_changes_that_stage_and_its_dependents_only(toy):
     reg = _registry()
     before = _engine(toy, reg).task_keys()
     (toy["mods"] / "toy_visit.py").write_text(TOY_VISIT + "\n# a change\n")
-    code_version.cache_clear()
+    clear_code_caches()
     after = _engine(toy, reg).task_keys()
     changed = {t for t in before if before[t] != after[t]}
     assert changed == {t for t in before if t.startswith("toy_visit/")}
     (toy["mods"] / "toy_a.py").write_text(TOY_A + "\n# a change\n")
-    code_version.cache_clear()
+    clear_code_caches()
     again = _engine(toy, reg).task_keys()
     assert {t for t in after if after[t] != again[t]} == set(before)  # everything reads toy_a
+
+
+def test_a_module_imported_inside_a_function_is_part_of_the_stage_code(toy):
+    """The code version is derived by following imports, inside functions too: editing a
+    module toy_visit imports only within its run function changes toy_visit's keys (it has no
+    dependents here) and nothing else's; a module of the same package it never imports does not."""
+    import dataclasses
+
+    pkg = toy["mods"] / "toypkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "scale.py").write_text("FACTOR = 1\n")
+    (pkg / "unused.py").write_text("X = 1\n")
+    (pkg / "visit.py").write_text(
+        TOY_VISIT.replace(
+            "def run(inputs, outdir, params, context):\n",
+            "def run(inputs, outdir, params, context):\n    from toypkg.scale import FACTOR  # only here\n",
+        )
+    )
+    base = _registry()
+    reg = Registry(
+        [dataclasses.replace(base[n], run="toypkg.visit:run") if n == "toy_visit" else base[n] for n in base.order]
+    )
+    from processing.executor import code_closure
+
+    assert [n for n, _ in code_closure("toypkg.visit")] == ["toypkg", "toypkg.scale", "toypkg.visit"]
+    before = _engine(toy, reg).task_keys()
+    (pkg / "unused.py").write_text("X = 2\n")
+    clear_code_caches()
+    assert _engine(toy, reg).task_keys() == before
+    (pkg / "scale.py").write_text("FACTOR = 2\n")
+    clear_code_caches()
+    after = _engine(toy, reg).task_keys()
+    assert {t for t in before if before[t] != after[t]} == {t for t in before if t.startswith("toy_visit/")}
+
+
+def test_the_real_stages_code_is_what_they_import(tmp_path):
+    """On a temporary copy of processing/: editing lyot.py (which level matching imports only
+    inside its functions) changes the code version of lyot and level_match, no other stage's;
+    every stage's code excludes the registry and the synthetic program."""
+    import shutil
+    import subprocess
+
+    probe = (
+        "import json; from processing.registry import REGISTRY; from processing.executor import code_version, "
+        "code_closure; print(json.dumps({s: [code_version(REGISTRY[s].run), [n for n, _ in "
+        "code_closure(REGISTRY[s].run.split(':')[0])]] for s in REGISTRY.order}))"
+    )
+
+    def versions(root):
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        out = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    copy = tmp_path / "src"
+    shutil.copytree(REPO / "processing", copy / "processing", ignore=shutil.ignore_patterns("__pycache__"))
+    before = versions(copy)
+    for stage, (_, modules) in before.items():
+        assert not [m for m in modules if m.startswith("processing.simulate") or m == "processing.registry"], stage
+    assert "processing.lyot" in before["level_match"][1]
+    lyot = copy / "processing" / "lyot.py"
+    lyot.write_text(lyot.read_text() + "\n# an edit\n")
+    after = versions(copy)
+    assert {s for s in before if before[s][0] != after[s][0]} == {"lyot", "level_match"}
 
 
 def test_replacing_an_input_file_changes_exactly_the_tasks_that_read_it(toy):
@@ -397,7 +454,6 @@ def test_a_toy_stage_added_in_its_declaration_alone_runs_and_provides_its_produc
         (Input("bands", "members", "toy_b", "_toyb.fits"),),
         ("_toyc.fits",),
         "toy_c:run",
-        ("toy_c",),
         ModelParameters(NoParams),
         instruments=("nircam",),
         products=(Product("img-sum", "_toyc.fits"),),
@@ -476,7 +532,6 @@ def test_a_local_worker_that_dies_fails_its_task_named_and_the_rest_still_run(to
         (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
         ("_die.fits",),
         "toy_die:run",
-        ("toy_die",),
         ModelParameters(Marker),
         memory_gb=0.1,
     )
@@ -546,7 +601,6 @@ def test_a_stage_that_refines_an_output_in_place_is_read_by_every_reader(toy):
         (Input("data", "same", "toy_a", "_toya.fits"),),
         ("_toya.fits",),
         "toy_fix:run",
-        ("toy_fix",),
         ModelParameters(NoParams),
         instruments=("nircam",),
         refines=("toy_a", "_toya.fits"),
@@ -577,7 +631,6 @@ def test_a_stage_that_refines_an_output_in_place_is_read_by_every_reader(toy):
                     (),
                     ("_toya.fits",),
                     "m:f",
-                    ("m",),
                     fix.parameters,
                     refines=("toy_a", "_toya.fits"),
                 ),
@@ -618,7 +671,6 @@ def test_a_wider_stage_refines_every_member_exposure_and_each_reader_gets_its_ow
         (Input("members", "members", "toy_a", "_toya.fits"),),
         ("_toya.fits",),
         "toy_wide:run",
-        ("toy_wide",),
         ModelParameters(WideParams),
         instruments=("nircam",),
         refines=("toy_a", "_toya.fits"),
@@ -687,7 +739,6 @@ def test_a_stage_with_variants_writes_and_provides_one_product_per_manifest_valu
         (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
         ("_{variant}.fits",),
         "toy_s:run",
-        ("toy_s",),
         ModelParameters(NoParams),
         products=(Product("img-{variant}", "_{variant}.fits"),),
         variants="toy_s:variants",
@@ -702,7 +753,6 @@ def test_a_stage_with_variants_writes_and_provides_one_product_per_manifest_valu
                     (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
                     ("_{variant}.fits",),
                     "toy_s:run",
-                    ("toy_s",),
                     ModelParameters(NoParams),
                 )
             ]
