@@ -550,11 +550,22 @@ class Manifest(StrictModel):
             and (not self.patch.bands or band.upper() in self.patch.bands)
         )
 
+    def written(self) -> dict[str, Any]:
+        """What the release team wrote (patch inheritance resolved), as validated: every setting
+        given in the file, none filled in by a default (the resolved values, defaults included,
+        are the model itself and each product's provenance)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The manifest's identity as canonical JSON: the schema version and :meth:`written`."""
+        return json.dumps(
+            {"schema_version": SCHEMA_VERSION, "manifest": self.written()}, sort_keys=True, separators=(",", ":")
+        )
 
     def content_hash(self) -> str:
-        """sha256 of the validated content (formatting and comments do not change it)."""
+        """sha256 of :meth:`canonical_json` (HLSPMANI): formatting, comments and the defaults of
+        settings the manifest does not give do not change it, so a field added to the schema with
+        a default keeps every earlier manifest's identity (and its releases valid)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
@@ -864,16 +875,21 @@ def _normalise_parameters(m: Manifest) -> Manifest:
     those of the validated value."""
     from processing.registry import normalise_stage_parameters
 
-    data = m.model_dump(mode="python")
+    # only what was set: validating it again keeps the same settings set (the identity)
+    data = m.model_dump(mode="python", exclude_unset=True)
 
-    def fix(layers: dict) -> None:
-        layers["default"] = normalise_stage_parameters(layers["default"], "")[1]
+    def fix(layers: dict | None) -> None:
+        if not layers:
+            return
+        if "default" in layers:
+            layers["default"] = normalise_stage_parameters(layers["default"], "")[1]
         for scope in ("instrument", "band"):
-            layers[scope] = {k: normalise_stage_parameters(v, "")[1] for k, v in layers[scope].items()}
+            if scope in layers:
+                layers[scope] = {k: normalise_stage_parameters(v, "")[1] for k, v in layers[scope].items()}
 
-    fix(data["parameters"])
-    for t in data["targets"].values():
-        fix(t["parameters"])
+    fix(data.get("parameters"))
+    for t in (data.get("targets") or {}).values():
+        fix(t.get("parameters"))
     return Manifest.model_validate(data)
 
 
@@ -911,7 +927,9 @@ def _raw_with_parent(path: Path, seen: tuple[Path, ...]) -> tuple[dict, LoadedMa
         raise ManifestError(str(path), [("patch.parent", f"parent manifest {parent_path} does not exist")])
     parent = _load(parent_path, seen + (path.resolve(),))
     # the parent's relative paths are meant from the parent's folder, not the patch's
-    merged = _rebase_paths(parent.manifest.model_dump(mode="json", exclude={"patch"}), parent_path.parent, path.parent)
+    # (what the parent's file set, not its defaults: the patch's identity is what was written)
+    merged = _rebase_paths(parent.manifest.written(), parent_path.parent, path.parent)
+    merged.pop("patch", None)
     # A patch inherits everything but its own release identity and the [patch] table.
     merged["release"].pop("previous", None)
     merged["release"]["changes"] = []

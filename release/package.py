@@ -395,18 +395,29 @@ def _drop_none(value):
 
 
 def release_manifest_text(lm: LoadedManifest) -> str:
-    """The validated manifest of the release, as TOML: what every product was made from.
+    """The release manifest as TOML: what every product was made from.
 
-    Its content hash is the HLSPMANI keyword of every FITS file of the release, which
-    validation checks; ``Manifest.model_validate`` of the parsed file gives the same hash.
+    The settings as the release team wrote them (a patch's inherited from its parent),
+    validated: their hash, with the schema version, is the HLSPMANI keyword of every FITS file
+    of the release, which validation recomputes from this file (``Manifest.model_validate`` of
+    it, then ``content_hash``). Then, as comments (which no parser reads, so they never change
+    the identity), every setting with the value it had, defaults included: what a reader needs
+    to know exactly what was applied.
     """
     import tomli_w
 
+    from release.manifest import SCHEMA_VERSION
+
     m = lm.manifest
-    body = tomli_w.dumps(_drop_none(m.model_dump(mode="json")))
+    body = tomli_w.dumps(_drop_none(m.written()))
+    resolved = tomli_w.dumps(_drop_none(m.model_dump(mode="json")))
     return (
-        f"# The release manifest of {m.release.project} {m.release.version}, validated and merged: every\n"
-        f"# product of this release was made from it. Content sha256 (HLSPMANI): {m.content_hash()}\n{body}"
+        f"# The release manifest of {m.release.project} {m.release.version} as written (a patch's with what it\n"
+        f"# inherits from its parent), validated: every product of this release was made from it.\n"
+        f"# Identity (HLSPMANI: sha256 of schema version {SCHEMA_VERSION} + these settings): {m.content_hash()}\n"
+        f"{body}\n"
+        f"# ---- Every setting as applied, defaults included (schema version {SCHEMA_VERSION}; comments only) ----\n"
+        + "".join(f"# {line}\n" if line else "#\n" for line in resolved.splitlines())
     )
 
 

@@ -4,6 +4,7 @@ naming the key or target, and nothing written anywhere."""
 from __future__ import annotations
 
 import copy
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,36 @@ def test_content_hash_ignores_formatting(tmp_path):
     changed = copy.deepcopy(BASE)
     changed["targets"]["ngc0628"]["ra"] = 24.2
     assert load_manifest(write(tmp_path, changed, "c.toml")).manifest.content_hash() != a.content_hash()
+
+
+def test_identity_is_what_was_written_and_survives_a_new_setting_with_a_default(tmp_path):
+    """HLSPMANI is the hash of the settings the manifest gives (and the schema version), not of
+    the defaults: a setting added to the schema later, with a default, keeps every earlier
+    manifest's identity (and so its releases valid), at the top and in a nested table; giving
+    a default's value explicitly is a different manifest (it was written)."""
+    from pydantic import Field, create_model
+
+    from release import manifest as M
+
+    lm = load_manifest(write(tmp_path, BASE, "a.toml"))
+    written = lm.manifest.written()
+    assert "comparisons" not in written and "previews" not in written.get("products", {})
+    data = tomllib.loads((tmp_path / "a.toml").read_text())
+    before = lm.manifest.content_hash()
+    assert M.Manifest.model_validate(data).content_hash() == before
+    Products = create_model("Products", __base__=M.Products, ratio_maps=(bool, Field(False)))
+    Later = create_model(
+        "Later",
+        __base__=M.Manifest,
+        provenance_level=(int, Field(2)),
+        products=(Products, Field(default_factory=Products)),
+    )
+    later = Later.model_validate(data)
+    assert later.provenance_level == 2 and later.products.ratio_maps is False
+    assert later.content_hash() == before
+    explicit = copy.deepcopy(data)
+    explicit.setdefault("products", {})["previews"] = True  # the default, now written
+    assert M.Manifest.model_validate(explicit).content_hash() != before
 
 
 def test_base_is_valid(tmp_path):
