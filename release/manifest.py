@@ -45,6 +45,19 @@ SCHEMA_VERSION = 1
 # Field types
 # --------------------------------------------------------------------------------------------
 
+
+class PathSetting:
+    """Marks a setting that names a file or folder, relative to the manifest's folder: a patch
+    inheriting it from a parent in another folder gets it rebased (:func:`_rebase_paths`), and
+    every such setting is found from this mark alone (tests/release/test_manifest.py lists them)."""
+
+    def __repr__(self) -> str:
+        return "PathSetting()"
+
+
+#: A file or folder, relative to the manifest's folder (or absolute; ``~`` expanded).
+ManifestPath = Annotated[str, PathSetting()]
+
 _VERSION_RE = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _PEP440_RE = re.compile(r"^\d+(\.\d+){1,3}((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?$")
 _CONTEXT_RE = re.compile(r"^jwst_\d{4}\.pmap$")
@@ -305,7 +318,7 @@ class Pins(StrictModel):
     crds_context: CrdsContext = Field(
         description="CRDS context every reference-file lookup uses, e.g. 'jwst_1201.pmap'."
     )
-    crds_path: str | None = Field(
+    crds_path: ManifestPath | None = Field(
         default=None,
         description="CRDS cache directory (relative paths are relative to the manifest). Default: $CRDS_PATH.",
     )
@@ -327,7 +340,7 @@ class DataSource(StrictModel):
         "path; "
         "'synthetic': the embedded synthetic program written by `hlsp simulate` under path.",
     )
-    path: str | None = Field(
+    path: ManifestPath | None = Field(
         default=None,
         description="Directory of the raw exposures (relative to the manifest); required for 'local' and 'synthetic'.",
     )
@@ -372,7 +385,7 @@ class MiriBackground(StrictModel):
 
 class ExternalImage(StrictModel):
     survey: str = Field(description="Name of the wide-field image, e.g. 'irac1', 'wise3'.")
-    file: str = Field(description="FITS file (relative to the manifest).")
+    file: ManifestPath = Field(description="FITS file (relative to the manifest).")
     fwhm_arcsec: float = Field(gt=0, description="Beam FWHM of the image in arcsec.")
 
 
@@ -416,7 +429,7 @@ class Target(StrictModel):
         default_factory=ParameterLayers, description="Step parameters for this target only (highest precedence)."
     )
     anchoring: Anchoring = Field(default_factory=Anchoring, description="Wide-field images for background anchoring.")
-    astrometry_catalog: Annotated[str, AfterValidator(_check_catalog)] | None = Field(
+    astrometry_catalog: Annotated[ManifestPath, AfterValidator(_check_catalog)] | None = Field(
         default=None,
         description="Absolute astrometric reference catalogue (file with RA/DEC columns, relative to the manifest).",
     )
@@ -429,14 +442,14 @@ class Products(StrictModel):
         description="Gaussian resolutions (FWHM, arcsec) of the PSF-matched products; the paper's 0.85, 0.90, 1.00 "
         "by default.",
     )
-    psf_path: str | None = Field(
+    psf_path: ManifestPath | None = Field(
         default=None,
         description="Folder of the bands' PSFs for the PSF-matched products, one FITS per band named psf_<BAND>.fits "
         "(e.g. stpsf output: the image in the first HDU, its pixel scale in PIXELSCL, arcsec), relative to the "
         "manifest. "
         "Default for a synthetic program: its psf/ folder (the synthetic sky's PSFs).",
     )
-    psfs: dict[Band, str] = Field(
+    psfs: dict[Band, ManifestPath] = Field(
         default_factory=dict,
         description="PSF file of a band (relative to the manifest), over psf_path: e.g. {F2100W = "
         '"psf/F2100W_stpsf.fits"}.',
@@ -483,9 +496,11 @@ class ComparisonOverride(StrictModel):
 
 
 class Comparisons(StrictModel):
-    mast_mosaics: str | None = Field(default=None, description="Directory of MAST level-3 mosaics to compare against.")
-    previous_release: str | None = Field(
-        default=None, description="Directory of the previous release to compare against."
+    mast_mosaics: ManifestPath | None = Field(
+        default=None, description="Directory of MAST level-3 mosaics to compare against (relative to the manifest)."
+    )
+    previous_release: ManifestPath | None = Field(
+        default=None, description="Directory of the previous release to compare against (relative to the manifest)."
     )
     thresholds: ComparisonThresholds = Field(
         default_factory=ComparisonThresholds,
@@ -503,7 +518,7 @@ class Comparisons(StrictModel):
 class Patch(StrictModel):
     """A patch regenerates some targets of a parent release and inherits everything else."""
 
-    parent: str = Field(description="The parent release's manifest file (relative to this manifest).")
+    parent: ManifestPath = Field(description="The parent release's manifest file (relative to this manifest).")
     targets: list[TargetName] = Field(
         min_length=1, description="Targets this patch regenerates; each must be in the parent."
     )
@@ -831,41 +846,82 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-#: Manifest settings that name files or folders, relative to the manifest's own folder.
-def _path_settings(data: dict) -> list[tuple[dict, str]]:
-    """``(table, key)`` of every path setting present in a raw manifest dict."""
-    out: list[tuple[dict, str]] = []
+def path_fields(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """Dotted names of every setting marked :data:`ManifestPath` (``*`` for a table's keys or a
+    list's items), found from the models alone: e.g. ``targets.*.anchoring.nircam.*.file``."""
+    out: list[str] = []
 
-    def add(table: Any, key: str) -> None:
-        if isinstance(table, dict) and isinstance(table.get(key), str):
-            out.append((table, key))
+    def walk(annotation, metadata, where: str) -> None:
+        if any(isinstance(m, PathSetting) for m in metadata):
+            out.append(where)
+            return
+        for kind, inner, meta in _inner_types(annotation):
+            if kind == "model":
+                for name, f in inner.model_fields.items():
+                    walk(f.annotation, f.metadata, f"{where}.{name}" if where else name)
+            elif kind in ("dict", "list"):
+                walk(inner, meta, f"{where}.*")
+            else:
+                walk(inner, meta, where)
 
-    add(data.get("pins"), "crds_path")
-    add((data.get("program") or {}).get("data") if isinstance(data.get("program"), dict) else None, "path")
-    comparisons = data.get("comparisons")
-    add(comparisons, "mast_mosaics")
-    add(comparisons, "previous_release")
-    targets = data.get("targets")
-    for t in targets.values() if isinstance(targets, dict) else []:
-        if not isinstance(t, dict):
-            continue
-        add(t, "astrometry_catalog")
-        anchoring = t.get("anchoring")
-        for images in anchoring.values() if isinstance(anchoring, dict) else []:
-            for image in images if isinstance(images, list) else []:
-                add(image, "file")
-    return out
+    walk(model or Manifest, [], prefix)
+    return sorted(set(out))
+
+
+def _inner_types(annotation) -> list[tuple[str, Any, list]]:
+    """What a field's type holds: ``("model", cls, [])``, ``("dict"/"list", value type, [])``, or
+    ``("type", inner, metadata)`` for an ``Annotated`` or a union member."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return [("type", args[0], list(annotation.__metadata__))]
+    if origin in (typing.Union, types.UnionType):
+        return [("type", a, []) for a in args if a is not type(None)]
+    if origin is dict:
+        return [("dict", args[1], [])]
+    if origin is list:
+        return [("list", args[0], [])]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [("model", annotation, [])]
+    return []
+
+
+def _map_paths(data: dict, fn) -> None:
+    """Replace, in a raw manifest dict (in place), every path setting's value ``v`` by ``fn(v)``:
+    the settings :func:`path_fields` finds, wherever they are present."""
+
+    def visit(value, parts: list[str]):
+        if not parts:
+            return fn(value) if isinstance(value, str) else value
+        head, rest = parts[0], parts[1:]
+        if head == "*":
+            if isinstance(value, dict):
+                return {k: visit(v, rest) for k, v in value.items()}
+            if isinstance(value, list):
+                return [visit(v, rest) for v in value]
+            return value
+        if isinstance(value, dict) and head in value:
+            value[head] = visit(value[head], rest)
+        return value
+
+    for dotted in path_fields():
+        visit(data, dotted.split("."))
 
 
 def _rebase_paths(data: dict, src_dir: Path, dest_dir: Path) -> dict:
     """A copy of ``data`` whose relative path settings, meant from ``src_dir``, work from ``dest_dir``."""
     import os
 
+    def rebase(value: str) -> str:
+        p = Path(value).expanduser()
+        return (
+            value if p.is_absolute() else Path(os.path.relpath((src_dir / p).resolve(), dest_dir.resolve())).as_posix()
+        )
+
     out = copy.deepcopy(data)
-    for table, key in _path_settings(out):
-        value = Path(table[key]).expanduser()
-        if not value.is_absolute():
-            table[key] = Path(os.path.relpath((src_dir / value).resolve(), dest_dir.resolve())).as_posix()
+    _map_paths(out, rebase)
     return out
 
 

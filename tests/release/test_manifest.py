@@ -547,6 +547,8 @@ def test_patch_resolves_parent_paths_from_the_parents_folder(tmp_path):
     data["targets"]["ngc0628"]["anchoring"] = {
         "nircam": [{"survey": "irac1", "file": "ext/irac1.fits", "fwhm_arcsec": 1.7}]
     }
+    data["products"] = {"psf_path": "psfs", "psfs": {"F200W": "psfs/F200W_stpsf.fits"}}
+    data["comparisons"] = {"mast_mosaics": "mast", "previous_release": "../releases/v1p0"}
     write(parent_dir, data, "parent.toml")
     patch = {
         "release": {"version": "1.1.1", "kind": "patch"},
@@ -562,7 +564,94 @@ def test_patch_resolves_parent_paths_from_the_parents_folder(tmp_path):
     assert (
         lm.resolve_path(m.targets["ngc0628"].anchoring.nircam[0].file) == (parent_dir / "ext" / "irac1.fits").resolve()
     )
+    # every path setting, the PSFs and comparisons too (these were missed once: a field list,
+    # test_every_setting_naming_a_file_is_a_path_setting, now keeps them from being missed)
+    assert lm.resolve_path(m.products.psf_path) == (parent_dir / "psfs").resolve()
+    assert lm.resolve_path(m.products.psfs["F200W"]) == (parent_dir / "psfs" / "F200W_stpsf.fits").resolve()
+    assert lm.resolve_path(m.comparisons.mast_mosaics) == (parent_dir / "mast").resolve()
+    assert lm.resolve_path(m.comparisons.previous_release) == (tmp_path / "releases" / "v1p0").resolve()
     # a path the patch sets itself is the patch's own
     patch["program"] = {"data": {"source": "local", "path": "newraw"}}
     lm = load_manifest(write(patch_dir, patch, "patch2.toml"))
     assert lm.resolve_path(lm.manifest.program.data.path) == (patch_dir / "newraw").resolve()
+
+
+def _string_settings(model, where: str = "") -> set[str]:
+    """Dotted names of every setting whose value can be a string (``*``: a table's keys or a
+    list's items), wherever it is in the manifest models."""
+    from release.manifest import _inner_types
+
+    out: set[str] = set()
+
+    def walk(annotation, w: str) -> None:
+        if annotation is str:
+            out.add(w)
+        for kind, inner, _meta in _inner_types(annotation):
+            if kind == "model":
+                for name, f in inner.model_fields.items():
+                    walk(f.annotation, f"{w}.{name}" if w else name)
+            elif kind in ("dict", "list"):
+                walk(inner, f"{w}.*")
+            else:
+                walk(inner, w)
+
+    walk(model, where)
+    return out
+
+
+def test_every_setting_naming_a_file_is_a_path_setting():
+    """Each string setting is either a file or folder (ManifestPath: resolved against the
+    manifest's folder, rebased when a patch in another folder inherits it) or listed here as
+    not one: a new string setting fails this test until it is classified."""
+    from release.manifest import Manifest, path_fields
+
+    paths = set(path_fields())
+    assert paths == {
+        "comparisons.mast_mosaics",
+        "comparisons.previous_release",
+        "patch.parent",
+        "pins.crds_path",
+        "products.psf_path",
+        "products.psfs.*",
+        "program.data.path",
+        "targets.*.anchoring.miri.*.file",
+        "targets.*.anchoring.nircam.*.file",
+        "targets.*.astrometry_catalog",
+    }
+    not_paths = {s for s in _string_settings(Manifest) if s not in paths}
+    assert not_paths == NOT_PATH_SETTINGS, sorted(not_paths ^ NOT_PATH_SETTINGS)
+
+
+#: the string settings that do not name a file or folder
+NOT_PATH_SETTINGS = {
+    "patch.bands.*",
+    "patch.targets.*",
+    "pins.crds_context",
+    "pins.crds_server_url",
+    "pins.jwst",
+    "program.bands.*",
+    "release.changes.*",
+    "release.contact.email",
+    "release.contact.name",
+    "release.doi",
+    "release.known_issues.*",
+    "release.lead",
+    "release.license",
+    "release.license_url",
+    "release.pi",
+    "release.previous",
+    "release.project",
+    "release.references.*",
+    "release.summary",
+    "release.title",
+    "release.version",
+    "targets.*.anchoring.miri.*.survey",
+    "targets.*.anchoring.nircam.*.survey",
+    "targets.*.bands.*",
+    "targets.*.designation",
+    "targets.*.miri_background.borrow_from",
+    "targets.*.miri_background.observations.*",
+    "targets.*.notes.*",
+    "targets.*.observations.include.*",
+    "targets.*.observations.skip.*",
+}
