@@ -2,7 +2,8 @@
 
 Checked against the specification of the *installed* jwst (step and parameter names, allowed
 options) strictly: the TOML type must be the spec's type (a quoted ``"false"`` is refused,
-never converted), numbers are finite and within jwst's bounds and :data:`SCIENCE_BOUNDS`, and
+never converted), numbers are finite and within jwst's bounds, :data:`SCIENCE_BOUNDS` and
+:data:`MAX_MAGNITUDE`, and
 the normalised values are what the stage receives (an integer given for a float becomes that
 float). File locations belong to the engine (:data:`ENGINE_OWNED`).
 
@@ -46,58 +47,56 @@ def _jwst_step_specs(pipeline_path: str) -> dict[str, Any]:
 
 #: Bounds the science needs where jwst's own specification declares none (or a looser one):
 #: ``{(step, parameter): (low, low_inclusive, high, high_inclusive)}``, None for open. A
-#: negative tolerance or search radius, a zero pixel scale or a pixfrac of 0 is never meant.
+#: negative tolerance or search radius, a zero pixel scale or a pixfrac of 0 is never meant;
+#: nor a tolerance or search radius wider than any JWST imager's field (10 arcmin), more
+#: sources than a field holds, or a clip of thousands of sigma.
+_ARCSEC_FIELD = 600.0  # arcsec: beyond NIRCam's 2 x 2.2' and MIRI's 1.9'
+_SOURCES = 1_000_000  # more sources than any one field's catalogue
 SCIENCE_BOUNDS: dict[tuple[str, str], tuple[float | None, bool, float | None, bool]] = {
     **{
-        ("tweakreg", p): (0.0, False, None, False)
-        for p in (
-            "tolerance",
-            "abs_tolerance",
-            "searchrad",
-            "abs_searchrad",
-            "separation",
-            "abs_separation",
-            "snr_threshold",
-            "kernel_fwhm",
-            "sigma_radius",
-            "sigma",
-            "abs_sigma",
-        )
+        ("tweakreg", p): (0.0, False, _ARCSEC_FIELD, True)
+        for p in ("tolerance", "abs_tolerance", "searchrad", "abs_searchrad", "separation", "abs_separation")
     },
-    **{
-        ("tweakreg", p): (1, True, None, False)
-        for p in ("brightest", "minobj", "abs_minobj", "npixels", "bkg_boxsize", "nlevels")
-    },
-    ("tweakreg", "minsep_fwhm"): (0.0, True, None, False),
+    **{("tweakreg", p): (0.0, False, 1e4, True) for p in ("snr_threshold", "sigma", "abs_sigma", "sigma_radius")},
+    ("tweakreg", "kernel_fwhm"): (0.0, False, 100.0, True),
+    **{("tweakreg", p): (1, True, _SOURCES, True) for p in ("brightest", "minobj", "abs_minobj")},
+    ("tweakreg", "npixels"): (1, True, 2048 * 2048, True),
+    ("tweakreg", "bkg_boxsize"): (1, True, 20000, True),
+    ("tweakreg", "nlevels"): (1, True, 1000, True),
+    ("tweakreg", "minsep_fwhm"): (0.0, True, 100.0, True),
     ("tweakreg", "contrast"): (0.0, True, 1.0, True),
-    **{("resample", p): (0.0, False, None, False) for p in ("pixel_scale", "pixel_scale_ratio", "pixmap_stepsize")},
+    ("resample", "pixel_scale"): (0.0, False, 60.0, True),
+    ("resample", "pixel_scale_ratio"): (0.0, False, 100.0, True),
+    ("resample", "pixmap_stepsize"): (0.0, False, 1e4, True),
     ("resample", "pixfrac"): (0.0, False, 1.0, True),
     ("resample", "rotation"): (-360.0, True, 360.0, True),
-    ("resample", "pixmap_order"): (1, True, None, False),
+    ("resample", "pixmap_order"): (1, True, 10, True),
     ("outlier_detection", "pixfrac"): (0.0, False, 1.0, True),
     ("outlier_detection", "maskpt"): (0.0, True, 1.0, True),
     ("outlier_detection", "threshold_percent"): (0.0, False, 100.0, True),
-    ("outlier_detection", "rolling_window_width"): (1, True, None, False),
-    ("outlier_detection", "pixmap_stepsize"): (0.0, False, None, False),
-    **{("skymatch", p): (0.0, False, None, False) for p in ("lsigma", "usigma", "binwidth")},
-    ("skymatch", "stepsize"): (1, True, None, False),
-    ("bkg_subtract", "sigma"): (0.0, False, None, False),
-    ("bkg_subtract", "maxiters"): (1, True, None, False),
+    ("outlier_detection", "rolling_window_width"): (1, True, 1e4, True),
+    ("outlier_detection", "pixmap_stepsize"): (0.0, False, 1e4, True),
+    **{("skymatch", p): (0.0, False, 1e4, True) for p in ("lsigma", "usigma", "binwidth")},
+    ("skymatch", "stepsize"): (1, True, 1e6, True),
+    ("bkg_subtract", "sigma"): (0.0, False, 1e4, True),
+    ("bkg_subtract", "maxiters"): (1, True, 1e4, True),
     **{
-        ("jump", p): (0.0, False, None, False)
+        ("jump", p): (0.0, False, 1e4, True)
         for p in (
             "rejection_threshold",
             "three_group_rejection_threshold",
             "four_group_rejection_threshold",
             "expand_factor",
-            "min_jump_area",
-            "min_sat_area",
         )
     },
-    **{("refpix", p): (0.0, False, None, False) for p in ("sigreject", "gaussmooth", "siglimit")},
-    **{("source_catalog", p): (0.0, False, None, False) for p in ("snr_threshold", "kernel_fwhm", "sigma_radius")},
+    **{("jump", p): (0.0, False, 2048 * 2048, True) for p in ("min_jump_area", "min_sat_area")},
+    **{("refpix", p): (0.0, False, 1e4, True) for p in ("sigreject", "gaussmooth", "siglimit")},
+    **{("source_catalog", p): (0.0, False, 1e4, True) for p in ("snr_threshold", "kernel_fwhm", "sigma_radius")},
     **{("source_catalog", p): (0.0, False, 100.0, False) for p in ("aperture_ee1", "aperture_ee2", "aperture_ee3")},
 }
+#: Every other number a manifest gives jwst: no step parameter means a larger magnitude (the
+#: specification leaves most of them unbounded; 1e30 or 1e300 there is a typo, not a setting).
+MAX_MAGNITUDE = 1e9
 
 
 def _is_int(value: Any) -> bool:
@@ -147,8 +146,10 @@ def check_jwst_value(step: str, name: str, spec: str, value: Any) -> tuple[str |
         lo = kwargs.get("min")
         hi = kwargs.get("max")
         bounds = (float(lo) if lo is not None else None, True, float(hi) if hi is not None else None, True)
-        return _bounds_problem(v, bounds) or (
-            _bounds_problem(v, SCIENCE_BOUNDS[(step, name)]) if (step, name) in SCIENCE_BOUNDS else None
+        return (
+            _bounds_problem(v, bounds)
+            or (_bounds_problem(v, SCIENCE_BOUNDS[(step, name)]) if (step, name) in SCIENCE_BOUNDS else None)
+            or _bounds_problem(v, (-MAX_MAGNITUDE, True, MAX_MAGNITUDE, True))
         )
 
     if fun == "boolean":
@@ -182,6 +183,8 @@ def check_jwst_value(step: str, name: str, spec: str, value: Any) -> tuple[str |
             return f"{value!r} must be a list of {'integers' if fun == 'int_list' else 'numbers'}", value
         if not all(math.isfinite(v) for v in value):
             return f"{value!r} has a value that is not a finite number", value
+        if any(abs(v) > MAX_MAGNITUDE for v in value):
+            return f"{value!r} has a value beyond +-{MAX_MAGNITUDE:g}", value
         return None, [float(v) for v in value] if fun == "float_list" else value
     if fun in ("string", "option", "is_string_or_datamodel"):
         if not isinstance(value, str):

@@ -91,6 +91,25 @@ class ParameterSpec(Protocol):
     def describe(self) -> str: ...
 
 
+#: No parameter of a bespoke stage means a number of larger magnitude (a model's own bounds
+#: are tighter where it has them; 1e30 or 1e300 is a typo, not a setting).
+MAX_MAGNITUDE = 1e9
+
+
+def _magnitude_problem(value: Any) -> str | None:
+    """A number (or a list of them) that is not finite or is beyond :data:`MAX_MAGNITUDE`."""
+    import math
+
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if not math.isfinite(v):
+                return f"{v!r} is not a finite number"
+            if abs(v) > MAX_MAGNITUDE:
+                return f"{v!r} is beyond +-{MAX_MAGNITUDE:g}: no parameter of this stage means that much"
+    return None
+
+
 @dataclass(frozen=True)
 class ModelParameters:
     """Parameters of a bespoke stage as a pydantic model (defaults, units in the field
@@ -118,6 +137,9 @@ class ModelParameters:
             for err in exc.errors():
                 loc = ".".join(str(p) for p in err["loc"])
                 problems.append((f"{path}.{loc}" if loc else path, err["msg"]))
+            return problems, values
+        problems = [(f"{path}.{k}", p) for k, v in values.items() if (p := _magnitude_problem(v))]
+        if problems:
             return problems, values
         out = {}
         for k, v in values.items():  # an integer given for a float is that float

@@ -107,9 +107,21 @@ def _check_project(value: str) -> str:
     return value
 
 
+#: Target fields of file names that are not targets: the release-level files (README, manifest,
+#: changes) are named with target 'all' (reference/hlsp.md).
+RESERVED_TARGETS = frozenset({"all"})
+
+
 def _check_target_name(value: str) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("target_name", "target names are strings")
+    if value.lower() in RESERVED_TARGETS:
+        raise PydanticCustomError(
+            "target_name",
+            "target name '{value}' is reserved: the release-level files (README, manifest) use it in their "
+            "names; call the target by its designation (e.g. 'ngc0628')",
+            {"value": value},
+        )
     if value != value.lower() and _TARGET_RE.match(value.lower()):
         raise PydanticCustomError(
             "target_name",

@@ -431,6 +431,28 @@ BROKEN = [
         [("parameters.default", {"astrometry": {"rotation": "no"}})],
         "parameters.default.astrometry.rotation",
     ),
+    # numbers jwst's own specification leaves unbounded: counts, tolerances (a typo, not a setting)
+    (
+        "jwst-count-beyond-any-field",
+        [("parameters.default", {"lv3": {"tweakreg": {"minobj": 10**30}}})],
+        "parameters.default.lv3.tweakreg.minobj: 1000000000000000000000000000000 must be <= 1000000",
+    ),
+    (
+        "jwst-tolerance-1e300",
+        [("parameters.band", {"F200W": {"lv3": {"tweakreg": {"tolerance": 1e300}}}})],
+        "parameters.band.F200W.lv3.tweakreg.tolerance: 1e+300 must be <= 600",
+    ),
+    (
+        "jwst-unlisted-number-huge",
+        [("parameters.default", {"lv1": {"jump": {"max_extended_radius": 10**12}}})],
+        "parameters.default.lv1.jump.max_extended_radius: 1000000000000 must be <= 1000000000",
+    ),
+    (
+        "stage-parameter-huge",
+        [("parameters.default", {"level_match": {"max_shift_pixels": 1e300}})],
+        "parameters.default.level_match.max_shift_pixels: 1e+300 is beyond",
+    ),
+    ("target-named-all", [("targets.all", {"ra": 1.0, "dec": 1.0})], "target name 'all' is reserved"),
 ]
 
 
