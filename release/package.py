@@ -255,12 +255,12 @@ def _target_tables() -> dict:
 
 
 def _write_target_table(
-    lm: LoadedManifest, ptype: str, target: str, entries: list, staging: Path, parent_table: Path | None = None
+    lm: LoadedManifest, ptype: str, target: str, entries: list, staging: Path, parent_table: bytes | None = None
 ) -> list[PackagedFile]:
     """One table per target of a per-target product (e.g. the anchoring offsets): the bands'
     tables stacked in band order, each row with its band, the metadata of each band kept
-    under its name. ``parent_table``: a patch that remakes some of the target's bands keeps
-    the parent's rows and metadata of the others."""
+    under its name. ``parent_table`` (its ECSV text, as published): a patch that remakes some
+    of the target's bands keeps the parent's rows and metadata of the others."""
     from astropy.table import Table, vstack
 
     from processing.instruments import instrument_of
@@ -273,7 +273,7 @@ def _write_target_table(
         parts.append(t)
         meta[entry.band] = dict(t.meta)
     if parent_table is not None:
-        old = Table.read(parent_table, format="ascii.ecsv")
+        old = Table.read(parent_table.decode(), format="ascii.ecsv")
         keep = [b for b in (old.meta.get("bands") or {}) if b not in meta]
         if keep:
             parts.append(old[[str(b) in keep for b in old["band"]]])
@@ -296,38 +296,87 @@ def _write_target_table(
     return [PackagedFile(out, ptype, target, inst, "multi")]
 
 
+def _copy_published(src: Path, dest: Path | io.BytesIO, row: dict, csv_name: str) -> None:
+    """Copy a parent release's file to ``dest`` (a path, or a buffer), proving it is the file
+    the parent published: a regular file (a link is refused, never followed), of the size and
+    sha256 its manifest CSV records (read once, hashed while copied). Anything else stops the
+    packaging (exit 1) naming it."""
+    import contextlib
+    import hashlib
+    import stat
+
+    try:
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        why = "is a symbolic link" if os.path.islink(src) else f"cannot be read ({exc.strerror})"
+        raise WorkFailed(f"the parent release's {src} {why}: a patch carries only the files the parent published")
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise WorkFailed(f"the parent release's {src} is not a regular file: refusing to carry it")
+        h = hashlib.sha256()
+        size = 0
+        if isinstance(dest, Path):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") if isinstance(dest, Path) else contextlib.nullcontext(dest) as out:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+    if str(size) != str(row.get("size")) or h.hexdigest() != row.get("sha256"):
+        raise WorkFailed(
+            f"the parent release's {src} is not the file it published ({csv_name} records "
+            f"{row.get('size')} bytes, sha256 {str(row.get('sha256'))[:16]}...; it has {size} bytes, sha256 "
+            f"{h.hexdigest()[:16]}...): it was changed after publication; restore it (or re-cut the parent) before "
+            "packaging a patch of it"
+        )
+
+
 def _carry_over(
     lm: LoadedManifest, parent: Path, staging: Path, patched_tables: set
 ) -> tuple[list[PackagedFile], dict]:
     """A patch's copy of every parent file it does not remake (byte-identical, the parent's
-    name and version), and the parent's per-target tables of the targets it patches
-    (``{(type, target): path}``, merged by :func:`_write_target_table`)."""
-    import shutil
-
+    name and version, each proved to be the file the parent published: :func:`_copy_published`),
+    and the parent's per-target tables of the targets it patches (``{(type, target): path}``,
+    merged by :func:`_write_target_table`, after the same proof)."""
     from release.naming import parse_name
 
     m = lm.manifest
     files, tables = [], {}
-    with open(next(parent.glob("*_manifest.csv")), newline="") as fh:
+    manifest_csv = next(parent.glob("*_manifest.csv"))
+    if manifest_csv.is_symlink():
+        raise WorkFailed(f"the parent release's {manifest_csv} is a symbolic link: refusing to read it")
+    with open(manifest_csv, newline="") as fh:
         rows = list(csv.DictReader(fh))
+    listed = {row["filename"] for row in rows}
+    unlisted = sorted(
+        p.relative_to(parent).as_posix()
+        for p in parent.rglob("*")
+        if (p.is_file() or p.is_symlink()) and p != manifest_csv and p.relative_to(parent).as_posix() not in listed
+    )
+    if unlisted:
+        raise WorkFailed(
+            f"the parent release {parent} holds file(s) its {manifest_csv.name} does not list "
+            f"({', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''}): it was changed after publication"
+        )
     for row in rows:
         rel = row["filename"]
         parsed = parse_name(Path(rel).name)
         if parsed is None or (parsed.target == "all" and not (parsed.product == "manifest" and parsed.ext == "toml")):
             continue  # the parent's README, manifest CSV and changes: this release has its own
         if parsed.target == "all":  # the parent's manifest (and its parents'): the carried files were made from it
-            shutil.copyfile(parent / rel, staging / rel)
+            _copy_published(parent / rel, staging / rel, row, manifest_csv.name)
             files.append(PackagedFile(staging / rel, parsed.product, parsed.target, parsed.instrument, parsed.filter))
             continue
         if parsed.filter == "multi":
             if (parsed.product, parsed.target) in patched_tables:
-                tables[(parsed.product, parsed.target)] = parent / rel
+                proved = io.BytesIO()
+                _copy_published(parent / rel, proved, row, manifest_csv.name)
+                tables[(parsed.product, parsed.target)] = proved.getvalue()
                 continue
         elif m.regenerates(parsed.target, parsed.filter.upper()):
             continue
         dest = staging / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(parent / rel, dest)
+        _copy_published(parent / rel, dest, row, manifest_csv.name)
         files.append(PackagedFile(dest, parsed.product, parsed.target, parsed.instrument, parsed.filter))
     return files, tables
 

@@ -88,6 +88,25 @@ min_coverage = 0.8
 """)
     work = ["--workdir", str(tmp_path / "work"), "--cache", str(linked_copy(engine_run["cache"], tmp_path / "cache"))]
     hlsp("run", str(patch), *work, check_code=0)
+    # a parent file changed after publication, or replaced by a link (to the very same bytes):
+    # refused (exit 1) naming it, nothing published
+    for damage in ("changed", "linked"):
+        bad = linked_copy(demo_release.parent.parent, tmp_path / f"parent-{damage}")
+        victim = next((bad / "synth-jwst" / "v1p0").rglob("*miri_synth1_f770w_*_img.fits"))
+        data = bytearray(victim.read_bytes())
+        victim.unlink()  # a hard link: the shared release stays whole
+        if damage == "changed":
+            data[len(data) // 2] ^= 1
+            victim.write_bytes(bytes(data))
+        else:
+            (tmp_path / "elsewhere.fits").write_bytes(bytes(data))
+            victim.symlink_to(tmp_path / "elsewhere.fits")
+        proc = hlsp("package", str(patch), *work, "--releases", str(bad), check_code=1)
+        text = " ".join(proc.stderr.split())
+        assert (
+            victim.name in text and ("is not the file it published" if damage == "changed" else "symbolic link") in text
+        )
+        assert "Traceback" not in text and not (bad / "synth-jwst" / "v1p0p1").exists()
     # the parent is published there (a linked copy of its releases folder): a patch is packaged beside it
     releases = linked_copy(demo_release.parent.parent, tmp_path / "releases")
     demo_release = releases / demo_release.relative_to(demo_release.parent.parent)
