@@ -229,3 +229,89 @@ def folder_lock(folder: Path, what: str, command: str) -> Iterator[Path]:
         yield folder
     finally:
         os.close(fd)  # closing releases the flock
+
+
+#: The file an output folder of this system holds, listing what the command wrote there.
+OUTPUT_MARKER = ".hlsp-output.json"
+
+
+def _listing(folder: Path) -> tuple[list[str], list[str]]:
+    """``(regular files, links or special files)`` under ``folder``, relative, sorted; links are
+    never followed."""
+    files, odd = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        for name in list(dirnames):
+            if (here / name).is_symlink():
+                odd.append((here / name).relative_to(folder).as_posix())
+                dirnames.remove(name)
+        for name in filenames:
+            p = here / name
+            rel = p.relative_to(folder).as_posix()
+            (odd if p.is_symlink() or not p.is_file() else files).append(rel)
+    return sorted(files), sorted(odd)
+
+
+@contextlib.contextmanager
+def owned_output(folder: str | Path, command: str, what: str = "--outdir") -> Iterator[Path]:
+    """Yield a new, empty folder to write ``command``'s output in; on success it becomes
+    ``folder``. What a user keeps there is never touched:
+
+    - ``folder`` (or an existing folder on its way) a symbolic link: refused;
+    - ``folder`` holding anything that is not this command's earlier output (proved by the
+      marker :data:`OUTPUT_MARKER` it left, which lists every file it wrote) or a file the
+      marker does not list: refused, naming it (BadInput: exit 2), before anything is written;
+    - its own earlier output (only that) is replaced after the new one is complete: the new
+      folder is renamed into place, the old one removed as scratch;
+    - a failure removes the new folder and leaves ``folder`` as it was.
+    """
+    import json
+
+    folder = Path(folder).expanduser().absolute()
+    for p in [folder, *folder.parents]:
+        if p.is_symlink():
+            raise BadInput(f"{what} {folder}: {p} is a symbolic link; give a real folder")
+    previous = None
+    if folder.exists():
+        if not folder.is_dir():
+            raise BadInput(f"{what} {folder} is not a folder")
+        files, odd = _listing(folder)
+        if files or odd:
+            marker = folder / OUTPUT_MARKER
+            try:
+                record = json.loads(marker.read_text()) if marker.is_file() else None
+            except (OSError, ValueError):
+                record = None
+            if not record or record.get("command") != command:
+                shown = [f"{o} (a link)" for o in odd] + files
+                raise BadInput(
+                    f"{what} {folder} holds files this command did not write ({', '.join(shown[:3])}"
+                    f"{' ...' if len(files) + len(odd) > 3 else ''}); give a new or empty folder (nothing was changed)"
+                )
+            theirs = odd + [f for f in files if f != OUTPUT_MARKER and f not in set(record.get("files", []))]
+            if theirs:
+                raise BadInput(
+                    f"{what} {folder} is an earlier `hlsp {command}` output, but holds what it did not write "
+                    f"({', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}): move that away, or give another "
+                    "folder (nothing was changed)"
+                )
+            previous = folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+        files, _ = _listing(staging)
+        atomic_write_text(staging / OUTPUT_MARKER, json.dumps({"command": command, "files": files}, indent=1))
+        if previous is not None:
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.rename(folder, old / "x")
+            os.rename(staging, folder)
+            remove_scratch(old)
+        else:
+            if folder.exists():  # empty: ours to take
+                folder.rmdir()
+            os.rename(staging, folder)
+    finally:
+        if staging.exists():
+            remove_scratch(staging)

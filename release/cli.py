@@ -6,6 +6,7 @@ Errors we raise on purpose are printed as messages, never as tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -455,13 +456,14 @@ def validate(
         raise BadInput(f"{release_dir} is not a folder")
     if against is not None and not against.is_dir():
         raise BadInput(f"--against {against}: not a folder (the previous release, or a folder of level-3 mosaics)")
-    report = validate_release(
-        release_dir,
-        use_fitsverify=fitsverify,
-        strict=strict_by_default() if strict is None else strict,
-        against=against,
-        figures=figures,
-    )
+    with _output_folder(figures, "validate", "--figures") as figures_dir:
+        report = validate_release(
+            release_dir,
+            use_fitsverify=fitsverify,
+            strict=strict_by_default() if strict is None else strict,
+            against=against,
+            figures=figures_dir,
+        )
     if junit:
         atomic_write_text(junit, report.junit())
     files = {f.file for f in report.findings if f.file != "."}
@@ -504,7 +506,8 @@ def compare(
     if a.is_dir() != b.is_dir():
         raise BadInput(f"compare two folders or two files, not {a} and {b}")
     try:
-        numbers, skipped = run_compare(a, b, outdir, label_a=a.name, label_b=b.name)
+        with _output_folder(outdir, "compare", "--outdir") as outdir_tmp:
+            numbers, skipped = run_compare(a, b, outdir_tmp, label_a=a.name, label_b=b.name)
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
     table = Table(title=f"{a} against {b}")
@@ -574,6 +577,8 @@ def report(
         raise BadInput(f"{dest} is not published: run `hlsp package {manifest}` first")
     if against is not None and not against.is_dir():
         raise BadInput(f"--against {against}: not a folder")
+    if outdir is not None and (inside := release_folder_of(outdir)) is not None:
+        raise BadInput(f"--outdir {outdir}: {inside} is a release folder; write the report elsewhere")
     from release.manifest import file_version
 
     page = write_report(
@@ -683,6 +688,38 @@ def demo(
         f"[bold green]The demo releases are in {releases}[/] (validated, each against the one before; JUnit reports "
         f"{outdir}/validation-*.xml; reports {outdir}/reports/<version>/index.html)"
     )
+
+
+def release_folder_of(path: Path) -> Path | None:
+    """The release folder ``path`` is (or is inside), or None: a folder holding a release's
+    manifest CSV (``hlsp_<project>_..._all_multi_<version>_manifest.csv``)."""
+    from release.naming import parse_name
+
+    p = Path(path).expanduser().absolute()
+    for q in [p, *p.parents]:
+        if q.is_dir() and any(
+            (n := parse_name(x.name)) is not None and n.product == "manifest" and n.ext == "csv"
+            for x in q.glob("*_manifest.csv")
+        ):
+            return q
+    return None
+
+
+@contextlib.contextmanager
+def _output_folder(path: Path | None, command: str, option: str):
+    """A folder a command writes its figures or report into (None: no folder): never inside a
+    release (a release holds exactly its manifest's products), and only through
+    processing.fileio.owned_output (what the user keeps there is never touched)."""
+    from processing.fileio import owned_output
+
+    if path is None:
+        yield None
+        return
+    inside = release_folder_of(path)
+    if inside is not None:
+        raise BadInput(f"{option} {path}: {inside} is a release folder; write {command} output elsewhere")
+    with owned_output(path, command, option) as tmp:
+        yield tmp
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,18 @@ def write_report(
 ) -> Path:
     """Write ``outdir/index.html`` (and its images) for ``release``, made from manifest ``lm``
     in ``workdir``; ``previous``: a release to compare with. Returns the page."""
+    from processing.fileio import owned_output
+
+    release, final = Path(release), Path(outdir)
+    # written into a new folder that replaces only this command's own earlier report (never a
+    # folder holding anything else, never through a link): processing/fileio.py owned_output
+    with owned_output(final, "report") as outdir:
+        _write_report(lm, release, workdir, outdir, cache, previous)
+    log.info("report of %s: %s", release, final / "index.html")
+    return final / "index.html"
+
+
+def _write_report(lm, release: Path, workdir: Path, outdir: Path, cache: Path | None, previous: Path | None) -> None:
     import jinja2
 
     from release.compare import compare
@@ -74,21 +86,7 @@ def write_report(
     from release.naming import parse_name
 
     m = lm.manifest
-    release, outdir = Path(release), Path(outdir)
     img_dir = outdir / "img"
-    # a report folder is rewritten whole, but only ours: never a folder with anything else in it
-    ours = {"index.html", "img", "previous", "mast"}
-    if outdir.exists():
-        others = sorted(p.name for p in outdir.iterdir() if p.name not in ours)
-        if others:
-            from processing.errors import BadInput
-
-            raise BadInput(
-                f"{outdir} holds other files ({', '.join(others[:3])}...): not a report folder; choose another --outdir"
-            )
-        for name in ours - {"index.html"}:
-            if (outdir / name).is_dir():
-                shutil.rmtree(outdir / name)
     img_dir.mkdir(parents=True)
 
     def copy(src: Path, name: str) -> str:
@@ -180,10 +178,7 @@ def write_report(
         comparisons=comparisons,
         changes=changes.read_text() if changes else None,
     )
-    dest = outdir / "index.html"
-    dest.write_text(page)
-    log.info("report of %s: %s", release, dest)
-    return dest
+    (outdir / "index.html").write_text(page)
 
 
 def chromium_executable() -> str | None:

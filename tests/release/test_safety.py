@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from processing.errors import BadInput
 from processing.fileio import folder_lock, remove_scratch
 from tests.conftest import REPO, hlsp, linked_copy
 
@@ -72,6 +73,62 @@ def test_a_second_holder_of_a_folder_lock_is_refused(tmp_path):
         with folder_lock(tmp_path / "w2", "the work folder", "run"):
             pass
     assert not (tmp_path / "elsewhere" / "victim").exists()
+
+
+def test_an_output_folder_keeps_what_the_command_did_not_write(tmp_path):
+    """hlsp report / compare --outdir / validate --figures write through owned_output: a folder
+    holding the user's files (even under names the command uses) or a link is refused before
+    anything is written; the command's own earlier output is replaced whole, and only when
+    its marker proves it; a failure leaves the earlier output as it was."""
+    from processing.fileio import OUTPUT_MARKER, owned_output
+
+    user = tmp_path / "user"
+    (user / "img").mkdir(parents=True)
+    (user / "img" / "holiday.jpg").write_bytes(b"jpeg")
+    (user / "previous").mkdir()
+    (user / "previous" / "notes.txt").write_text("notes")
+    (user / "index.html").write_text("my page")
+    with pytest.raises(BadInput, match="holds files this command did not write"):
+        with owned_output(user, "report") as out:
+            (out / "index.html").write_text("report")
+    assert (user / "img" / "holiday.jpg").read_bytes() == b"jpeg" and (user / "index.html").read_text() == "my page"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["user"]  # no staging left
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "img").symlink_to(user / "img")
+    with pytest.raises(BadInput, match=r"img \(a link\)"):
+        with owned_output(linked, "report"):
+            pass
+    with pytest.raises(BadInput, match="is a symbolic link"):
+        with owned_output(linked / "img" / "new", "report"):
+            pass
+    assert (user / "img" / "holiday.jpg").exists()
+    # our own output: replaced whole, the marker listing what was written
+    ours = tmp_path / "report"
+    for n in (1, 2):
+        with owned_output(ours, "report") as out:
+            (out / "index.html").write_text(f"report {n}")
+            if n == 1:
+                (out / "img").mkdir()
+                (out / "img" / "old.png").write_bytes(b"png")
+    assert (ours / "index.html").read_text() == "report 2" and not (ours / "img").exists()
+    assert (ours / OUTPUT_MARKER).is_file()
+    # ... but not when the user put something in it, nor by another command
+    (ours / "mine.txt").write_text("mine")
+    with pytest.raises(BadInput, match=r"holds what it did not write \(mine.txt\)"):
+        with owned_output(ours, "report"):
+            pass
+    (ours / "mine.txt").unlink()
+    with pytest.raises(BadInput, match="did not write"):
+        with owned_output(ours, "compare"):
+            pass
+    # a failure keeps the earlier output
+    with pytest.raises(RuntimeError):
+        with owned_output(ours, "report") as out:
+            (out / "index.html").write_text("half")
+            raise RuntimeError("died")
+    assert (ours / "index.html").read_text() == "report 2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linked", "report", "user"]
 
 
 # -- the engine and packaging on the real run ---------------------------------------------------
