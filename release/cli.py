@@ -472,6 +472,16 @@ def validate(
         skipped[(f.check, f.message)] = skipped.get((f.check, f.message), 0) + 1
     for (check, why), n in sorted(skipped.items()):
         out.print(f"[yellow]not run:[/] {check} on {n} file(s): {escape(why)}")
+    if against is not None and report.against is not None:
+        compared = sorted({f.file for f in report.findings if f.check == f"against {against.name}" and f.file != "."})
+        out.print(
+            f"compared with {escape(report.against.describe())}: {len(compared)} mosaic(s)"
+            + (
+                f" ({escape(', '.join(Path(c).name for c in compared[:4]))}{' ...' if len(compared) > 4 else ''})"
+                if compared
+                else ""
+            )
+        )
     if report.ok:
         ran = len(report.findings) - len(report.skipped)
         out.print(
@@ -498,13 +508,25 @@ def compare(
     """Compare two releases, two folders of mosaics or two files: per band the median and MAD
     of A - B, the background change, the galaxy's flux ratio and the shift (B is reprojected
     onto A's grid)."""
+    from release.compare import comparable, side_of
     from release.compare import compare as run_compare
 
     for p in (a, b):
         if not p.exists():
             raise BadInput(f"{p} does not exist")
-    if a.is_dir() != b.is_dir():
-        raise BadInput(f"compare two folders or two files, not {a} and {b}")
+    try:
+        side_a, side_b = side_of(a), side_of(b)
+    except ValueError as exc:  # a README, a PNG, gzip bytes named .fits: not comparable at all
+        raise BadInput(str(exc)) from exc
+    why = comparable(side_a, side_b)
+    if why:
+        raise BadInput(why)
+    same = a.resolve() == b.resolve() or (
+        side_a.kind == side_b.kind == "release" and (side_a.project, side_a.version) == (side_b.project, side_b.version)
+    )
+    out.print(f"A: {escape(side_a.describe())}\nB: {escape(side_b.describe())}")
+    if same:
+        out.print("[yellow]A and B are the same release (or file): every difference is zero by construction[/]")
     try:
         with _output_folder(outdir, "compare", "--outdir") as outdir_tmp:
             numbers, skipped = run_compare(a, b, outdir_tmp, label_a=a.name, label_b=b.name)

@@ -170,6 +170,98 @@ def compare_files(pair: Pair) -> tuple[Numbers, np.ndarray, np.ndarray]:
     return numbers, a, b_on_a
 
 
+# -- what each side is ----------------------------------------------------------------------------
+#: the first bytes of every FITS file (the standard's SIMPLE card), and of a gzip stream
+FITS_MAGIC = b"SIMPLE  ="
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def fits_problem(path: Path) -> str | None:
+    """Why ``path`` is not a FITS file (by its first bytes, whatever its name), or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(FITS_MAGIC))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if head == FITS_MAGIC:
+        return None
+    if head.startswith(GZIP_MAGIC):
+        return "is gzip-compressed data, not a FITS file (the standard's first card SIMPLE is missing)"
+    return "is not a FITS file (it does not start with the standard's SIMPLE card)"
+
+
+@dataclass
+class Side:
+    """What one side of a comparison is: ``kind`` ``release`` (``project``, ``version``),
+    ``mosaics`` (a folder of level-3 mosaics), ``file`` (``band``, ``target`` from its header),
+    or ``unknown``."""
+
+    path: Path
+    kind: str
+    project: str | None = None
+    version: str | None = None
+    band: str | None = None
+    target: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "release":
+            return f"release {self.project} {self.version} ({self.path})"
+        if self.kind == "file":
+            return f"{self.band or 'band unknown'} of {self.target or 'target unknown'} ({self.path.name})"
+        if self.kind == "mosaics":
+            return f"level-3 mosaics in {self.path}"
+        return f"{self.path} (neither a release nor a folder of level-3 mosaics)"
+
+
+def side_of(path: Path) -> Side:
+    """What ``path`` is (see :class:`Side`); a file that is not FITS raises ValueError."""
+    path = Path(path)
+    if path.is_file():
+        problem = fits_problem(path)
+        if problem:
+            raise ValueError(f"{path} {problem}")
+        from astropy.io import fits
+
+        try:
+            h = fits.getheader(path, 0)
+        except Exception as exc:  # noqa: BLE001 - an unreadable FITS file is the user's input
+            raise ValueError(f"{path} does not open as FITS ({type(exc).__name__}: {exc})") from None
+        from release.naming import parse_name
+
+        parsed, i2d = parse_name(path.name), _I2D.match(path.name)
+        named_target = parsed.target if parsed else (i2d.group("target") if i2d else None)
+        named_band = parsed.filter if parsed and parsed.filter != "multi" else (i2d.group("band") if i2d else None)
+        band = str(h.get("FILTER") or named_band or "").strip().upper() or None
+        # the target only as file names give it (release and MAST names are normalised ids;
+        # header designations are free text: 'NGC 628' and 'NGC0628' are one galaxy)
+        return Side(path, "file", band=band, target=named_target.lower() if named_target else None)
+    if not path.is_dir():
+        raise ValueError(f"{path} does not exist")
+    if any(path.glob("*_manifest.toml")):
+        from release.changelog import load_release_manifest
+
+        try:
+            m = load_release_manifest(path)
+        except Exception as exc:  # noqa: BLE001 - a release whose manifest does not load cannot be compared
+            raise ValueError(f"{path}: its release manifest does not load ({type(exc).__name__})") from None
+        return Side(path, "release", project=m.release.project, version=m.release.version)
+    if any(_I2D.match(p.name) for p in path.rglob("*_i2d.fits")):
+        return Side(path, "mosaics")
+    return Side(path, "unknown")
+
+
+def comparable(a: Side, b: Side) -> str | None:
+    """Why A and B cannot be compared, or None: two files of different bands (or targets)."""
+    if a.kind == "file" and b.kind == "file":
+        if a.band and b.band and a.band != b.band:
+            return f"{a.path.name} is {a.band} and {b.path.name} is {b.band}: a comparison needs the same band"
+        if a.target and b.target and a.target != b.target:
+            return f"{a.path.name} is of {a.target} and {b.path.name} of {b.target}: not the same target"
+    elif (a.kind == "file") != (b.kind == "file"):
+        return f"compare two folders or two files, not {a.path} and {b.path}"
+    return None
+
+
 # -- pairing -------------------------------------------------------------------------------------
 _I2D = re.compile(r"^(?P<target>[a-z0-9+.\-]+)_(?P<band>f\d+[a-z]+)(?:_.*)?_i2d\.fits$", re.IGNORECASE)
 

@@ -32,7 +32,7 @@ import numpy as np
 from processing.errors import BadInput, HlspError, WorkFailed
 from processing.fileio import file_sha256, remove_scratch
 from release.manifest import LoadedManifest, file_version
-from release.naming import collection_instrument, convolved_product, make_name
+from release.naming import collection_instrument, convolved_fwhm, convolved_product, make_name
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def _write_variant_img_product(lm: LoadedManifest, entry, staging: Path, simulat
             m.release.project, inst, entry.target, entry.band, file_version(m.release.version), entry.product, "fits"
         )
     )
-    write_variant_img(entry.path, out, lm, entry.target, entry.band, simulated)
+    write_variant_img(entry.path, out, lm, entry.target, entry.band, simulated, entry.product)
     return [PackagedFile(out, entry.product, entry.target, inst, entry.band.lower())]
 
 
@@ -487,7 +487,7 @@ def set_card(header, key: str, value, comment: str = "") -> None:
         header.comments[key] = comment
 
 
-def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simulated: bool):
+def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simulated: bool, product: str = "img"):
     from astropy.io import fits
 
     m = lm.manifest
@@ -507,6 +507,7 @@ def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simu
     h["FILTER"] = band
     h["RA_TARG"] = (float(t.ra), "[deg] target right ascension (ICRS)")
     h["DEC_TARG"] = (float(t.dec), "[deg] target declination (ICRS)")
+    h["EQUINOX"] = (2000.0, "[yr] equinox of RA_TARG/DEC_TARG (ICRS, J2000)")
     beg, end = float(src_primary["EXPSTART"]), float(src_primary["EXPEND"])
     h["TIMESYS"] = ("UTC", "time scale of the time keywords")
     h["DATE-BEG"] = (_mjd_to_iso(beg), "start of the first exposure")
@@ -527,10 +528,35 @@ def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simu
     set_card(h, "DOI", m.release.doi, "DOI of the HLSP collection")
     set_card(h, "LICENSE", m.release.license, "license of the data")
     set_card(h, "LICENURL", m.release.license_url, "URL of the license")
-    if m.release.references:
-        set_card(h, "REFERENC", m.release.references[0], "bibliographic reference")
+    # the paper that describes the data, else the collection's own DOI
+    set_card(
+        h, "REFERENC", m.release.references[0] if m.release.references else m.release.doi, "bibliographic reference"
+    )
+    h["PSFSIZE"] = (round(psf_size_arcsec(band, product), 4), PSFSIZE_COMMENT[convolved_fwhm(product) is not None])
     h["SIMULATD"] = (bool(simulated), "made from simulated observations")
     return h
+
+
+PSFSIZE_COMMENT = {False: "[arcsec] PSF FWHM (diffraction limit 1.03 lambda/D)", True: "[arcsec] Gaussian beam FWHM"}
+
+
+def psf_size_arcsec(band: str, product: str = "img") -> float:
+    """PSFSIZE of a product: the Gaussian beam of a PSF-matched one (``img-gauss0p85as``: 0.85),
+    else the band's diffraction-limited FWHM, 1.03 lambda / D (within 6% of the paper's Table 2
+    from F200W to F2100W; processing/common/psf.py)."""
+    from processing.common.psf import psf_fwhm_arcsec
+
+    fwhm = convolved_fwhm(product)
+    return float(fwhm) if fwhm is not None else psf_fwhm_arcsec(band)
+
+
+#: Keywords every image extension carries besides its WCS and unit (MAST: on images too).
+IMAGE_KEYWORDS = ("FILTER", "RA_TARG", "DEC_TARG")
+
+
+def image_keywords(primary) -> list[tuple[str, object, str]]:
+    """``(keyword, value, comment)`` of :data:`IMAGE_KEYWORDS`, from the primary header."""
+    return [(k, primary[k], primary.comments[k]) for k in IMAGE_KEYWORDS]
 
 
 def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str, simulated: bool) -> None:
@@ -573,6 +599,8 @@ def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str,
                 hdu.header["BUNIT"] = (UNITS[ext], EXT_COMMENT[ext])
             else:
                 hdu.header["COMMENT"] = EXT_COMMENT[ext]
+            for key, value, comment in image_keywords(prim.header):
+                hdu.header[key] = (value, comment)
             hdus.append(hdu)
         inputs = _input_exposures(src)
         cols = [
@@ -587,7 +615,9 @@ def write_img(i2d: Path, dest: Path, lm: LoadedManifest, target: str, band: str,
             fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)
 
 
-def write_variant_img(src_path: Path, dest: Path, lm: LoadedManifest, target: str, band: str, simulated: bool) -> None:
+def write_variant_img(
+    src_path: Path, dest: Path, lm: LoadedManifest, target: str, band: str, simulated: bool, product: str
+) -> None:
     """A released PSF-matched mosaic: primary header as :func:`write_img`'s plus the beam; SCI
     and ERR with their WCS, units and beam (read through a memory map: written as it is read)."""
     from astropy.io import fits
@@ -595,7 +625,7 @@ def write_variant_img(src_path: Path, dest: Path, lm: LoadedManifest, target: st
     from processing.fileio import atomic_path
 
     with fits.open(src_path, memmap=True) as src:
-        h = primary_header(src[0].header, lm, target, band, simulated)
+        h = primary_header(src[0].header, lm, target, band, simulated, product)
         for k in BEAM_KEYWORDS:
             h[k] = (src[0].header[k], src[0].header.comments[k])
         hdus = [fits.PrimaryHDU(header=h)]
@@ -609,6 +639,8 @@ def write_variant_img(src_path: Path, dest: Path, lm: LoadedManifest, target: st
                 UNITS[ext],
                 "PSF-matched surface brightness" if ext == "SCI" else "uncertainty, propagated through the kernel",
             )
+            for key, value, comment in image_keywords(h):
+                hdu.header[key] = (value, comment)
             hdus.append(hdu)
         with atomic_path(dest) as tmp:
             fits.HDUList(hdus).writeto(tmp, overwrite=True, checksum=True)

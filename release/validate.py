@@ -12,24 +12,34 @@ Checks, each reported per file with the problem named:
   says it was made from it (HLSPMANI = its content hash; HLSPID, HLSPTARG, RA_TARG/DEC_TARG
   as the manifest says);
 - a README is there, not empty, naming the version; every preview is a readable image;
-- every FITS file opens, its CHECKSUM/DATASUM match on every HDU, and ``fitsverify``
-  reports no error and no warning (where it is not installed the check is reported as not
-  run, and ``--strict``, the default under CI, fails it);
+- every FITS file is FITS by its first bytes (gzip bytes named .fits are refused), opens, its
+  CHECKSUM/DATASUM match on every HDU, and ``fitsverify`` reports no error and no warning
+  (where it is not installed the check is reported as not run, and ``--strict``, the default
+  under CI, fails it);
 - img-gauss*.fits (PSF-matched): PRIMARY, SCI, ERR; the beam (BMAJ = BMIN = the FWHM the
   product name says, in degrees; BPA) in the primary header and both extensions; the other
   checks of img.fits that apply (keywords, WCS, units, ERR);
 - a patch release: what it does not remake carries a parent's version (and was made from the
   parent manifest it ships, HLSPMANI); with ``--against PARENT`` every such file must be
   byte-identical to the parent's file of that name;
-- with ``--against PREVIOUS``: each mosaic against the same product of the previous release
-  (or a folder of MAST level-3 mosaics): shift, flux ratio and background change within the
-  release manifest's ``[comparisons.thresholds]`` and overrides (release/compare.py);
-- img.fits: the extensions of Table 3 in order, their dtypes, BUNIT of SCI/ERR (MJy/sr), a
-  celestial WCS that parses in every image extension (RADESYS ICRS, no EQUINOX), SCI not all
-  NaN, ERR not all NaN and never negative, every MAST-required primary keyword present and
-  well formed and consistent with the file name and folder (FILTER, INSTRUME, HLSPTARG,
-  HLSPVER), RA_TARG/DEC_TARG on the image, dates consistent (DATE-* with MJD-*, order,
-  TELAPSE, not in the future), SIMULATD = T in a simulated release.
+- with ``--against PREVIOUS``: PREVIOUS is an earlier release of the same project (or a folder
+  of MAST level-3 mosaics) sharing at least one target and band, else a failure naming why;
+  this release itself is reported as not compared; each mosaic against the same product of
+  PREVIOUS: shift, flux ratio and background change within the release manifest's
+  ``[comparisons.thresholds]`` and overrides (release/compare.py);
+- a patch, or a release with ``comparisons.previous_release``: its changes file is there;
+- per-target tables: rows and metadata for exactly the target's bands, and the rows of every
+  band another band refers to (the reference band an anchored band was fitted against);
+- img.fits: the extensions of Table 3 in order, their dtypes, the unit of every extension
+  (SCI/ERR MJy/sr, VAR_* (MJy/sr)**2, none for DQ/CON/WHT), FILTER/RA_TARG/DEC_TARG on every
+  image extension as in the primary, a celestial WCS that parses in every image extension
+  (RADESYS ICRS, no EQUINOX) and puts every pixel within 1 mas of where SCI's does, INPUTS
+  listing the exposures (CON drawing on no more of them), SCI not all NaN, ERR not all NaN and
+  never negative, every MAST-required primary keyword present and well formed (EQUINOX 2000.0
+  for RA_TARG/DEC_TARG) and consistent with the file name and folder (FILTER, INSTRUME,
+  HLSPTARG, HLSPVER), the recommended ones (HLSPNAME, HLSPLEAD, TELAPSE, PROPOSID, PSFSIZE, the
+  beam of a PSF-matched product, REFERENC), RA_TARG/DEC_TARG on the image, dates consistent
+  (DATE-* with MJD-*, order, TELAPSE, not in the future), SIMULATD = T in a simulated release.
 """
 
 from __future__ import annotations
@@ -70,8 +80,22 @@ REQUIRED_PRIMARY = {
     "DOI": str,
     "LICENSE": str,
     "LICENURL": str,
+    "EQUINOX": float,
 }
-RECOMMENDED_PRIMARY = ("HLSPNAME", "HLSPLEAD", "TELAPSE", "PROPOSID")
+RECOMMENDED_PRIMARY = ("HLSPNAME", "HLSPLEAD", "TELAPSE", "PROPOSID", "PSFSIZE", "REFERENC")
+#: Units of the image extensions (none for DQ flags, CON bit masks and WHT relative weights).
+EXT_UNITS = {
+    "SCI": "MJy/sr",
+    "ERR": "MJy/sr",
+    "VAR_POISSON": "(MJy/sr)**2",
+    "VAR_RNOISE": "(MJy/sr)**2",
+    "VAR_FLAT": "(MJy/sr)**2",
+    "DQ": None,
+    "CON": None,
+    "WHT": None,
+}
+#: How far an extension's WCS may put a pixel from where SCI's puts it (mas).
+WCS_AGREEMENT_MAS = 1.0
 IMG_LAYOUT = ("PRIMARY", "SCI", "ERR", "DQ", "VAR_POISSON", "VAR_RNOISE", "VAR_FLAT", "CON", "WHT", "INPUTS")
 #: A PSF-matched mosaic (img-gauss0p85as): the convolved image and its propagated error only.
 CONVOLVED_LAYOUT = ("PRIMARY", "SCI", "ERR")
@@ -88,6 +112,7 @@ IMG_DTYPES = {
     "WHT": "float32",
 }
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?$")
+_BAND = re.compile(r"^F\d{3,4}[WMNC]\d?$")
 #: Tolerance of the date consistency checks (DATE-* against MJD-*, TELAPSE), seconds.
 DATE_TOLERANCE_S = 1.0
 #: How far outside the mosaic the target centre may lie, as a fraction of the mosaic's size
@@ -124,6 +149,8 @@ class Report:
     findings: list[Finding] = field(default_factory=list)
     #: a patch release's parents' manifests, by file version (their carried files were made from them)
     carried_manifests: dict = field(default_factory=dict)
+    #: with --against: what the previous side is (release/compare.py Side)
+    against: object | None = None
 
     def add(self, file: str, check: str, problem: str | None = None) -> None:
         self.findings.append(Finding(file, check, problem is None, problem or ""))
@@ -316,6 +343,14 @@ def validate_release(
     release_manifest, toml_rel = _load_release_manifest(report, rels)
     if release_manifest is not None:
         _check_coverage(report, release_manifest, toml_rel, rels)
+        if release_manifest.release.kind == "patch" or release_manifest.comparisons.previous_release:
+            changes = [r for r in rels if r.endswith("_changes.txt") and "/" not in r]
+            why = "a patch" if release_manifest.release.kind == "patch" else "comparisons.previous_release is set"
+            report.add(
+                changes[0] if changes else ".",
+                "changes file present",
+                None if changes else f"no *_changes.txt at the top: {why}, so the release says what changed",
+            )
     for rel in readmes:
         _check_readme(report, rel, rels[rel], release_manifest)
     for rel, p in rels.items():
@@ -352,10 +387,46 @@ def validate_release(
 
 def _check_against(report: Report, root: Path, previous: Path, m, figures) -> None:
     """Each mosaic of the release against its counterpart in ``previous`` (release/compare.py),
-    within the manifest's limits; a mosaic without one is reported as not compared."""
-    from release.compare import check, compare, limits_for
+    within the manifest's limits; a mosaic without one is reported as not compared.
+
+    ``previous`` must be comparable: an earlier release of the same project, or a folder of
+    level-3 mosaics, sharing at least one target and band; this release itself (the same
+    folder, or the same project and version) is reported as not compared."""
+    from release.compare import check, compare, limits_for, side_of
+    from release.manifest import version_tuple
 
     label = previous.name or str(previous)
+    check_name = f"against {label}"
+    try:
+        side = side_of(previous)
+    except ValueError as exc:
+        report.add(".", check_name, str(exc))
+        return
+    report.against = side
+    if side.kind == "unknown":
+        report.add(
+            ".", check_name, f"{previous} is neither a release nor a folder of level-3 mosaics: nothing to compare"
+        )
+        return
+    if side.kind == "release":
+        if side.project != m.release.project:
+            report.add(
+                ".",
+                check_name,
+                f"{previous} is a release of {side.project}, not of {m.release.project}: not comparable",
+            )
+            return
+        if root.resolve() == previous.resolve() or side.version == m.release.version:
+            report.skip(".", check_name, f"{previous} is this release itself ({side.version}): nothing was compared")
+            return
+        if version_tuple(side.version) > version_tuple(m.release.version):
+            report.add(
+                ".",
+                check_name,
+                f"{previous} is version {side.version}, later than this release's {m.release.version}: "
+                "--against takes the previous release",
+            )
+            return
     if report.carried_manifests:  # a patch: what it carries over must be its parent's very bytes
         from release.manifest import file_version
 
@@ -385,6 +456,9 @@ def _check_against(report: Report, root: Path, previous: Path, m, figures) -> No
         label_b=f"{label} (previous)",
     )
     by_name = {p.name: p for p in root.rglob("*.fits")}
+    if not numbers:
+        report.add(".", check_name, f"nothing in common with {side.describe()}: no target and band compared")
+        return
     for why in skipped:
         report.skip(".", f"against {label}", why)
     for n in numbers:
@@ -509,7 +583,9 @@ def _check_coverage(report: Report, m, toml_rel: str, rels: dict[str, Path]) -> 
 
 
 def _check_target_table(report: Report, rel: str, path: Path, bands: set[str], ptype: str) -> None:
-    """A per-target table opens and holds exactly the target's bands."""
+    """A per-target table opens, has rows and metadata for exactly the target's bands, and the
+    rows of every band another band's rows or metadata refer to (e.g. the reference band an
+    anchored band was fitted against: without it that band's anchoring is unexplained)."""
     from astropy.table import Table
 
     try:
@@ -518,14 +594,30 @@ def _check_target_table(report: Report, rel: str, path: Path, bands: set[str], p
         report.add(rel, f"{ptype} table", f"does not open as an ECSV table ({type(exc).__name__}: {exc})")
         return
     have = {str(b).upper() for b in t["band"]} if "band" in t.colnames else set()
-    meta = set((t.meta.get("bands") or {}).keys())
-    problem = None
-    if have | meta != bands:
-        problem = (
-            f"bands {', '.join(sorted(have | meta)) or 'none'} differ from the release manifest's "
+    meta = {str(b).upper(): v for b, v in (t.meta.get("bands") or {}).items()}
+    problems = []
+    if have != bands:
+        problems.append(
+            f"rows for {', '.join(sorted(have)) or 'no band'}, but the release manifest's bands are "
             f"{', '.join(sorted(bands))}"
         )
-    report.add(rel, f"{ptype} table", problem)
+    if set(meta) != bands:
+        problems.append(f"metadata for {', '.join(sorted(meta)) or 'no band'}, expected {', '.join(sorted(bands))}")
+    referred = {
+        str(v.get(k)).upper(): b
+        for b, v in meta.items()
+        if isinstance(v, dict)
+        for k in ("anchored_to",)
+        if v.get(k) and _BAND.match(str(v.get(k)).upper())
+    }
+    if "against" in t.colnames:
+        referred.update(
+            {str(a).upper(): str(b).upper() for a, b in zip(t["against"], t["band"]) if _BAND.match(str(a).upper())}
+        )
+    unexplained = sorted(f"{b} (refers to {ref})" for ref, b in referred.items() if ref not in have)
+    if unexplained:
+        problems.append(f"rows of the band(s) others refer to are missing: {', '.join(unexplained)}")
+    report.add(rel, f"{ptype} table", "; ".join(problems) if problems else None)
 
 
 def _check_readme(report: Report, rel: str, path: Path, m) -> None:
@@ -683,7 +775,13 @@ def _check_fits(report: Report, rel: str, path: Path, use_fitsverify: bool, m=No
     """Check one FITS file; return its SIMULATD flag (None if absent, 'unreadable')."""
     from astropy.io import fits
 
+    from release.compare import fits_problem
+
     simulated = None
+    magic = fits_problem(path)  # astropy would open gzip bytes named .fits without a word
+    report.add(rel, "FITS file", f"{path.name} {magic}" if magic else None)
+    if magic:
+        return "unreadable"
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -776,6 +874,8 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
     if not problems:
         if h0["TELESCOP"] != "JWST" or h0["OBSERVAT"] != "JWST":
             problems.append("TELESCOP/OBSERVAT must be JWST")
+        if h0["EQUINOX"] != 2000.0:
+            problems.append(f"EQUINOX is {h0['EQUINOX']!r}, expected 2000.0 (RA_TARG/DEC_TARG in ICRS, J2000)")
         if h0["TIMESYS"] != "UTC":
             problems.append(f"TIMESYS is {h0['TIMESYS']!r}, expected 'UTC'")
         for k in ("DATE-BEG", "DATE-END"):
@@ -793,8 +893,15 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
         if not designated and _same_target(h0["HLSPTARG"]) != _same_target(parsed.target):
             problems.append(f"HLSPTARG {h0['HLSPTARG']!r} is not the file name's target {parsed.target!r}")
     report.add(rel, "required primary keywords", "; ".join(problems) if problems else None)
-    missing_rec = [k for k in RECOMMENDED_PRIMARY if k not in h0]
-    report.add(rel, "recommended primary keywords", f"{', '.join(missing_rec)} missing" if missing_rec else None)
+    rec_problems = [f"{k} missing" for k in RECOMMENDED_PRIMARY if k not in h0]
+    if "PSFSIZE" in h0:
+        want = fwhm
+        if not isinstance(h0["PSFSIZE"], (int, float)) or not h0["PSFSIZE"] > 0:
+            rec_problems.append(f"PSFSIZE {h0['PSFSIZE']!r} is not a positive FWHM in arcsec")
+        elif want is not None and abs(h0["PSFSIZE"] - want) > 1e-4:
+            rec_problems.append(f"PSFSIZE {h0['PSFSIZE']} is not the beam the name says ({want})")
+    report.add(rel, "recommended primary keywords", "; ".join(rec_problems) if rec_problems else None)
+    _check_extensions(report, rel, hdul, names, h0)
     for ext, dtype in IMG_DTYPES.items():
         if ext not in names:
             continue
@@ -814,10 +921,6 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
             )
         except Exception as exc:
             report.add(rel, f"{ext} WCS", f"{ext}: WCS does not parse ({exc})")
-    for ext in ("SCI", "ERR"):
-        if ext in names:
-            unit = hdul[ext].header.get("BUNIT")
-            report.add(rel, f"{ext} BUNIT", None if unit == "MJy/sr" else f"{ext} BUNIT is {unit!r}, expected 'MJy/sr'")
     if "SCI" in names and hdul["SCI"].data is not None:
         report.add(rel, "SCI has data", None if np.isfinite(hdul["SCI"].data).any() else "SCI is all NaN")
         if not problems:
@@ -838,6 +941,74 @@ def _check_img(report: Report, rel: str, hdul, names: list[str], parsed, designa
             report.add(rel, "ERR valid")
     sim = h0.get("SIMULATD")
     return bool(sim) if sim is not None else None
+
+
+def _check_extensions(report: Report, rel: str, hdul, names: list[str], h0) -> None:
+    """What every image extension must agree on: its unit (:data:`EXT_UNITS`), FILTER and the
+    target's coordinates as the primary header gives them, and its celestial WCS with SCI's
+    (within :data:`WCS_AGREEMENT_MAS`); INPUTS lists the exposures and CON draws on no more
+    than it lists."""
+    from astropy.wcs import WCS
+
+    images = [e for e in names if e in EXT_UNITS]
+    for ext in images:
+        h = hdul[ext].header
+        unit, want = h.get("BUNIT"), EXT_UNITS[ext]
+        report.add(
+            rel,
+            f"{ext} BUNIT",
+            None
+            if unit == want
+            else (
+                f"{ext} BUNIT is {unit!r}, expected {want!r}" if want else f"{ext} has BUNIT {unit!r}: it has no unit"
+            ),
+        )
+        wrong = [
+            f"{k} {h.get(k)!r} (primary: {h0.get(k)!r})"
+            for k in ("FILTER", "RA_TARG", "DEC_TARG")
+            if k in h0 and h.get(k) != h0.get(k)
+        ]
+        report.add(rel, f"{ext} image keywords", f"{ext}: {', '.join(wrong)}" if wrong else None)
+    if "SCI" in images:
+        try:
+            ref = WCS(hdul["SCI"].header, naxis=2).celestial
+            ny, nx = hdul["SCI"].shape[-2:]
+            xs = np.array([0.0, nx - 1.0, 0.0, nx - 1.0, (nx - 1) / 2.0])
+            ys = np.array([0.0, 0.0, ny - 1.0, ny - 1.0, (ny - 1) / 2.0])
+            ra0, dec0 = ref.pixel_to_world_values(xs, ys)
+        except Exception:  # noqa: BLE001 - SCI's own WCS problem is reported by its WCS check
+            ref = None
+        for ext in images:
+            if ext == "SCI" or ref is None:
+                continue
+            try:
+                w = WCS(hdul[ext].header, naxis=2).celestial
+                ra, dec = w.pixel_to_world_values(xs, ys)
+                off = 3.6e6 * np.hypot((ra - ra0) * np.cos(np.deg2rad(dec0)), dec - dec0)
+                worst = float(np.nanmax(off)) if np.isfinite(off).any() else np.inf
+            except Exception as exc:  # noqa: BLE001
+                report.add(rel, f"{ext} WCS agrees with SCI", f"{ext}: WCS cannot be evaluated ({exc})")
+                continue
+            report.add(
+                rel,
+                f"{ext} WCS agrees with SCI",
+                None
+                if worst <= WCS_AGREEMENT_MAS
+                else f"{ext}: its WCS puts pixels {worst / 1000:.3g}\" from where SCI's does (tolerance "
+                f"{WCS_AGREEMENT_MAS:g} mas): the extensions are not on one grid",
+            )
+    if "INPUTS" in names:
+        rows = hdul["INPUTS"].data
+        n = 0 if rows is None else len(rows)
+        problem = None if n else "INPUTS lists no exposure: what the mosaic was made from is unknown"
+        if n and "CON" in names and hdul["CON"].data is not None:
+            con = np.asarray(hdul["CON"].data)
+            planes = (con.reshape(1, -1) if con.ndim < 3 else con.reshape(con.shape[0], -1)).astype(np.int64)
+            union = np.bitwise_or.reduce(planes & 0xFFFFFFFF, axis=1)  # the inputs each plane's bits name
+            bits = sum(bin(int(u)).count("1") for u in union)
+            if bits > n:
+                problem = f"CON draws on {bits} inputs but INPUTS lists {n}: they disagree"
+        report.add(rel, "INPUTS", problem)
 
 
 def _beam_problem(hdul, names: list[str], fwhm_arcsec: float) -> str | None:

@@ -132,6 +132,16 @@ min_coverage = 0.8
         assert "changed: synth2 F770W img-gauss0p85as.fits" in changes and "changed: synth1" not in changes
         proc = hlsp("validate", str(rel), "--against", str(demo_release), check_code=0)
         assert "valid" in proc.stdout
+        # a patch says what changed: without its changes file it fails, naming that
+        bare = linked_copy(rel, tmp_path / "bare" / rel.name)
+        changes_file = next(bare.glob("*_changes.txt"))
+        changes_file.unlink()
+        csv_file = next(bare.glob("*_manifest.csv"))
+        rows = [r for r in csv_file.read_text().splitlines(keepends=True) if changes_file.name not in r]
+        csv_file.unlink()
+        csv_file.write_text("".join(rows))
+        proc = hlsp("validate", str(bare), "--no-fitsverify", "--no-strict", check_code=1)
+        assert "no *_changes.txt at the top: a patch" in " ".join(proc.stdout.split())
         # a carried file that is not the parent's fails, naming it
         victim = rel / next(n for n in carried if n.startswith("synth1/") and n.endswith("_img-preview.png"))
         data = bytearray(victim.read_bytes())

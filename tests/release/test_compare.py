@@ -139,3 +139,56 @@ def test_a_release_pairs_with_level_3_mosaics_named_as_mast_names_them(demo_rele
     for p in pairs:
         n, a, b = C.compare_files(p)
         assert n.pixels > 10_000 and np.isfinite([n.median, n.mad, n.background, n.flux_ratio, n.shift_mas]).all()
+
+
+def test_what_is_not_comparable_is_refused_naming_why(demo_release, tmp_path):
+    """--against takes an earlier release of the same project (or level-3 mosaics sharing a
+    band); `hlsp compare` takes two FITS files of one band, or two folders; a figure folder is
+    never inside a release. Each refusal names the reason."""
+    import gzip
+    import tomllib
+
+    import tomli_w
+
+    from tests.conftest import linked_copy
+
+    def release_with(**release) -> Path:
+        rel = linked_copy(demo_release, tmp_path / f"rel-{len(list(tmp_path.iterdir()))}" / "v1p0")
+        toml = next(rel.glob("*_manifest.toml"))
+        data = tomllib.loads(toml.read_text())
+        data["release"].update(release)
+        toml.unlink()  # a hard link: the shared release stays as it is
+        toml.write_text(tomli_w.dumps(data))
+        return rel
+
+    def validate_against(previous) -> str:
+        proc = hlsp(
+            "validate", str(demo_release), "--no-fitsverify", "--no-strict", "--against", str(previous), check_code=1
+        )
+        return " ".join(proc.stdout.split())
+
+    assert "is a release of other-survey, not of synth-jwst" in validate_against(release_with(project="other-survey"))
+    assert "version 2.0.0, later than this release's 1.0.0" in validate_against(release_with(version="2.0.0"))
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "todo.txt").write_text("nothing here")
+    assert "neither a release nor a folder of level-3 mosaics" in validate_against(unrelated)
+
+    readme = next(demo_release.glob("*_readme.txt"))
+    png = next(demo_release.rglob("*_img-preview.png"))
+    f200w = next(demo_release.rglob("*synth1_f200w_*_img.fits"))
+    f770w = next(demo_release.rglob("*synth1_f770w_*_img.fits"))
+    zipped = tmp_path / f200w.name
+    zipped.write_bytes(gzip.compress(f200w.read_bytes()))
+    for a, b, why in (
+        (readme, readme, "is not a FITS file"),
+        (png, f200w, "is not a FITS file"),
+        (zipped, f200w, "is gzip-compressed data, not a FITS file"),
+        (f200w, f770w, "is F200W and"),
+    ):
+        proc = hlsp("compare", str(a), str(b), check_code=2)
+        text = " ".join(proc.stderr.split())
+        assert why in text and "Traceback" not in text, text
+    proc = hlsp("compare", str(f200w), str(f200w), "--outdir", str(demo_release / "figures"), check_code=2)
+    assert "is a release folder" in " ".join(proc.stderr.split())
+    assert not (demo_release / "figures").exists()

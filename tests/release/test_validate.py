@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +22,19 @@ def imgs(release: Path) -> list[Path]:
 def test_demo_release_validates_clean(demo_release, tmp_path):
     # under CI (CI=true) validation is strict: fitsverify must have run on every FITS file
     # (the Makefile installs it); elsewhere, without it, the check is reported as not run
-    # against itself: every band compared (no shift, ratio 1, no level change)
-    proc = hlsp(
-        "validate", str(demo_release), "--junit", str(tmp_path / "v.xml"), "--against", str(demo_release), check_code=0
-    )
+    proc = hlsp("validate", str(demo_release), "--junit", str(tmp_path / "v.xml"), check_code=0)
     assert "valid" in proc.stdout
     if shutil.which("fitsverify") is None:
         assert "not run: fitsverify" in proc.stdout
     xml = (tmp_path / "v.xml").read_text()
     assert 'failures="0"' in xml and xml.count("<testcase") > 100
-    assert xml.count('name="against v1p0"') == 4
+    # against itself: nothing is compared, and it says so (strict, as under CI: a failure)
+    proc = hlsp(
+        "validate", str(demo_release), "--no-fitsverify", "--no-strict", "--against", str(demo_release), check_code=0
+    )
+    assert "is this release itself (1.0.0): nothing was compared" in " ".join(proc.stdout.split())
+    proc = hlsp("validate", str(demo_release), "--strict", "--against", str(demo_release), check_code=1)
+    assert "is this release itself" in proc.stdout
     names = sorted(p.name for p in demo_release.rglob("*") if p.is_file())
     assert "hlsp_synth-jwst_jwst_nircam_synth1_f200w_v1p0_img.fits" in names
     assert "hlsp_synth-jwst_jwst_miri-nircam_all_multi_v1p0_readme.txt" in names
@@ -471,6 +475,13 @@ HEADER_BREAKS = [
     ),
     _header_break("coordinates_of_another_target", 0, "RA_TARG", 150.60, "off the"),
     _header_break("filter_disagrees", 0, "FILTER", "F300M", "FILTER 'F300M' differs"),
+    # MAST's HLSP keywords (issue 23): every unit, the equinox of RA_TARG/DEC_TARG, the PSF size
+    _header_break("var_poisson_in_dn_per_s", "VAR_POISSON", "BUNIT", "DN/s", "VAR_POISSON BUNIT is 'DN/s'"),
+    _header_break("dq_with_a_unit", "DQ", "BUNIT", "MJy/sr", "DQ has BUNIT 'MJy/sr': it has no unit"),
+    _header_break("equinox_missing", 0, "EQUINOX", delete=True, problem="EQUINOX missing"),
+    _header_break("psfsize_missing", 0, "PSFSIZE", delete=True, problem="PSFSIZE missing"),
+    _header_break("sci_filter_disagrees", "SCI", "FILTER", "F300M", "SCI: FILTER 'F300M' (primary: 'F200W')"),
+    _header_break("err_wcs_one_degree_off", "ERR", "CRVAL2", 3.2, "ERR: its WCS puts pixels"),
     _header_break("instrument_disagrees", 0, "INSTRUME", "MIRI", "INSTRUME 'MIRI' differs"),
     _header_break("made_from_another_manifest", 0, "HLSPMANI", "0" * 64, "is not the release manifest's content hash"),
     _header_break(
@@ -513,7 +524,48 @@ def psf_matching_table_missing(rel):
     return p.name, "the psf-matching table is missing"
 
 
+def inputs_empty(rel):
+    p = _img(rel)
+    with fits.open(p, mode="update") as hdul:
+        tab = hdul["INPUTS"]
+        hdul["INPUTS"] = fits.BinTableHDU.from_columns(tab.columns, nrows=0, header=tab.header, name="INPUTS")
+        for h in hdul:
+            h.add_checksum()
+    return p.name, "INPUTS lists no exposure"
+
+
+def gzip_bytes_named_fits(rel):
+    import gzip
+
+    p = _img(rel)
+    data = p.read_bytes()
+    p.unlink()
+    p.write_bytes(gzip.compress(data))
+    return p.name, "is gzip-compressed data, not a FITS file"
+
+
+def target_table_lost_a_band(rel):
+    from astropy.table import Table
+
+    p = next(rel.rglob("*synth1_multi_*_anchoring.ecsv"))
+    t = Table.read(p, format="ascii.ecsv")
+    t = t[[str(b) != "F770W" for b in t["band"]]]  # the rows gone, the metadata kept
+    p.unlink()
+    t.write(p, format="ascii.ecsv")
+    return p.name, "rows for F200W, but the release manifest's bands are F200W, F770W"
+
+
+def convolved_psfsize_wrong(rel):
+    p = _convolved(rel, "0p85")
+    _edit_header(p, 0, "PSFSIZE", 0.9)
+    return p.name, "PSFSIZE 0.9 is not the beam the name says (0.85)"
+
+
 BREAKS = HEADER_BREAKS + [
+    inputs_empty,
+    gzip_bytes_named_fits,
+    target_table_lost_a_band,
+    convolved_psfsize_wrong,
     convolved_beam_disagrees_with_name,
     convolved_beam_missing,
     convolved_missing,
@@ -578,3 +630,25 @@ def test_validate_catches_a_broken_release(demo_release, tmp_path, brk):
     assert 'failures="0"' not in junit.split("\n")[1]
     # the file and the problem are named (in the JUnit report, which does not wrap)
     assert any(fname in line and problem in line for line in junit.split("<testcase")), (fname, problem, text[:2000])
+
+
+def test_a_target_table_must_explain_the_bands_it_refers_to():
+    """A band anchored against another band needs that band's rows: a table that lost them
+    (the metadata kept) leaves the first band's anchoring unexplained."""
+    from astropy.table import Table
+
+    from release.validate import Report, _check_target_table
+
+    def findings(rows):
+        t = Table(rows=rows, names=("band", "role", "against"))
+        t.meta["bands"] = {"F770W": {"anchored_to": ""}, "F1000W": {"anchored_to": "F770W"}}
+        path = Path(tempfile.mkdtemp()) / "t.ecsv"
+        t.write(path, format="ascii.ecsv")
+        report = Report(path.parent)
+        _check_target_table(report, "t.ecsv", path, {"F770W", "F1000W"}, "anchoring")
+        return [f.message for f in report.failures]
+
+    assert findings([("F770W", "external", "irac4"), ("F1000W", "internal", "F770W")]) == []
+    (problem,) = findings([("F1000W", "internal", "F770W")])
+    assert "rows for F1000W, but the release manifest's bands are F1000W, F770W" in problem
+    assert "rows of the band(s) others refer to are missing: F1000W (refers to F770W)" in problem
