@@ -325,7 +325,7 @@ def _stamp_provenance(path: Path, prov: dict) -> None:
         return
     with fits.open(path, mode="update") as hdul:
         h = hdul[0].header
-        # 64-character values: no room left on the card for a comment (see docs/provenance)
+        # 64-character values: no room left on the card for a comment (docs/engine.md, Provenance)
         h["HLSPMANI"] = prov["manifest_sha256"]
         h["HLSPTASK"] = prov["task_key"]
         h["HLSPCODE"] = (prov["code_version"], "hlsp engine code version")

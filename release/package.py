@@ -532,12 +532,14 @@ def primary_header(src_primary, lm: LoadedManifest, target: str, band: str, simu
     set_card(
         h, "REFERENC", m.release.references[0] if m.release.references else m.release.doi, "bibliographic reference"
     )
-    h["PSFSIZE"] = (round(psf_size_arcsec(band, product), 4), PSFSIZE_COMMENT[convolved_fwhm(product) is not None])
+    set_card(
+        h, "PSFSIZE", round(psf_size_arcsec(band, product), 4), PSFSIZE_COMMENT[convolved_fwhm(product) is not None]
+    )
     h["SIMULATD"] = (bool(simulated), "made from simulated observations")
     return h
 
 
-PSFSIZE_COMMENT = {False: "[arcsec] PSF FWHM (diffraction limit 1.03 lambda/D)", True: "[arcsec] Gaussian beam FWHM"}
+PSFSIZE_COMMENT = {False: "[arcsec] PSF FWHM, diffraction limit", True: "[arcsec] Gaussian beam FWHM"}
 
 
 def psf_size_arcsec(band: str, product: str = "img") -> float:

@@ -416,7 +416,7 @@ def _check_against(report: Report, root: Path, previous: Path, m, figures) -> No
                 f"{previous} is a release of {side.project}, not of {m.release.project}: not comparable",
             )
             return
-        if root.resolve() == previous.resolve() or side.version == m.release.version:
+        if root.resolve() == previous.resolve():
             report.skip(".", check_name, f"{previous} is this release itself ({side.version}): nothing was compared")
             return
         if version_tuple(side.version) > version_tuple(m.release.version):

@@ -527,8 +527,8 @@ def psf_matching_table_missing(rel):
 def inputs_empty(rel):
     p = _img(rel)
     with fits.open(p, mode="update") as hdul:
-        tab = hdul["INPUTS"]
-        hdul["INPUTS"] = fits.BinTableHDU.from_columns(tab.columns, nrows=0, header=tab.header, name="INPUTS")
+        empty = fits.Column(name="EXPOSURE", format="37A", array=np.array([], dtype="S37"))
+        hdul["INPUTS"] = fits.BinTableHDU.from_columns([empty], name="INPUTS")
         for h in hdul:
             h.add_checksum()
     return p.name, "INPUTS lists no exposure"
