@@ -1,4 +1,4 @@
-"""NIRCam 1/f destriping, single tile (paper §3.6.1; reference/pipeline.md step 2).
+"""NIRCam 1/f destriping, single tile (paper §3.6.1).
 
 NIRCam reads each amplifier's pixels along the fast axis; the 1/f noise of the readout puts
 one offset on every pixel read in the same stretch of time: stripes along the fast axis, a
@@ -37,16 +37,12 @@ from typing import Annotated
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from processing.common.readout import DO_NOT_USE as _DO_NOT_USE
+from processing.common.readout import REFERENCE_PIXEL as _REFERENCE_PIXEL
+from processing.common.readout import readout_geometry
 from processing.stages import Input, ModelParameters, Stage
 
 log = logging.getLogger(__name__)
-
-#: Full-frame size and amplifier count of a NIRCam detector along the fast axis.
-FULL_FAST = 2048
-FULL_AMPLIFIERS = 4
-#: jwst DQ bits that make a pixel unusable for the measurement.
-_DO_NOT_USE = 1
-_REFERENCE_PIXEL = 2**31
 
 
 class SingleTileParameters(BaseModel):
@@ -92,45 +88,6 @@ class SingleTileParameters(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Geometry
 # --------------------------------------------------------------------------------------------
-
-
-def amplifier_slices(n_fast: int, start: int = 1, noutputs: int | None = None) -> list[slice]:
-    """The amplifiers along the fast axis of an array.
-
-    Parameters
-    ----------
-    n_fast : int
-        Pixels along the fast axis.
-    start : int
-        1-based position of the array's first pixel in the full frame along the fast axis
-        (SUBSTRT1 for NIRCam).
-    noutputs : int or None
-        Amplifiers read out (NOUTPUTS); None: four for a full-width array, else one.
-
-    Returns
-    -------
-    list of slice
-        Index ranges along the fast axis, one per amplifier the array touches.
-    """
-    if noutputs is None:
-        noutputs = FULL_AMPLIFIERS if n_fast == FULL_FAST else 1
-    if noutputs == 1:
-        return [slice(0, n_fast)]
-    width = FULL_FAST // noutputs
-    out = []
-    for a in range(noutputs):
-        lo, hi = a * width - (start - 1), (a + 1) * width - (start - 1)
-        lo, hi = max(lo, 0), min(hi, n_fast)
-        if hi > lo:
-            out.append(slice(lo, hi))
-    return out
-
-
-def fast_axis_is_x(fastaxis: int | None) -> bool:
-    """Whether the fast-read direction runs along x (stripes along rows), from FASTAXIS.
-
-    NIRCam in science orientation reads along x (FASTAXIS = +-1) on every detector."""
-    return fastaxis is None or abs(int(fastaxis)) == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,16 +333,6 @@ def flat_of(model) -> np.ndarray:
     ones.close()
     flat[~np.isfinite(flat) | (flat <= 0)] = np.nan
     return flat
-
-
-def readout_geometry(model) -> tuple[bool, list[slice]]:
-    """(fast axis along x, amplifier slices along the fast axis) of a NIRCam rate or cal model."""
-    along_x = fast_axis_is_x(model.meta.subarray.fastaxis)
-    ny, nx = model.data.shape[-2:]
-    n_fast = nx if along_x else ny
-    start = (model.meta.subarray.xstart if along_x else model.meta.subarray.ystart) or 1
-    noutputs = getattr(model.meta.exposure, "noutputs", None)
-    return along_x, amplifier_slices(n_fast, int(start), noutputs)
 
 
 def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:

@@ -1,4 +1,4 @@
-"""NIRCam 1/f destriping, multi tile (paper §3.6.2; reference/pipeline.md step 7).
+"""NIRCam 1/f destriping, multi tile (paper §3.6.2).
 
 The single-tile stage (processing/destripe.py) cannot see stripes longer than its high-pass
 filter, nor tell stripes from emission that fills a frame. Overlapping exposures can: the sky
@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from processing.destripe import _DO_NOT_USE, readout_geometry
+from processing.common.images import shifted as _shifted
+from processing.common.readout import DO_NOT_USE as _DO_NOT_USE
+from processing.common.readout import readout_geometry
 from processing.stages import Input, ModelParameters, Stage
 
 log = logging.getLogger(__name__)
@@ -73,8 +75,7 @@ class MultiTileParameters(BaseModel):
     align: bool = Field(
         True,
         description="align each overlapping exposure to the one being corrected (phase correlation on the overlap) "
-        "before differencing: until relative astrometry runs first, tiles of different visits are "
-        "misaligned by the guide-star error",
+        "before differencing: what relative astrometry, which runs first, left of the visits' guide-star errors",
     )
     max_shift_pixels: float = Field(
         64.0,
@@ -243,16 +244,6 @@ def register(own: np.ndarray, other: np.ndarray, min_pixels: int = 4096) -> tupl
     taper = window("hann", a.shape)  # no edge discontinuity to pull the peak towards zero shift
     shift, _, _ = phase_cross_correlation(fill(a) * taper, fill(b) * taper, upsample_factor=20, normalization=None)
     return float(shift[0]), float(shift[1])
-
-
-def _shifted(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
-    """``image`` moved by (dy, dx) pixels (bilinear), NaN where it has no data."""
-    from scipy import ndimage
-
-    valid = np.isfinite(image)
-    vals = ndimage.shift(np.where(valid, image, 0.0), (dy, dx), order=1, mode="constant", cval=0.0)
-    w = ndimage.shift(valid.astype(float), (dy, dx), order=1, mode="constant", cval=0.0)
-    return np.where(w > 0.999, vals, np.nan)
 
 
 def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:

@@ -52,6 +52,11 @@ WORKER_MEMORY_GB = 2.5
 
 #: Top-level packages whose modules count as a stage's code (besides the stage's own package).
 PROJECT_PACKAGES = ("processing",)
+#: The engine's own modules a stage imports for its declaration (Stage, Input, Product, the
+#: parameter checks): they never compute a product, and :data:`ENGINE_VERSION` stands for them
+#: in every key (bump it when a change there changes what a task makes). Without this, every
+#: edit of the declaration types would rerun every task of every release.
+ENGINE_MODULES = ("processing", "processing.stages")
 
 
 @functools.cache
@@ -110,14 +115,15 @@ def _imported_names(name: str, source: bytes, is_package: bool) -> set[str]:
 def code_closure(module: str) -> tuple[tuple[str, Path], ...]:
     """The project modules a stage can execute: ``module`` (its run function's), its packages,
     and every module they import, at any depth and inside functions too, within the project's
-    packages (:data:`PROJECT_PACKAGES` and ``module``'s own top-level package). Sorted
-    ``(dotted name, source file)`` pairs. Found by reading the sources, never by importing."""
+    packages (:data:`PROJECT_PACKAGES` and ``module``'s own top-level package), but the
+    engine's declaration modules (:data:`ENGINE_MODULES`). Sorted ``(dotted name, source
+    file)`` pairs. Found by reading the sources, never by importing."""
     tops = set(PROJECT_PACKAGES) | {module.split(".")[0]}
     seen: dict[str, Path] = {}
     todo = [module] + [".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)]
     while todo:
         name = todo.pop()
-        if name in seen or name.split(".")[0] not in tops:
+        if name in seen or name.split(".")[0] not in tops or name in ENGINE_MODULES:
             continue
         path, is_package = _module_file(name)
         if path is None:

@@ -1,4 +1,4 @@
-"""Tile background level matching (paper §3.5; reference/pipeline.md steps 6 and 8).
+"""Tile background level matching (paper §3.5).
 
 jwst's skymatch compares one sigma-clipped "sky" per image inside each overlap; where a
 galaxy fills the overlaps there is no sky to clip to, and steps between tiles remain (the
@@ -23,9 +23,9 @@ coronagraph parts, processing/lyot.py):
 3. the corrected images of each connected group of a visit are stacked (mean) into a tile;
    NIRCam short-wave detectors of a visit are combined here;
 4. pass 2: the same between tiles, each pair aligned first by phase correlation on its
-   overlap (until relative astrometry runs first, tiles of different visits are misaligned
-   by the guide-star error); tiles that no kept pair connects form separate groups, solved
-   and reported separately, never merged;
+   overlap (relative astrometry, which runs before this stage, has put the visits on one frame;
+   the alignment removes what it left); tiles that no kept pair connects form separate groups,
+   solved and reported separately, never merged;
 5. one constant per group, the lowest sigma-clipped level (mode) of its tiles, is subtracted from
    every image of the group (what the paper does in level 3 with skymatch off: blank sky
    would end at zero; where emission fills the field, anchoring sets the absolute level).
@@ -99,8 +99,8 @@ class LevelMatchParameters(BaseModel):
     align_tiles: bool = Field(
         True,
         description="align each pair of tiles of different visits on their overlap before differencing (masked "
-        "cross-correlation, then Gauss-Newton; tiles of different visits carry different guide-star "
-        "errors until relative astrometry runs first)",
+        "cross-correlation, then Gauss-Newton): what relative astrometry, which runs first, left of the visits' "
+        "guide-star errors",
     )
     max_shift_pixels: float = Field(
         32.0,
@@ -478,7 +478,7 @@ def align_shift(a: np.ndarray, b: np.ndarray, max_window: int = 768) -> tuple[fl
     """
     from skimage.registration import phase_cross_correlation
 
-    from processing.destripe_multi import _shifted
+    from processing.common.images import shifted as _shifted
 
     both = np.isfinite(a) & np.isfinite(b)
     if both.sum() < 256:
@@ -522,7 +522,7 @@ def align_shift(a: np.ndarray, b: np.ndarray, max_window: int = 768) -> tuple[fl
 
 def measure_pairs(images: list[Image], indices: list[int], p: LevelMatchParameters, align: bool) -> list[Pair]:
     """Every overlapping pair among ``images[indices]`` (indices into ``images``)."""
-    from processing.destripe_multi import _shifted
+    from processing.common.images import shifted as _shifted
 
     pairs = []
     for a_pos, i in enumerate(indices):
@@ -714,7 +714,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     from astropy.io import fits
     from stdatamodels.jwst import datamodels
 
-    from processing import lyot
+    from processing.common import coronagraph as lyot
 
     p = LevelMatchParameters(**params)
     outdir = Path(outdir)
@@ -776,7 +776,7 @@ def _write_exposures(sol: Solution, outdir: Path) -> list[Path]:
     from astropy.io import fits
     from stdatamodels.jwst import datamodels
 
-    from processing import lyot
+    from processing.common import coronagraph as lyot
     from processing.fileio import save_model_atomic
 
     by_exposure: dict[str, dict[str, int]] = {}

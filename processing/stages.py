@@ -176,16 +176,13 @@ class Input:
 
 @dataclass(frozen=True)
 class Product:
-    """A release product a stage provides: its MAST product type and the output it is made from.
-
-    ``per``: ``"band"``, one file per target and band (a mosaic, a tarball); ``"target"``, a
-    table (``.ecsv``) each band's task writes one part of, packaged as one table per target
-    (filter field ``multi``), e.g. the anchoring offsets of every band.
-    """
+    """A product a stage provides to the release: its type and the output it is (the file of
+    each task with that suffix). What the release makes of it (a file per target and band, a
+    table per target, a preview drawn from it) is the release side's declaration of that type
+    (release/products/); processing never says how a release looks."""
 
     type: str
     suffix: str
-    per: str = "band"
 
     def expand(self, variants: dict | None) -> list[tuple[str, str]]:
         """``[(product type, suffix)]``: one per variant when the declaration names
@@ -247,13 +244,9 @@ class RegistryError(Exception):
 
 
 class Registry:
-    """The stages of a system, checked, in a real topological order of their connections.
+    """The stages of a system, checked, in a real topological order of their connections."""
 
-    ``planned``: names of stages that are known but not yet available (a manifest setting
-    their parameters is refused with a message saying so).
-    """
-
-    def __init__(self, stages: list[Stage], planned: tuple[str, ...] = ()):
+    def __init__(self, stages: list[Stage]):
         self.stages: dict[str, Stage] = {}
         for s in stages:
             if s.name in self.stages:
@@ -307,7 +300,6 @@ class Registry:
                 raise RegistryError(f"stage '{s.name}' refines *{suffix} but does not write it")
             self.refiners.setdefault((target, suffix), []).append(s)
         self.order = self._topological()
-        self.planned = tuple(p for p in planned if p not in self.stages)
 
     def source(self, reader: str, stage: str, suffix: str, instrument: str | None) -> str:
         """The stage whose output ``reader`` really reads when it declares ``stage``'s
@@ -366,10 +358,6 @@ class Registry:
     def ordered(self) -> list[Stage]:
         return [self.stages[n] for n in self.order]
 
-    def target_tables(self) -> dict[str, Product]:
-        """Product type -> declaration, of the per-target table products of these stages."""
-        return {p.type: p for s in self.ordered() for p in s.products if p.per == "target"}
-
     def product_providers(self) -> dict[str, Stage]:
         """Release product type -> the stage that provides it (the most downstream one wins,
         so a later stage that refines a product, e.g. anchoring the mosaic, replaces it)."""
@@ -389,10 +377,6 @@ class Registry:
             if stage in self.stages:
                 found, values[stage] = self.stages[stage].parameters.check(params, p)
                 problems.extend(found)
-            elif stage in self.planned:
-                problems.append((p, f"stage '{stage}' is not available in this version"))
             else:
-                problems.append(
-                    (p, f"unknown stage '{stage}'{did_you_mean(stage, list(self.stages) + list(self.planned))}")
-                )
+                problems.append((p, f"unknown stage '{stage}'{did_you_mean(stage, list(self.stages))}"))
         return problems, values

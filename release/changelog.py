@@ -113,21 +113,6 @@ def _task_key(path: Path) -> str | None:
         return None
 
 
-def load_release_manifest(release: Path):
-    """The validated manifest a release folder was made from (its ``*_manifest.toml``; a patch
-    also carries its parents': the newest is its own)."""
-    import tomllib
-
-    from release.manifest import Manifest, version_tuple
-
-    found = [
-        Manifest.model_validate(tomllib.loads(p.read_text())) for p in sorted(Path(release).glob("*_manifest.toml"))
-    ]
-    if not found:
-        raise ValueError(f"{release}: no *_manifest.toml (not a release folder of this system)")
-    return max(found, key=lambda m: version_tuple(m.release.version))
-
-
 def _same_table(a: Path, b: Path) -> bool:
     """Two per-target tables hold the same rows and per-band metadata (their release and
     version metadata may differ)."""

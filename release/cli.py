@@ -55,9 +55,19 @@ def _main(
 
 
 def _load(manifest: Path):
+    """A manifest, validated, and the names of its release's files checked against MAST's
+    rules (before any processing: release/products/)."""
+    from processing.errors import ManifestError
     from release.manifest import load_manifest
+    from release.naming import file_version
+    from release.products.registry import name_problems
 
-    return load_manifest(manifest)
+    lm = load_manifest(manifest)
+    if len(file_version(lm.manifest.release.version)) <= 9:  # else the manifest already refused it
+        problems = name_problems(lm.manifest)
+        if problems:
+            raise ManifestError(str(lm.path), problems)
+    return lm
 
 
 def _split(values: str | None) -> list[str] | None:
@@ -125,7 +135,6 @@ def plan(
     """Show what a run of this manifest would do, product by product, and what is cached."""
     from processing.instruments import instrument_of
     from processing.parameters import resolve_parameters
-    from processing.registry import default_registry
     from release.manifest import file_version
     from release.naming import make_name
 
@@ -188,9 +197,6 @@ def plan(
                 f"[yellow]Installed jwst {engine.jwst_version} differs from pins.jwst {m.pins.jwst}: `hlsp run` will "
                 "refuse.[/]"
             )
-    planned = default_registry().planned
-    if planned:
-        out.print(f"Stages not available in this version (left out of any run): {', '.join(planned)}")
 
 
 def _default_workdir(lm) -> Path:

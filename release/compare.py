@@ -238,7 +238,7 @@ def side_of(path: Path) -> Side:
     if not path.is_dir():
         raise ValueError(f"{path} does not exist")
     if any(path.glob("*_manifest.toml")):
-        from release.changelog import load_release_manifest
+        from release.manifest import load_release_manifest
 
         try:
             m = load_release_manifest(path)

@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from processing.errors import ManifestError
 from processing.instruments import FILTERS, INSTRUMENTS, all_filters, did_you_mean, instrument_of
+from release.naming import file_version, version_tuple
 
 SCHEMA_VERSION = 1
 
@@ -108,7 +109,7 @@ def _check_project(value: str) -> str:
 
 
 #: Target fields of file names that are not targets: the release-level files (README, manifest,
-#: changes) are named with target 'all' (reference/hlsp.md).
+#: changes) are named with target 'all'.
 RESERVED_TARGETS = frozenset({"all"})
 
 
@@ -601,17 +602,6 @@ class Manifest(StrictModel):
 # --------------------------------------------------------------------------------------------
 
 
-def version_tuple(version: str) -> tuple[int, int, int]:
-    major, minor, patch = (int(x) for x in version.split("."))
-    return major, minor, patch
-
-
-def file_version(version: str) -> str:
-    """File-name version of a release version: 1.1.0 -> v1p1, 1.0.1 -> v1p0p1."""
-    major, minor, patch = version_tuple(version)
-    return f"v{major}p{minor}" + (f"p{patch}" if patch else "")
-
-
 # --------------------------------------------------------------------------------------------
 # Cross-field checks (a plain function: full control of the key paths, all problems at once)
 # --------------------------------------------------------------------------------------------
@@ -646,17 +636,6 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
                 f"{rel.version} gives the file-name version '{fv}', longer than the 9 characters MAST allows",
             )
         )
-    else:
-        from release.naming import check_name, release_names
-
-        reported = set()
-        for key, name in release_names(m, fv):
-            bad = check_name(name)
-            if bad and key not in reported:  # one example per target: the rest break the same way
-                reported.add(key)
-                problems.append(
-                    (key, f"its release files would break MAST's naming rules, e.g. {name}: {'; '.join(bad)}")
-                )
     data = m.program.data
     if data.source in ("local", "synthetic") and not data.path:
         problems.append(("program.data.path", f"is required when program.data.source is '{data.source}'"))
@@ -727,9 +706,9 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
     if len(m.products.convolved_fwhm_arcsec) != len(set(m.products.convolved_fwhm_arcsec)):
         problems.append(("products.convolved_fwhm_arcsec", "lists a resolution twice"))
     else:
-        from release.naming import convolved_product
+        from processing.psf_matching.stage import variant_name
 
-        names = [convolved_product(f) for f in m.products.convolved_fwhm_arcsec]
+        names = ["img-" + variant_name(f) for f in m.products.convolved_fwhm_arcsec]
         for name in sorted({n for n in names if names.count(n) > 1}):
             problems.append(
                 (
@@ -1031,6 +1010,19 @@ def _load(path: Path, seen: tuple[Path, ...] = ()) -> LoadedManifest:
     if problems:
         raise ManifestError(str(path), problems)
     return LoadedManifest(_normalise_parameters(manifest), path, parent)
+
+
+def load_release_manifest(release: str | Path) -> Manifest:
+    """The validated manifest a release folder was made from (its ``*_manifest.toml``; a patch
+    also carries its parents': the newest is its own). ValueError when there is none."""
+    import tomllib
+
+    found = [
+        Manifest.model_validate(tomllib.loads(p.read_text())) for p in sorted(Path(release).glob("*_manifest.toml"))
+    ]
+    if not found:
+        raise ValueError(f"{release}: no *_manifest.toml (not a release folder of this system)")
+    return max(found, key=lambda m: version_tuple(m.release.version))
 
 
 def load_manifest(path: str | Path) -> LoadedManifest:

@@ -1,18 +1,11 @@
-"""MAST High-Level Science Product file names (reference/hlsp.md).
+"""MAST High-Level Science Product file names.
 
 ``hlsp_<proj-id>_<observatory>_<instrument>_<target>_<opt-elem>_<version>_<product-type>.<ext>``
 
-Our product types (MAST names none for these; kept inside its field rules):
-
-==========================  =============================================================
-``img``                     the mosaic (SCI, ERR, DQ, VAR_*, CON, WHT), ``.fits``
-``img-gauss0p85as``         the mosaic convolved to a 0.85" Gaussian (SCI, ERR), ``.fits``
-``tweakback``               per-exposure files with the absolute astrometry, ``.tar.gz``
-``img-preview``             preview of the mosaic, ``.png``
-``readme``, ``manifest``    collection files (target ``all``, filter ``multi``): the README
-                            (``.txt``), the file list (``.csv``) and the release manifest
-                            the products were made from (``.toml``)
-==========================  =============================================================
+The product types (the last field) and extensions a release holds are declared in
+release/products/ (``img``, ``img-preview``, ``tweakback``, ``img-gauss0p85as``, the per-target
+tables, the README and the manifests); ``release.products.name_problems`` checks the names a
+manifest's release will have, from those declarations.
 """
 
 from __future__ import annotations
@@ -61,19 +54,15 @@ class HlspName:
         )
 
 
-def convolved_product(fwhm_arcsec: float) -> str:
-    """Product type of a PSF-matched mosaic: 0.85 -> ``img-gauss0p85as`` (the PSF-matching
-    stage's variant of the mosaic)."""
-    from processing.psf_matching.stage import variant_name
-
-    return "img-" + variant_name(fwhm_arcsec)
+def version_tuple(version: str) -> tuple[int, int, int]:
+    major, minor, patch = (int(x) for x in version.split("."))
+    return major, minor, patch
 
 
-def convolved_fwhm(product: str) -> float | None:
-    """The Gaussian FWHM (arcsec) a PSF-matched product type names: ``img-gauss0p85as`` ->
-    0.85; None for any other product type."""
-    m = re.fullmatch(r"img-gauss(\d+)p(\d+)as", product)
-    return float(f"{m.group(1)}.{m.group(2)}") if m else None
+def file_version(version: str) -> str:
+    """File-name version of a release version: 1.1.0 -> v1p1, 1.0.1 -> v1p0p1."""
+    major, minor, patch = version_tuple(version)
+    return f"v{major}p{minor}" + (f"p{patch}" if patch else "")
 
 
 def make_name(project: str, instrument: str, target: str, filter: str, version: str, product: str, ext: str) -> str:
@@ -124,38 +113,3 @@ def check_name(name: str) -> list[str]:
 def collection_instrument(instruments) -> str:
     """Instrument field of the collection files: the release's instruments joined, ``miri-nircam``."""
     return "-".join(sorted({part for i in instruments for part in i.lower().split("-")}))
-
-
-def release_names(manifest, version: str) -> list[tuple[str, str]]:
-    """``(manifest key, file name)`` of every file a release of ``manifest`` would hold.
-
-    Per target and band: the mosaic, its preview, its PSF-matched products and its tweakback
-    tarball as the manifest's ``products`` asks; per release: the README and the manifest CSV.
-    The names are not checked here (:func:`check_name` does), so a manifest can be refused
-    before any processing when one of them would break MAST's rules.
-    """
-    from processing.instruments import instrument_of
-
-    m = manifest
-    out: list[tuple[str, str]] = []
-    products = ["img"]
-    if m.products.previews:
-        products.append("img-preview")
-    products += [convolved_product(f) for f in m.products.convolved_fwhm_arcsec]
-    ext = {"img-preview": "png", "tweakback": "tar.gz"}
-    if m.products.tweakback:
-        products.append("tweakback")
-    insts = set()
-    for target in m.targets:
-        for band in m.target_bands(target):
-            inst = instrument_of(band)
-            insts.add(inst)
-            for product in products:
-                name = HlspName(
-                    m.release.project, inst, target, band.lower(), version, product, ext.get(product, "fits")
-                )
-                out.append((f"targets.{target}", str(name)))
-    coll = collection_instrument(insts or m.program.instruments)
-    for product, e in (("readme", "txt"), ("manifest", "csv"), ("manifest", "toml")):
-        out.append(("release", str(HlspName(m.release.project, coll, "all", "multi", version, product, e))))
-    return out

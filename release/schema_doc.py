@@ -1,6 +1,6 @@
 """The manifest's JSON Schema and a Markdown field reference generated from it.
 
-``hlsp schema --outdir docs`` writes both; ``tests/release/test_schema_docs.py`` fails when
+``hlsp schema --outdir docs`` writes both; ``tests/release/test_cli.py`` (test_generated_docs_are_current) fails when
 the files in docs/ are not what the code generates.
 """
 
@@ -119,10 +119,4 @@ def _stage_reference() -> list[str]:
             if d:
                 lines.append(f"- defaults for {inst}: `{json.dumps(d, sort_keys=True)}`")
         lines.append("")
-    if reg.planned:
-        lines += [
-            f"Not available in this version (a manifest setting their parameters is refused): "
-            f"{', '.join(f'`{p}`' for p in reg.planned)}.",
-            "",
-        ]
     return lines

@@ -1,5 +1,5 @@
-"""Background anchoring, the pure algorithms (the paper's section 3.9 and Figure 8;
-reference/pipeline.md step 10): arrays in, numbers out, no files.
+"""Background anchoring, the pure algorithms (the paper's section 3.9 and Figure 8): arrays in,
+numbers out, no files.
 
 - :func:`block_mean` and :func:`smooth_to`: a mosaic brought to a coarse Gaussian resolution
   (block averages, then the Gaussian kernel that remains), NaN-aware, in bounded memory;

@@ -1,5 +1,5 @@
-"""Background anchoring of the mosaics to wide-field images (the paper's section 3.9, Figure 8;
-reference/pipeline.md step 10): the file adapter and the stage declaration.
+"""Background anchoring of the mosaics to wide-field images (the paper's section 3.9, Figure 8):
+the file adapter and the stage declaration.
 
 Per target and band, after absolute astrometry:
 
@@ -560,7 +560,7 @@ STAGE = Stage(
     products=(
         Product("img", "_i2d.fits"),
         Product("tweakback", "_tweakback.tar.gz"),
-        Product("anchoring", "_anchoring.ecsv", per="target"),
+        Product("anchoring", "_anchoring.ecsv"),
     ),
     refines=("lv3", "_i2d.fits"),
     memory_gb=2.5,

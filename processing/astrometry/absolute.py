@@ -1,5 +1,5 @@
 """Absolute astrometry after level 3, and its back-propagation to the exposures (the paper's
-sections 3.8 and 4.3.2; reference/pipeline.md step 9).
+sections 3.8 and 4.3.2).
 
 Per target and band: point sources detected in a mosaic are matched to the target's external
 reference catalogue (after the paper's cuts) in two passes: a wide search with a loose

@@ -1,4 +1,4 @@
-"""Relative astrometry (the paper's section 3.3; reference/pipeline.md step 4): one x/y shift
+"""Relative astrometry (the paper's section 3.3): one x/y shift
 per visit (mosaic tile), solved on a reference band (NIRCam F300M, MIRI F1000W) and applied to
 every exposure of that visit in every band of the instrument, before level matching and
 level 3.

@@ -1,5 +1,5 @@
 """Convolution kernels from a band's PSF to a Gaussian, by the method of Aniano et al. (2011)
-(the paper's section 3.10 and Table 2; reference/pipeline.md step 11). Pure: arrays in, arrays
+(the paper's section 3.10 and Table 2). Pure: arrays in, arrays
 out.
 
 - :func:`circularise`: the PSF averaged over rotations about its centre (Aniano: the kernels

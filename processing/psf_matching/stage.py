@@ -1,5 +1,5 @@
-"""PSF matching of the mosaics (the paper's section 3.10, Table 2, Figure 10; reference/pipeline.md
-step 11): the file adapter and the stage declaration.
+"""PSF matching of the mosaics (the paper's section 3.10, Table 2, Figure 10): the file adapter
+and the stage declaration.
 
 Per target and band, after anchoring (the convolved products share the anchored level), for
 each resolution of the manifest's ``products.convolved_fwhm_arcsec`` (a variant of the stage:
@@ -461,7 +461,7 @@ STAGE = Stage(
     outputs=("_{variant}.fits", "_{variant}_kernel.fits", "_psf_matching.ecsv", "_psf_matching.png"),
     run="processing.psf_matching.stage:run",
     parameters=ModelParameters(PsfMatchingParameters),
-    products=(Product("img-{variant}", "_{variant}.fits"), Product("psf-matching", "_psf_matching.ecsv", per="target")),
+    products=(Product("img-{variant}", "_{variant}.fits"), Product("psf-matching", "_psf_matching.ecsv")),
     variants="processing.psf_matching.stage:variants",
     memory_gb=2.0,
     description="PSF matching: each mosaic convolved to the release's Gaussian resolutions with kernels from the "

@@ -105,7 +105,7 @@ def lyot_mask(shape: tuple[int, int] = (1024, 1032), xstart: int = 1, ystart: in
     """MIRI Lyot coronagraph region on an image (full frame by default): the SIAF footprint
     the processing's Lyot separation uses (processing/lyot.py), so the two agree by
     construction."""
-    from processing.lyot import lyot_region
+    from processing.common.coronagraph import lyot_region
 
     return lyot_region(shape, xstart, ystart)
 

@@ -720,7 +720,7 @@ def write_external_inputs(outdir: Path, galaxies: dict[str, Galaxy], bands: list
     dict
         ``{"external": {target: {survey: {...}, ..., "refcat": {...}}}, "psf": {band: {...}}}``.
     """
-    from processing.simulate.generate import hash_str
+    from processing.simulate.seeds import hash_str
 
     outdir = Path(outdir)
     external = {}

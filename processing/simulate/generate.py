@@ -48,6 +48,7 @@ from processing.simulate.program import (
     offset_radec,
     plan_program,
 )
+from processing.simulate.seeds import hash_str
 from processing.simulate.sky import Field, Galaxy
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,6 @@ POINTING_ERROR = (0.1, 1.0)  # arcsec, per-visit pointing error magnitude range
 
 def _rng(seed: int, *keys) -> np.random.Generator:
     return np.random.default_rng([seed] + [abs(hash_str(str(k))) for k in keys])
-
-
-def hash_str(s: str) -> int:
-    """Stable (not Python's salted hash) 32-bit integer of a string."""
-    h = 2166136261
-    for c in s.encode():
-        h = ((h ^ c) * 16777619) & 0xFFFFFFFF
-    return h
 
 
 def epoch_of(mjd: float) -> int:

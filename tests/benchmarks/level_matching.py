@@ -147,7 +147,7 @@ def measure(program: Path, cache: Path, workdir: Path | None = None, skymatch: b
     mosaic's coronagraph region against its imager (:func:`mosaic_lyot`)."""
     from stdatamodels.jwst import datamodels
 
-    from processing import lyot
+    from processing.common import coronagraph as lyot
     from processing.simulate.truth import Truth
 
     truth = Truth(program)
@@ -325,7 +325,7 @@ def mosaic_lyot(mosaic: Mosaic, cal_files: dict[str, Path]) -> dict:
     imager parts do (MJy/sr); 0 when the two are level-matched."""
     from stdatamodels.jwst import datamodels
 
-    from processing import lyot
+    from processing.common import coronagraph as lyot
 
     coron_any = np.zeros(mosaic.data.shape, dtype=bool)
     imager_any = np.zeros(mosaic.data.shape, dtype=bool)

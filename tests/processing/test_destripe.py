@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from processing.destripe import amplifier_slices, fast_axis_is_x, masked_row_medians, stripe_model
+from processing.common.readout import amplifier_slices, fast_axis_is_x
+from processing.destripe import masked_row_medians, stripe_model
 from processing.destripe_multi import MultiTileParameters, difference_model
 
 FAST = {"scales": [3, 7, 15], "structure_box": 15}

@@ -24,7 +24,7 @@ from processing.common.psf import measure_fwhm
 from processing.instruments import PIXEL_SCALE_ARCSEC, channel_of
 from processing.simulate import external as E
 from processing.simulate.detectors import FILTERS
-from processing.simulate.generate import hash_str
+from processing.simulate.seeds import hash_str
 from processing.simulate.sky import _FWHM_TO_SIGMA, RED_SUPERGIANT, Galaxy, add_gaussians, tangent_offsets
 
 NAME = "NGC9999"

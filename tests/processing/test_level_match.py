@@ -7,6 +7,7 @@ import pytest
 
 from processing import level_match as L
 from processing import lyot
+from processing.common import coronagraph as C
 
 # --------------------------------------------------------------------------------------------
 # Lyot separation
@@ -14,43 +15,43 @@ from processing import lyot
 
 
 def test_lyot_region_is_the_siaf_footprint_on_full_frames_and_subarrays():
-    full = lyot.lyot_region((1024, 1032))
+    full = C.lyot_region((1024, 1032))
     ys, xs = np.nonzero(full)
     # MIRIM_MASKLYOT: science pixels x 1-320, y 719-1022 (1-based)
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (0, 319, 718, 1021)
     assert full.sum() == 320 * 304
     # the same pixels seen from a subarray that holds part of the region
-    sub = lyot.lyot_region((200, 100), xstart=251, ystart=701)
+    sub = C.lyot_region((200, 100), xstart=251, ystart=701)
     np.testing.assert_array_equal(sub, full[700:900, 250:350])
     # a subarray far from the coronagraph (e.g. SUB256 at x 413) has none of it
-    assert not lyot.lyot_region((256, 256), xstart=413, ystart=51).any()
+    assert not C.lyot_region((256, 256), xstart=413, ystart=51).any()
     # the coronagraph's own field is inside the readout region
-    coron = lyot.lyot_region((1024, 1032), aperture="MIRIM_CORONLYOT")
+    coron = C.lyot_region((1024, 1032), aperture="MIRIM_CORONLYOT")
     assert 0 < coron.sum() < full.sum() and not (coron & ~full).any()
 
 
 def test_lyot_split_and_merge_round_trip_is_exact():
     rng = np.random.default_rng(3)
     shape = (1024, 1032)
-    region = lyot.lyot_region(shape)
+    region = C.lyot_region(shape)
     dq = rng.choice(np.array([0, 1, 4, 512, 513], dtype=np.uint32), size=shape, p=[0.9, 0.04, 0.03, 0.02, 0.01])
     arrays = {
         "data": rng.normal(size=shape).astype(np.float32),
         "err": rng.random(shape).astype(np.float32),
         "var_poisson": rng.random(shape).astype(np.float32),
     }
-    dq_imager, dq_coron = lyot.split(dq, region)
+    dq_imager, dq_coron = C.split(dq, region)
     # each part: the other part non-science and unusable, its own pixels untouched
-    assert np.all(dq_imager[region] & lyot.SPLIT_FLAGS == lyot.SPLIT_FLAGS)
+    assert np.all(dq_imager[region] & C.SPLIT_FLAGS == C.SPLIT_FLAGS)
     np.testing.assert_array_equal(dq_imager[~region], dq[~region])
-    assert np.all(dq_coron[~region] & lyot.SPLIT_FLAGS == lyot.SPLIT_FLAGS)
+    assert np.all(dq_coron[~region] & C.SPLIT_FLAGS == C.SPLIT_FLAGS)
     np.testing.assert_array_equal(dq_coron[region], dq[region])
-    merged = lyot.merge({**arrays, "dq": dq_imager}, {**arrays, "dq": dq_coron}, region)
+    merged = C.merge({**arrays, "dq": dq_imager}, {**arrays, "dq": dq_coron}, region)
     np.testing.assert_array_equal(merged["dq"], dq)
     for k, v in arrays.items():
         np.testing.assert_array_equal(merged[k], v)
     # offsets applied per part come back in their own region only
-    m2 = lyot.merge({"data": arrays["data"] - 1.0}, {"data": arrays["data"] - 5.0}, region)
+    m2 = C.merge({"data": arrays["data"] - 1.0}, {"data": arrays["data"] - 5.0}, region)
     np.testing.assert_allclose((arrays["data"] - m2["data"])[region], 5.0, atol=1e-5)
     np.testing.assert_allclose((arrays["data"] - m2["data"])[~region], 1.0, atol=1e-5)
 
@@ -59,11 +60,11 @@ def test_an_exposure_has_two_parts_only_when_science_lies_on_both_sides():
     region = np.zeros((10, 10), bool)
     region[:3, :3] = True
     science = np.ones((10, 10), bool)
-    assert lyot.has_two_parts(region, science)
-    assert not lyot.has_two_parts(np.zeros_like(region), science)  # no region on this subarray
-    assert not lyot.has_two_parts(np.ones_like(region), science)  # all coronagraph
+    assert C.has_two_parts(region, science)
+    assert not C.has_two_parts(np.zeros_like(region), science)  # no region on this subarray
+    assert not C.has_two_parts(np.ones_like(region), science)  # all coronagraph
     science[:3, :3] = False
-    assert not lyot.has_two_parts(region, science)  # its pixels all unusable
+    assert not C.has_two_parts(region, science)  # its pixels all unusable
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,14 +246,14 @@ def test_lyot_stage_writes_two_parts_or_passes_through(tmp_path):
     out.mkdir()
     written = lyot.run({"cal": [str(src)]}, out, {}, {})
     assert sorted(p.name for p in written) == ["jw01_mirimage_cal.fits", "jw01_mirimage_coron_cal.fits"]
-    region = lyot.lyot_region((1024, 1032))
+    region = C.lyot_region((1024, 1032))
     with datamodels.open(written[0]) as imager, datamodels.open(written[1]) as coron:
-        assert lyot.part_of(written[0]) == "imager" and lyot.part_of(written[1]) == "coron"
-        assert np.all(imager.dq[region] & lyot.SPLIT_FLAGS) and not np.any(imager.dq[~region])
-        assert np.all(coron.dq[~region] & lyot.SPLIT_FLAGS) and not np.any(coron.dq[region])
+        assert C.part_of(written[0]) == "imager" and C.part_of(written[1]) == "coron"
+        assert np.all(imager.dq[region] & C.SPLIT_FLAGS) and not np.any(imager.dq[~region])
+        assert np.all(coron.dq[~region] & C.SPLIT_FLAGS) and not np.any(coron.dq[region])
         np.testing.assert_array_equal(imager.data, m.data)
-    assert {lyot.exposure_of(p) for p in written} == {"jw01_mirimage"}
+    assert {C.exposure_of(p) for p in written} == {"jw01_mirimage"}
     off = tmp_path / "off"
     off.mkdir()
     written = lyot.run({"cal": [str(src)]}, off, {"separate": False}, {})
-    assert [p.name for p in written] == ["jw01_mirimage_cal.fits"] and lyot.part_of(written[0]) == "full"
+    assert [p.name for p in written] == ["jw01_mirimage_cal.fits"] and C.part_of(written[0]) == "full"

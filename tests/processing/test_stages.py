@@ -323,9 +323,9 @@ def test_a_module_imported_inside_a_function_is_part_of_the_stage_code(toy):
 
 
 def test_the_real_stages_code_is_what_they_import(tmp_path):
-    """On a temporary copy of processing/: editing lyot.py (which level matching imports only
-    inside its functions) changes the code version of lyot and level_match, no other stage's;
-    every stage's code excludes the registry and the synthetic program."""
+    """On a temporary copy of processing/: editing common/coronagraph.py (which level matching
+    imports only inside its functions) changes the code version of lyot and level_match, no
+    other stage's; every stage's code excludes the registry and the synthetic program."""
     import shutil
     import subprocess
 
@@ -346,9 +346,9 @@ def test_the_real_stages_code_is_what_they_import(tmp_path):
     before = versions(copy)
     for stage, (_, modules) in before.items():
         assert not [m for m in modules if m.startswith("processing.simulate") or m == "processing.registry"], stage
-    assert "processing.lyot" in before["level_match"][1]
-    lyot = copy / "processing" / "lyot.py"
-    lyot.write_text(lyot.read_text() + "\n# an edit\n")
+    assert "processing.common.coronagraph" in before["level_match"][1]
+    shared = copy / "processing" / "common" / "coronagraph.py"
+    shared.write_text(shared.read_text() + "\n# an edit\n")
     after = versions(copy)
     assert {s for s in before if before[s][0] != after[s][0]} == {"lyot", "level_match"}
 

@@ -637,7 +637,8 @@ def test_a_target_table_must_explain_the_bands_it_refers_to():
     (the metadata kept) leaves the first band's anchoring unexplained."""
     from astropy.table import Table
 
-    from release.validate import Report, _check_target_table
+    from release.products.tables import check_table
+    from release.validate import Report
 
     def findings(rows):
         t = Table(rows=rows, names=("band", "role", "against"))
@@ -645,7 +646,7 @@ def test_a_target_table_must_explain_the_bands_it_refers_to():
         path = Path(tempfile.mkdtemp()) / "t.ecsv"
         t.write(path, format="ascii.ecsv")
         report = Report(path.parent)
-        _check_target_table(report, "t.ecsv", path, {"F770W", "F1000W"}, "anchoring")
+        check_table(report, "t.ecsv", path, {"F770W", "F1000W"}, "anchoring")
         return [f.message for f in report.failures]
 
     assert findings([("F770W", "external", "irac4"), ("F1000W", "internal", "F770W")]) == []

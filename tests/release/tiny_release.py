@@ -133,9 +133,11 @@ def _table(path: Path, rows: list[dict], meta: dict) -> Path:
     return path
 
 
-def write(root: Path) -> Path:
+def write(root: Path, registry=None, stages=None, extra=None) -> Path:
     """Package the tiny release under ``root`` (``root/manifest.toml`` and
-    ``root/releases/synth-tiny/v1p0``); return the release folder."""
+    ``root/releases/synth-tiny/v1p0``); return the release folder. ``registry``/``stages``:
+    product types and stage registry to package with (default: this system's); ``extra``:
+    ``{product type: function(folder) -> file}`` more run products of the target and band."""
     from processing.executor import ProductEntry
     from release.manifest import load_manifest
     from release.package import package_release
@@ -169,7 +171,9 @@ def write(root: Path) -> Path:
             ),
         ),
     ]
-    return package_release(lm, products, root / "releases", simulated=True)
+    for product, make in (extra or {}).items():
+        products.append(entry(product, make(work)))
+    return package_release(lm, products, root / "releases", simulated=True, registry=registry, stages=stages)
 
 
 if __name__ == "__main__":
