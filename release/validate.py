@@ -1,45 +1,29 @@
 """`hlsp validate RELEASE_DIR`: the CI gate for a release.
 
-Checks, each reported per file with the problem named:
+Checks, each reported per file with the problem named. Generic, for every release:
 
 - the folder holds regular files and folders only: a symbolic link anywhere is a failure
   (and is never followed); every file is world-readable and every folder world-listable;
 - every file name follows MAST's rules, and per-target files sit in their target's folder;
-- the manifest CSV lists every file of the folder (and only those), once each, with matching
-  size and sha256;
-- the release manifest (``*_manifest.toml``) is there and parses; every target and band it
-  names has its mosaic (and preview), no other target or band is there, and every FITS file
-  says it was made from it (HLSPMANI = its content hash; HLSPID, HLSPTARG, RA_TARG/DEC_TARG
-  as the manifest says);
-- a README is there, not empty, naming the version; every preview is a readable image;
+- the release manifest (``*_manifest.toml``) is there and parses; the files of the release are
+  exactly its units (release/products/: every one there, nothing else; a patch's files of
+  what it does not remake carry a parent's version); every file's product type is declared;
 - every FITS file is FITS by its first bytes (gzip bytes named .fits are refused), opens, its
-  CHECKSUM/DATASUM match on every HDU, and ``fitsverify`` reports no error and no warning
-  (where it is not installed the check is reported as not run, and ``--strict``, the default
-  under CI, fails it);
-- img-gauss*.fits (PSF-matched): PRIMARY, SCI, ERR; the beam (BMAJ = BMIN = the FWHM the
-  product name says, in degrees; BPA) in the primary header and both extensions; the other
-  checks of img.fits that apply (keywords, WCS, units, ERR);
-- a patch release: what it does not remake carries a parent's version (and was made from the
-  parent manifest it ships, HLSPMANI); with ``--against PARENT`` every such file must be
-  byte-identical to the parent's file of that name;
+  CHECKSUM/DATASUM match on every HDU, ``fitsverify`` reports no error and no warning (where it
+  is not installed the check is reported as not run, and ``--strict``, the default under CI,
+  fails it), MAST's primary keywords are there and consistent (release/products/headers.py),
+  and it says it was made from the release manifest (HLSPMANI = its identity; HLSPID,
+  HLSPTARG, RA_TARG/DEC_TARG as the manifest says); SIMULATD = T in a simulated release;
+- then each file's own checks, as its product type declares them (release/products/: the
+  mosaic's extensions and grid, a PSF-matched mosaic's beam, a tarball's members, a table's
+  bands, the README's version, the manifest CSV's sizes and sha256);
+- a patch release with ``--against PARENT``: every carried file byte-identical to the
+  parent's file of that name;
 - with ``--against PREVIOUS``: PREVIOUS is an earlier release of the same project (or a folder
   of MAST level-3 mosaics) sharing at least one target and band, else a failure naming why;
   this release itself is reported as not compared; each mosaic against the same product of
   PREVIOUS: shift, flux ratio and background change within the release manifest's
-  ``[comparisons.thresholds]`` and overrides (release/compare.py);
-- a patch, or a release with ``comparisons.previous_release``: its changes file is there;
-- per-target tables: rows and metadata for exactly the target's bands, and the rows of every
-  band another band refers to (the reference band an anchored band was fitted against);
-- img.fits: the extensions of Table 3 in order, their dtypes, the unit of every extension
-  (SCI/ERR MJy/sr, VAR_* (MJy/sr)**2, none for DQ/CON/WHT), FILTER/RA_TARG/DEC_TARG on every
-  image extension as in the primary, a celestial WCS that parses in every image extension
-  (RADESYS ICRS, no EQUINOX) and puts every pixel within 1 mas of where SCI's does, INPUTS
-  listing the exposures (CON drawing on no more of them), SCI not all NaN, ERR not all NaN and
-  never negative, every MAST-required primary keyword present and well formed (EQUINOX 2000.0
-  for RA_TARG/DEC_TARG) and consistent with the file name and folder (FILTER, INSTRUME,
-  HLSPTARG, HLSPVER), the recommended ones (HLSPNAME, HLSPLEAD, TELAPSE, PROPOSID, PSFSIZE, the
-  beam of a PSF-matched product, REFERENC), RA_TARG/DEC_TARG on the image, dates consistent
-  (DATE-* with MJD-*, order, TELAPSE, not in the future), SIMULATD = T in a simulated release.
+  ``[comparisons.thresholds]`` and overrides (release/compare.py).
 """
 
 from __future__ import annotations

@@ -127,8 +127,11 @@ class ProductTypes:
         return iter(self.types)
 
     def match(self, product: str, ext: str) -> ProductType | None:
-        """The declaration of a file-name product type and extension, or None."""
-        return next((t for t in self.types if t.ext == ext and t.variant_of(product) is not None), None)
+        """The declaration of a file-name product type and extension, or None: a type named
+        exactly so first, then one whose ``{variant}`` pattern it fits (``img-preview`` is the
+        preview, not a variant of ``img-{variant}``)."""
+        exact = next((t for t in self.types if t.ext == ext and t.name == product), None)
+        return exact or next((t for t in self.types if t.ext == ext and t.variant_of(product) is not None), None)
 
     def units(self, m, stages=None) -> list[Unit]:
         """Every file a release of manifest ``m`` holds (a patch: what it makes and what it

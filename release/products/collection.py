@@ -82,12 +82,18 @@ def render_readme(ctx) -> str:
         for s in ctx.stages.ordered()
         if wanted & set(s.instruments)
     ]
+    from release.naming import parse_name
+
     files = [{"name": f.path.name, "product": f.product, "target": f.target, "filter": f.filter} for f in ctx.files]
     sections = []
     present = {u.ptype for u in ctx.registry.units(m, ctx.stages)}
     for pt in ctx.registry:
         if pt.readme and pt in present:
-            own = [f for f in files if pt.variant_of(f["product"]) is not None]
+            own = [
+                f
+                for f in files
+                if (n := parse_name(f["name"])) is not None and ctx.registry.match(n.product, n.ext) is pt
+            ]
             sections.append(env.from_string(pt.readme).render(m=m, files=own, changelog=ctx.changes))
     return env.get_template("README.txt.j2").render(
         stages=stages,

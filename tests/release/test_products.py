@@ -149,3 +149,14 @@ def test_the_product_types_and_the_files_a_manifest_gives():
         "img-gauss0p90as",
         "img-gauss1p00as",
     }
+
+
+def test_a_file_name_matches_its_own_declaration():
+    """An exact product type wins over a {variant} pattern it happens to fit."""
+    reg = default_product_types()
+    assert reg.match("img", "fits").name == "img"
+    assert reg.match("img-gauss0p85as", "fits").name == "img-{variant}"
+    assert reg.match("img-preview", "png").name == "img-preview"
+    assert reg.match("img-preview", "fits").name == "img-{variant}"  # a FITS variant of that name would be one
+    assert reg.match("manifest", "csv").ext == "csv" and reg.match("manifest", "toml").ext == "toml"
+    assert reg.match("catalog", "fits") is None
