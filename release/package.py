@@ -222,12 +222,11 @@ def _carry_over(ctx: PackContext) -> None:
 
 def _write_files(ctx: PackContext, units: list) -> list[PackagedFile]:
     """Every unit this release makes, by its type's writer, in the registry's order; a patch's
-    carried files before the release's own files (its changes, README and file list see them)."""
-    carried = False
+    carried files first (the tables it merges need the parent's parts; its changes, README and
+    file list see them)."""
+    if ctx.parent is not None:
+        _carry_over(ctx)
     for unit in units:
-        if unit.ptype.per == "release" and ctx.parent is not None and not carried:
-            _carry_over(ctx)
-            carried = True
         dest = ctx.dest(unit)
         dest.parent.mkdir(parents=True, exist_ok=True)
         unit.ptype.write(ctx, unit)

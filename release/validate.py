@@ -392,7 +392,10 @@ def _check_coverage(
     allowed: dict[tuple, list[str]] = {}
     for u in registry.units(m, stages):
         versions = [fv] if u.ptype.per == "release" or u.regenerated(m) or not parents else parents
-        allowed[(u.target, u.filter, u.product, u.ptype.ext)] = versions
+        # a type a patch keeps beside its own (the parent's release manifests): theirs allowed too
+        allowed[(u.target, u.filter, u.product, u.ptype.ext)] = versions + (
+            parents if u.ptype.on_patch == "keep" and u.ptype.per == "release" else []
+        )
         rels_of = [f"{u.folder()}/{u.name(m.release.project, v)}".lstrip("/") for v in versions]
         found = next((r for r in rels_of if r in rels), None)
         if u.band is not None:
@@ -408,9 +411,6 @@ def _check_coverage(
         if parsed is None:
             continue
         versions = allowed.get((parsed.target, parsed.filter, parsed.product, parsed.ext))
-        ptype = registry.match(parsed.product, parsed.ext)
-        if versions is None and ptype is not None and ptype.on_patch == "keep" and parents:
-            versions = parents  # a parent's release manifest a patch ships (its own is required above)
         if versions is None:
             if parsed.target != "all" and (
                 parsed.target not in m.targets

@@ -141,7 +141,7 @@ min_coverage = 0.8
         csv_file.unlink()
         csv_file.write_text("".join(rows))
         proc = hlsp("validate", str(bare), "--no-fitsverify", "--no-strict", check_code=1)
-        assert "no *_changes.txt at the top: a patch" in " ".join(proc.stdout.split())
+        assert "the release's changes file (.txt) is missing" in " ".join(proc.stdout.split())
         # a carried file that is not the parent's fails, naming it
         victim = rel / next(n for n in carried if n.startswith("synth1/") and n.endswith("_img-preview.png"))
         data = bytearray(victim.read_bytes())

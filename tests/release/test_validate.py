@@ -270,8 +270,9 @@ def wrong_dtype(rel):
 
 
 def missing_readme(rel):
-    next(rel.glob("*_readme.txt")).unlink()
-    return ".", "no *_readme.txt"
+    readme = next(rel.glob("*_readme.txt"))
+    readme.unlink()
+    return readme.name, "the release's readme file (.txt) is missing"
 
 
 def symlink_file(rel):
