@@ -12,6 +12,20 @@ stale temporary folder, which the next run ignores (and removes, being scratch o
 process on the same host), never a half entry. Scratch folders are named by host and process:
 with a cache shared by several machines, a run removes only its own host's dead scratch,
 never a live task's on another machine. Finished entries are never deleted by the engine.
+
+Storage (a cache must not multiply the data):
+
+- **Identical files are stored once.** Every published file is also linked under
+  ``<cache>/content/<sha[:2]>/<sha256>``; a file whose content is already there becomes a hard
+  link to it (files are never modified in place, so sharing them is safe). A stage that
+  passes an exposure through unchanged links it instead of copying it, and the engine leaves
+  such a link as it is (no provenance stamp would make it a different file).
+- **Thinning.** An entry whose bulky outputs (:func:`bulky`: FITS files and archives above
+  :data:`SMALL_BYTES`) are no longer needed is *thinned* (:meth:`Cache.thin`): those files are
+  removed, its small outputs (tables, solutions, figures) and its record stay, and the record
+  names what was dropped. A thinned entry is not a result: a task that needs it runs it again
+  (its key is still known), and the new result replaces it (:meth:`Cache.publish`). What is
+  thinned, and when, is the engine's retention policy (processing/executor.py).
 """
 
 from __future__ import annotations
@@ -26,6 +40,19 @@ from processing.fileio import file_sha256  # noqa: F401 (re-exported)
 from processing.fileio import remove_scratch as _remove_tree
 
 RECORD = "task.json"
+#: an output at most this large is small (a table, a solution, a figure): never thinned
+SMALL_BYTES = 1 << 20
+#: outputs that are bulky when larger than SMALL_BYTES
+BULKY_SUFFIXES = (".fits", ".fits.gz", ".tar.gz", ".asdf", ".npy")
+
+
+def complete(record: dict | None) -> bool:
+    """Whether a task record is a whole result (not None, not thinned)."""
+    return record is not None and not record.get("dropped")
+
+
+def bulky(name: str, size: int) -> bool:
+    return name.endswith(BULKY_SUFFIXES) and size > SMALL_BYTES
 
 
 def canonical(obj: Any) -> str:
@@ -64,12 +91,23 @@ class Cache:
         return d
 
     def publish(self, key: str, scratch: Path, record: dict) -> Path:
-        """Write the record into ``scratch`` and move it into place in one rename."""
+        """Store identical files once (:meth:`share`), write the record into ``scratch`` and move
+        it into place in one rename. A thinned entry of the same key is replaced (renamed
+        aside, the new one renamed in, the old removed: a crash between leaves no entry, which
+        is simply recomputed)."""
         from processing.fileio import atomic_write_text
 
+        self.share(scratch, record.get("outputs", {}))
         atomic_write_text(scratch / RECORD, json.dumps(record, indent=1, sort_keys=True, default=str))
         dest = self.entry(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
+        old = self.lookup(key)
+        if old is not None and not complete(old):
+            aside = self.root / "tmp" / f"{key}.thinned.{_host()}.{os.getpid()}"
+            os.rename(dest, aside)
+            os.rename(scratch, dest)
+            _remove_tree(aside)
+            return dest
         try:
             os.rename(scratch, dest)
         except OSError:
@@ -77,6 +115,89 @@ class Cache:
                 raise
             _remove_tree(scratch)  # the same result was published by another process
         return dest
+
+    # -- storage ------------------------------------------------------------------------------
+    def _content(self, sha: str) -> Path:
+        return self.root / "content" / sha[:2] / sha
+
+    def share(self, folder: Path, outputs: dict[str, str]) -> int:
+        """Hard-link each of ``outputs`` (name -> sha256) in ``folder`` to the stored file of that
+        content, or store it there: identical files are kept once. Returns the bytes saved. A
+        file system without hard links keeps the copies (nothing fails)."""
+        saved = 0
+        for name, sha in outputs.items():
+            path = folder / name
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            store = self._content(sha)
+            try:
+                if store.exists() and store.stat().st_size == st.st_size:
+                    if not os.path.samefile(store, path):
+                        tmp = path.with_name(f".{name}.link")
+                        os.link(store, tmp)
+                        os.replace(tmp, path)
+                        saved += st.st_size
+                else:
+                    store.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(path, store)
+            except FileExistsError:
+                pass  # stored by another task at the same moment
+            except OSError:
+                pass  # no hard links here: the copy stays
+        return saved
+
+    def _forget(self, sha: str) -> None:
+        """Remove a stored content file no entry links to any more."""
+        store = self._content(sha)
+        try:
+            if store.stat().st_nlink == 1:
+                store.unlink()
+        except FileNotFoundError:
+            pass
+
+    def thin(self, key: str) -> int:
+        """Remove an entry's bulky outputs (:func:`bulky`), keep its small ones and its record,
+        which then names what was dropped; returns the bytes freed (what no other link holds)."""
+        from processing.fileio import atomic_write_text
+
+        rec = self.lookup(key)
+        if not complete(rec):
+            return 0
+        entry = self.entry(key)
+        dropped, freed = [], 0
+        for name, sha in sorted(rec.get("outputs", {}).items()):
+            path = entry / name
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if not bulky(name, st.st_size):
+                continue
+            path.unlink()
+            dropped.append(name)
+            store = self._content(sha)
+            last = st.st_nlink <= 1 or (st.st_nlink == 2 and store.exists() and store.stat().st_ino == st.st_ino)
+            self._forget(sha)
+            freed += st.st_size if last else 0
+        if dropped:
+            rec["dropped"] = dropped
+            atomic_write_text(entry / RECORD, json.dumps(rec, indent=1, sort_keys=True, default=str))
+        return freed
+
+    def remove(self, key: str) -> int:
+        """Remove an entry whole (``hlsp cache prune``); returns the bytes freed."""
+        rec = self.lookup(key) or {}
+        entry = self.entry(key)
+        freed = 0
+        for p in entry.iterdir() if entry.is_dir() else []:
+            st = p.lstat()
+            freed += st.st_size if st.st_nlink <= 2 else 0
+        _remove_tree(entry)
+        for sha in rec.get("outputs", {}).values():
+            self._forget(sha)
+        return freed
 
     def clean_stale_scratch(self) -> int:
         """Remove temporary folders of processes that no longer run. Returns how many."""
@@ -114,3 +235,91 @@ def _alive(pid: int) -> bool:
         return state not in ("Z", "X")
     except (OSError, IndexError):
         return True
+
+
+# --------------------------------------------------------------------------------------------
+# Looking after a cache (hlsp cache du | prune | verify)
+# --------------------------------------------------------------------------------------------
+
+
+def entries(root: Path):
+    """``(key, entry folder, record or None)`` of every entry of the cache at ``root``."""
+    objects = Path(root) / "objects"
+    for entry in sorted(objects.glob("*/*")) if objects.is_dir() else []:
+        try:
+            rec = json.loads((entry / RECORD).read_text())
+        except (FileNotFoundError, ValueError):
+            rec = None
+        yield entry.name, entry, rec
+
+
+def usage(root: Path, intermediate=None) -> dict:
+    """Bytes of the cache by stage and by unit (``stage/target/band``), each file counted once
+    however many entries link it, and what thinning the ``intermediate(record)`` entries would
+    release: ``{"total", "by_stage", "by_unit", "would_release", "entries", "thinned", "content"}``."""
+    seen: set[tuple[int, int]] = set()
+    out = {"total": 0, "by_stage": {}, "by_unit": {}, "would_release": 0, "entries": 0, "thinned": 0}
+    for _key, entry, rec in entries(root):
+        stage = (rec or {}).get("stage", "?")
+        task = (rec or {}).get("task", entry.name)
+        unit = "/".join(task.split("/")[:3])
+        out["entries"] += 1
+        out["thinned"] += int(bool(rec and rec.get("dropped")))
+        for p in entry.iterdir():
+            st = p.lstat()
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            out["total"] += st.st_size
+            out["by_stage"][stage] = out["by_stage"].get(stage, 0) + st.st_size
+            out["by_unit"][unit] = out["by_unit"].get(unit, 0) + st.st_size
+            if complete(rec) and intermediate is not None and intermediate(rec) and bulky(p.name, st.st_size):
+                out["would_release"] += st.st_size if st.st_nlink <= 2 else 0
+    return out
+
+
+def verify(root: Path) -> list[tuple[str, str]]:
+    """Re-hash every file of every entry against its record. A damaged entry (a file missing
+    that is not recorded as dropped, or one whose sha256 differs, or an unreadable record) is
+    moved to ``<cache>/quarantine/`` whole, so the next run recomputes it. Returns
+    ``[(task or key, problem)]``."""
+    import time
+
+    found = []
+    quarantine = Path(root) / "quarantine"
+    for key, entry, rec in entries(root):
+        problems = []
+        if rec is None:
+            problems.append("its record (task.json) is missing or unreadable")
+        else:
+            dropped = set(rec.get("dropped") or [])
+            for name, sha in sorted(rec.get("outputs", {}).items()):
+                path = entry / name
+                if name in dropped:
+                    continue
+                if not path.is_file():
+                    problems.append(f"{name} is missing")
+                elif file_sha256(path) != sha:
+                    problems.append(f"{name}: content differs from the record (sha256)")
+        if problems:
+            quarantine.mkdir(exist_ok=True)
+            os.rename(entry, quarantine / f"{key}.{time.strftime('%Y%m%dT%H%M%S')}")
+            found.append(((rec or {}).get("task", key), "; ".join(problems)))
+    return found
+
+
+def prune(root: Path, keep_keys: set[str]) -> tuple[int, int]:
+    """Remove every entry whose key is not in ``keep_keys`` (what the listed manifests' graphs
+    reach), and stored contents nothing links any more; returns ``(entries removed, bytes)``."""
+    cache = Cache(root)
+    n = freed = 0
+    for key, _entry, _rec in list(entries(root)):
+        if key not in keep_keys:
+            freed += cache.remove(key)
+            n += 1
+    content = Path(root) / "content"
+    for p in content.glob("*/*") if content.is_dir() else []:
+        if p.stat().st_nlink == 1:
+            freed += p.stat().st_size
+            p.unlink()
+    return n, freed

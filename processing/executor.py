@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from processing import jwst_stages
-from processing.cache import Cache, file_sha256, task_key
+from processing.cache import Cache, complete, file_sha256, task_key
 from processing.errors import BadInput, HlspError, WorkFailed
 from processing.pipeline import Graph, Task
 from processing.stages import resolve
@@ -133,6 +133,20 @@ def code_closure(module: str) -> tuple[tuple[str, Path], ...]:
         seen[name] = path
         todo += sorted(_imported_names(name, path.read_bytes(), is_package) - set(seen))
     return tuple(sorted(seen.items()))
+
+
+#: Retention policies: ``default`` thins intermediates once their readers have their results;
+#: ``all`` keeps every entry whole (for debugging, and the measurements that read them).
+KEEP_POLICIES = ("default", "all")
+
+
+def keep_policy(keep: str | None) -> str:
+    """The retention policy: ``keep`` if given, else the environment's ``HLSP_KEEP``, else
+    ``default``."""
+    value = keep or os.environ.get("HLSP_KEEP") or "default"
+    if value not in KEEP_POLICIES:
+        raise BadInput(f"--keep / HLSP_KEEP: '{value}' is not one of {', '.join(KEEP_POLICIES)}")
+    return value
 
 
 @functools.cache
@@ -246,7 +260,7 @@ def execute_task(spec: dict) -> dict:
         jwst_stages.apply_crds_environment(spec["env"])  # a worker of any executor
     cache = Cache(spec["cache"], writable=False)  # made and checked by the engine
     key = spec["key"]
-    if (rec := cache.lookup(key)) is not None:
+    if complete(rec := cache.lookup(key)):
         return rec
     here = code_version(spec["run"])
     if here != spec["code_version"]:
@@ -265,7 +279,8 @@ def execute_task(spec: dict) -> dict:
         written = resolve(spec["run"])(spec["inputs"], scratch, spec["params"], spec["context"])
         outputs = _declared_outputs(spec, scratch, written)
         for out in outputs:
-            _stamp_provenance(out, spec["provenance"])
+            if out.stat().st_nlink == 1:  # a link is an input passed through unchanged: never edited
+                _stamp_provenance(out, spec["provenance"])
         peak, scope = _peak_memory_mb(reset_ok)
         record = {
             "task": spec["task"],
@@ -276,6 +291,7 @@ def execute_task(spec: dict) -> dict:
             "provenance": spec["provenance"],
             "context": spec["context"],
             "outputs": {o.name: file_sha256(o) for o in outputs},
+            "bytes": {o.name: o.stat().st_size for o in outputs},
             "elapsed_s": round(time.time() - t0, 2),
             "peak_rss_mb": peak,
             "peak_rss_scope": scope,
@@ -348,7 +364,7 @@ def _stamp_provenance(path: Path, prov: dict) -> None:
 @dataclass
 class TaskResult:
     task: Task
-    status: str  # cached | ran | failed | skipped
+    status: str  # cached | ran | not needed (thinned, its readers cached) | failed | skipped
     key: str | None = None
     record: dict | None = None
     error: str | None = None
@@ -391,6 +407,9 @@ class RunSummary:
     products: list[Path] = field(default_factory=list)
     elapsed_s: float = 0.0
     executor: str = "local"
+    #: bytes the tasks that ran wrote; bytes the retention policy released (thinned entries)
+    bytes_written: int = 0
+    bytes_released: int = 0
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results.values() if r.status == status)
@@ -406,7 +425,14 @@ class Engine:
     ``read_only``: nothing is created or written (``hlsp plan``, and the key computation of
     ``hlsp package``); :meth:`run` needs a writable engine. ``executor``: ``local`` (a process
     pool, the default) or ``dask`` (a dask.distributed LocalCluster, or the scheduler at
-    ``scheduler``).
+    ``scheduler``). ``keep``: the retention policy (:func:`keep_policy`).
+
+    Retention (``keep = "default"``): the entries of the stages that are expensive to redo
+    (declared ``retain``: the detector1 rate files) and of the stages that provide release
+    products are kept whole; every other entry is an intermediate, thinned
+    (processing/cache.py) as soon as every task that reads it has its result. A task whose
+    entry is missing or thinned runs only when something needs it: it provides a product, or a
+    task that must run reads it. ``keep = "all"`` thins nothing.
     """
 
     def __init__(
@@ -420,8 +446,10 @@ class Engine:
         read_only: bool = False,
         executor: str = "local",
         scheduler: str | None = None,
+        keep: str | None = None,
     ):
         self.lm, self.graph = lm, graph
+        self.keep = keep_policy(keep)
         self.registry = graph.registry
         self.read_only = read_only
         self.workdir = Path(workdir).resolve()
@@ -563,13 +591,43 @@ class Engine:
         return keys
 
     def plan(self) -> dict[str, str]:
-        """``{task id: 'cached' | 'run'}`` without running or writing anything. An empty or
-        absent cache needs no key (and so reads no raw file: a first plan of a large program
-        is instant)."""
+        """``{task id: 'cached' | 'run' | 'not needed'}`` without running or writing anything
+        ('not needed': not in the cache whole, but every task that reads it is: a thinned
+        intermediate). An empty or absent cache needs no key (and so reads no raw file: a first
+        plan of a large program is instant)."""
         objects = self.cache.root / "objects"
         if not objects.is_dir() or not any(objects.iterdir()):
             return {tid: "run" for tid in self.graph.tasks}
-        return {tid: "cached" if self.cache.lookup(key) is not None else "run" for tid, key in self.task_keys().items()}
+        present = {tid for tid, key in self.task_keys().items() if complete(self.cache.lookup(key))}
+        must = self._must_run(present)
+        return {t: "cached" if t in present else ("run" if t in must else "not needed") for t in self.graph.tasks}
+
+    # -- retention -------------------------------------------------------------------------
+    def _children(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {tid: [] for tid in self.graph.tasks}
+        for tid, t in self.graph.tasks.items():
+            for d in t.deps:
+                out[d].append(tid)
+        return out
+
+    def _kept(self, task: Task) -> bool:
+        """Whether a task's entry is kept whole (its stage is declared ``retain``, or provides a
+        release product)."""
+        stage = self.registry[task.stage]
+        return self.keep == "all" or stage.retain or bool(stage.products)
+
+    def _must_run(self, present: set[str]) -> set[str]:
+        """The tasks to run: not in the cache whole, and providing a product or read by a task
+        that must run (so a thinned intermediate whose readers are all cached stays thinned)."""
+        children = self._children()
+        must: set[str] = set()
+        for task in reversed(self.graph.order()):
+            tid = task.id
+            if tid in present:
+                continue
+            if self.registry[task.stage].products or not children[tid] or any(c in must for c in children[tid]):
+                must.add(tid)
+        return must
 
     # -- products --------------------------------------------------------------------------
     def product_index(self, keys: dict[str, str] | None = None) -> tuple[list[ProductEntry], list[str]]:
@@ -633,7 +691,8 @@ class Engine:
         if self.read_only:
             raise HlspError("a read-only engine cannot run")
         with folder_lock(self.workdir, "the work folder", "run"):
-            return self._run(progress)
+            with folder_lock(self.cache.root, "the task cache", "run", shared=True):  # prune waits for us
+                return self._run(progress)
 
     def _executor(self):
         from processing.executors import DaskExecutor, LocalExecutor
@@ -650,9 +709,29 @@ class Engine:
         stale = self.cache.clean_stale_scratch()
         if stale:
             log.info("removed %d scratch folder(s) left by interrupted runs", stale)
-        pending = {t.id: t for t in self.graph.order()}
+        order = self.graph.order()
+        hashes_of: dict[str, dict] = {}
+        for task in order:  # every key first: what must run depends on what is cached downstream
+            keys[task.id], hashes_of[task.id] = self._key(task, keys)
+        found = {t.id: self.cache.lookup(keys[t.id]) for t in order}
+        present = {tid for tid, rec in found.items() if complete(rec)}
+        must = self._must_run(present)
+        children = self._children()
+        waiting = {tid: len(c) for tid, c in children.items()}  # readers without their result yet
+        resolved: set[str] = set()  # cached, ran or not needed: what its readers can go on from
+        pending = {t.id: t for t in order}
         running: dict[Any, tuple[Task, str, float]] = {}
         attempts: dict[str, int] = {}  # tasks run again after their worker died
+
+        def has_result(task: Task) -> None:
+            """A task has its result: an intermediate whose readers all have theirs is thinned."""
+            resolved.add(task.id)
+            for d in task.deps:
+                waiting[d] -= 1
+                dep = self.graph.tasks[d]
+                status = summary.results[d].status if d in summary.results else None
+                if waiting[d] == 0 and not self._kept(dep) and status in ("cached", "ran"):
+                    summary.bytes_released += self.cache.thin(keys[d])
 
         def unfinished(task: Task) -> str | None:
             return next(
@@ -669,16 +748,20 @@ class Engine:
                         del pending[tid]
                         _tick(progress, task, "skipped")
                         continue
-                    if not all(d in records for d in task.deps):
+                    if not all(d in resolved for d in task.deps):
                         continue
-                    key, hashes = self._key(task, keys)
-                    keys[tid] = key
-                    rec = self.cache.lookup(key)
+                    key, hashes = keys[tid], hashes_of[tid]
                     del pending[tid]
-                    if rec is not None:
-                        records[tid] = rec
-                        summary.results[tid] = TaskResult(task, "cached", key, rec)
+                    if tid in present:
+                        records[tid] = found[tid]
+                        summary.results[tid] = TaskResult(task, "cached", key, found[tid])
                         _tick(progress, task, "cached")
+                        has_result(task)
+                        continue
+                    if tid not in must:  # thinned, and every task that reads it has its result
+                        summary.results[tid] = TaskResult(task, "not needed", key, found[tid])
+                        _tick(progress, task, "not needed")
+                        has_result(task)
                         continue
                     spec = self._spec(task, key, hashes, keys, records)
                     fut = pool.submit(
@@ -694,7 +777,9 @@ class Engine:
                         rec = fut.result()
                         records[task.id] = rec
                         summary.results[task.id] = TaskResult(task, "ran", key, rec, elapsed_s=time.time() - started)
+                        summary.bytes_written += sum((rec.get("bytes") or {}).values())
                         _tick(progress, task, "ran")
+                        has_result(task)
                     except HlspError as exc:
                         summary.results[task.id] = TaskResult(task, "failed", key, error=str(exc))
                         log.error("%s", exc)

@@ -55,6 +55,20 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def link_or_copy(src: str | Path, dest: str | Path) -> bool:
+    """``dest`` as the very file ``src`` (a hard link: no bytes written), or a copy where the file
+    system cannot link them; returns whether it linked. For a stage that passes an input through
+    unchanged: the cache then holds one file, and the engine never edits a linked output."""
+    import shutil
+
+    try:
+        os.link(src, dest)
+        return True
+    except OSError:
+        shutil.copyfile(src, dest)
+        return False
+
+
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -199,12 +213,14 @@ def _lock_holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, what: str, command: str) -> Iterator[Path]:
+def folder_lock(folder: Path, what: str, command: str, shared: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (``.hlsp.lock`` in it) while the block runs.
 
     A second command on the same folder is refused at once (BadInput naming the folder and the
     process holding it), instead of two commands writing the same files. The lock is the
     kernel's (flock): a killed holder releases it, so a crash never leaves a stale lock.
+    ``shared``: a shared lock instead (runs sharing a task cache hold it together; a prune of
+    the cache needs it exclusive, so it waits for none of them but is refused while one runs).
     """
     import fcntl
 
@@ -218,14 +234,15 @@ def folder_lock(folder: Path, what: str, command: str) -> Iterator[Path]:
         raise not_writable(folder, exc, what) from None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             raise BadInput(
                 f"{what} {folder} is in use by another hlsp command ({_lock_holder(path)}); "
                 f"wait for it to finish, then run `hlsp {command}` again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"hlsp {command}, pid {os.getpid()}\n".encode())
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"hlsp {command}, pid {os.getpid()}\n".encode())
         yield folder
     finally:
         os.close(fd)  # closing releases the flock

@@ -324,6 +324,7 @@ DETECTOR1 = Stage(
     run="processing.jwst_stages:run_lv1",
     parameters=_parameters("lv1", "jwst.pipeline:Detector1Pipeline"),
     memory_gb=2.5,
+    retain=True,  # ramps to rates: the most expensive step, and every later release starts from them
     description="calwebb_detector1: ramps to count-rate images",
 )
 IMAGE2 = Stage(

@@ -22,7 +22,6 @@ from the part in which it is science, its DQ unchanged.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -78,7 +77,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     from astropy.io import fits
     from stdatamodels.jwst import datamodels
 
-    from processing.fileio import save_model_atomic
+    from processing.fileio import link_or_copy, save_model_atomic
 
     p = LyotParameters(**params)
     src = Path(inputs["cal"][0])
@@ -89,7 +88,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         region = region_of(m, p.aperture)
         science = (np.asarray(m.dq) & DO_NOT_USE) == 0
         if not p.separate or not has_two_parts(region, science):
-            shutil.copyfile(src, out_imager)
+            link_or_copy(src, out_imager)  # unchanged: the cache keeps one file
             log.info(
                 "%s: %s, passed through",
                 src.name,

@@ -211,6 +211,9 @@ class Stage:
     description: str = ""
     #: ``(stage, suffix)`` this stage rewrites in place: its readers read this stage's output
     refines: tuple[str, str] | None = None
+    #: keep this stage's entries whole under the default retention (expensive to recompute and
+    #: read again by later releases: the detector1 rate files); other intermediates are thinned
+    retain: bool = False
     #: ``module:function(manifest) -> {variant: value}``: the variants of the outputs and
     #: products that name ``{variant}`` (see the module docstring)
     variants: str | None = None

@@ -225,6 +225,11 @@ def run(
     scheduler: str | None = typer.Option(
         None, help="Run on an existing dask scheduler, e.g. tcp://10.0.0.5:8786 (implies --executor dask)."
     ),
+    keep: str | None = typer.Option(
+        None,
+        help="Cache retention: 'default' thins intermediates once every task reading them has its result "
+        "(recomputed when needed again); 'all' keeps everything. Default: $HLSP_KEEP, else 'default'.",
+    ),
 ) -> None:
     """Process a release: raw exposures to mosaics, through the task graph, reusing the cache."""
     import time
@@ -246,6 +251,7 @@ def run(
         workers=workers,
         executor=executor,
         scheduler=scheduler,
+        keep=keep,
     )
     log_file = attach_log_file(wd / "logs", "run")
     log.info(
@@ -278,9 +284,21 @@ def run(
         t0 = time.time()
         summary = engine.run(progress=tick)
     _print_summary(summary, time.time() - t0, graph.registry.order)
+    out.print(
+        f"cache: {_human(summary.bytes_written)} written, {_human(summary.bytes_released)} released "
+        f"(retention '{engine.keep}')"
+    )
     log.debug("products: %s", ", ".join(str(p) for p in summary.products))
     if not summary.ok:
         raise typer.Exit(1)
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
 
 
 def _print_summary(summary, elapsed: float, stages: list[str]) -> None:
@@ -290,6 +308,7 @@ def _print_summary(summary, elapsed: float, stages: list[str]) -> None:
         "ran",
         "failed",
         "skipped",
+        "not needed",
         "slowest task",
         "peak memory (task)",
         title=f"run summary ({elapsed:.1f} s, {summary.executor} executor)",
@@ -302,7 +321,7 @@ def _print_summary(summary, elapsed: float, stages: list[str]) -> None:
             peak = f"{max(x.get('peak_rss_mb', 0) for x in ran):.0f} MB" if ran else ""
             table.add_row(
                 stage,
-                *(str(sum(r.status == s for r in rs)) for s in ("cached", "ran", "failed", "skipped")),
+                *(str(sum(r.status == s for r in rs)) for s in ("cached", "ran", "failed", "skipped", "not needed")),
                 slow,
                 peak,
             )
@@ -687,6 +706,7 @@ def demo(
             allow_version_mismatch=False,
             executor="local",
             scheduler=None,
+            keep=None,
         )
         dest = release_dir(releases, lm)
         if dest.exists():
@@ -716,6 +736,101 @@ def demo(
         f"[bold green]The demo releases are in {releases}[/] (validated, each against the one before; JUnit reports "
         f"{outdir}/validation-*.xml; reports {outdir}/reports/<version>/index.html)"
     )
+
+
+cache_app = typer.Typer(
+    help="Look after a task cache: where the space goes (du), what no manifest needs (prune), damage (verify).",
+    no_args_is_help=True,
+)
+app.add_typer(cache_app, name="cache")
+
+
+def _cache_root(workdir: Path | None, cache: Path | None) -> Path:
+    if cache is None and workdir is None:
+        raise BadInput("give --workdir (its cache is WORKDIR/cache) or --cache")
+    root = (cache or workdir / "cache").resolve()
+    if not (root / "objects").is_dir():
+        raise BadInput(f"{root} is not a task cache (no objects/ folder)")
+    return root
+
+
+def _intermediate():
+    """Whether a task record is an intermediate under the default retention (not of a stage
+    that is retained or provides release products)."""
+    from processing.registry import default_registry
+
+    reg = default_registry()
+    thinned_stages = {s.name for s in reg.ordered() if not s.retain and not s.products}
+    return lambda rec: rec.get("stage") in thinned_stages
+
+
+@cache_app.command("du")
+def cache_du(
+    workdir: Path | None = typer.Option(None, help="Work folder (its cache is WORKDIR/cache)."),
+    cache: Path | None = typer.Option(None, help="Task cache folder (instead of --workdir)."),
+) -> None:
+    """Bytes of a cache by stage and by unit, and what the default retention would release."""
+    from processing.cache import usage
+
+    root = _cache_root(workdir, cache)
+    u = usage(root, _intermediate())
+    out.print(f"{root}: {_human(u['total'])} in {u['entries']} entries ({u['thinned']} thinned)", soft_wrap=True)
+    table = Table("stage", "bytes", title="by stage")
+    for stage, n in sorted(u["by_stage"].items(), key=lambda kv: -kv[1]):
+        table.add_row(stage, _human(n))
+    out.print(table)
+    units = Table("unit (stage/target/band or exposure)", "bytes", title="largest units")
+    for unit, n in sorted(u["by_unit"].items(), key=lambda kv: -kv[1])[:15]:
+        units.add_row(unit, _human(n))
+    out.print(units)
+    out.print(f"the default retention would release {_human(u['would_release'])} (thinning the intermediates)")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    keep: list[Path] = typer.Option(..., help="A manifest whose tasks' results stay (repeat for several)."),
+    workdir: Path | None = typer.Option(None, help="Work folder (its cache is WORKDIR/cache)."),
+    cache: Path | None = typer.Option(None, help="Task cache folder (instead of --workdir)."),
+) -> None:
+    """Remove every cache entry that no listed manifest's task graph reaches (refused while a
+    run uses the cache)."""
+    from processing.cache import prune
+    from processing.executor import Engine
+    from processing.fileio import folder_lock
+    from processing.pipeline import build_graph
+
+    root = _cache_root(workdir, cache)
+    with folder_lock(root, "the task cache", "cache prune"):  # refused while a run uses the cache
+        keys: set[str] = set()
+        for manifest in keep:
+            lm = _load(manifest)
+            graph = build_graph(lm)
+            engine = Engine(
+                lm, graph, workdir or root.parent, cache_dir=root, allow_version_mismatch=True, read_only=True
+            )
+            keys |= set(engine.task_keys().values())
+        n, freed = prune(root, keys)
+    out.print(f"removed {n} entries, {_human(freed)}; kept what {', '.join(str(k) for k in keep)} reach")
+
+
+@cache_app.command("verify")
+def cache_verify(
+    workdir: Path | None = typer.Option(None, help="Work folder (its cache is WORKDIR/cache)."),
+    cache: Path | None = typer.Option(None, help="Task cache folder (instead of --workdir)."),
+) -> None:
+    """Re-hash every entry against its record; a damaged one is moved to quarantine/ (the next
+    run recomputes it). Exit 1 when something was damaged."""
+    from processing.cache import verify
+    from processing.fileio import folder_lock
+
+    root = _cache_root(workdir, cache)
+    with folder_lock(root, "the task cache", "cache verify"):
+        damaged = verify(root)
+    for task, why in damaged:
+        out.print(f"[red]damaged[/] {escape(task)}: {escape(why)} (moved to {root / 'quarantine'})")
+    if damaged:
+        raise typer.Exit(1)
+    out.print(f"[bold green]verified[/] {root}: every entry matches its record")
 
 
 def release_folder_of(path: Path) -> Path | None:

@@ -138,13 +138,16 @@ def package_release(
     return dest
 
 
-def _copy_published(src: Path, dest: Path | io.BytesIO, row: dict, csv_name: str) -> None:
-    """Copy a parent release's file to ``dest`` (a path, or a buffer), proving it is the file
+def _copy_published(src: Path, dest: Path | io.BytesIO, row: dict, csv_name: str) -> str:
+    """Carry a parent release's file to ``dest`` (a path, or a buffer), proving it is the file
     the parent published: a regular file (a link is refused, never followed), of the size and
-    sha256 its manifest CSV records (read once, hashed while copied). Anything else stops the
-    packaging (exit 1) naming it."""
+    sha256 its manifest CSV records, read once. A path ``dest`` becomes a hard link to the very
+    file that was proved (the link's inode is checked to be the one read) where both are on one
+    file system, else a copy of what was read. Anything else stops the
+    packaging (exit 1) naming it. Returns ``'link'`` or ``'copy'``."""
     import contextlib
     import hashlib
+    import shutil
     import stat
 
     try:
@@ -152,25 +155,46 @@ def _copy_published(src: Path, dest: Path | io.BytesIO, row: dict, csv_name: str
     except OSError as exc:
         why = "is a symbolic link" if os.path.islink(src) else f"cannot be read ({exc.strerror})"
         raise WorkFailed(f"the parent release's {src} {why}: a patch carries only the files the parent published")
+    how = "copy"
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
             raise WorkFailed(f"the parent release's {src} is not a regular file: refusing to carry it")
-        h = hashlib.sha256()
-        size = 0
         if isinstance(dest, Path):
             dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(dest, "wb") if isinstance(dest, Path) else contextlib.nullcontext(dest) as out:
+        link = isinstance(dest, Path) and os.stat(dest.parent).st_dev == st.st_dev
+        out = None if link else (open(dest, "wb") if isinstance(dest, Path) else contextlib.nullcontext(dest))
+        h, size = hashlib.sha256(), 0
+        with out if out is not None else contextlib.nullcontext() as sink:
             while chunk := fh.read(1 << 22):
                 h.update(chunk)
-                out.write(chunk)
                 size += len(chunk)
-    if str(size) != str(row.get("size")) or h.hexdigest() != row.get("sha256"):
+                if sink is not None:
+                    sink.write(chunk)
+        ok = str(size) == str(row.get("size")) and h.hexdigest() == row.get("sha256")
+        if ok and link:
+            try:  # a link to the path, kept only if it is the very file proved (its inode)
+                os.link(src, dest, follow_symlinks=False)
+                if (os.lstat(dest).st_dev, os.lstat(dest).st_ino) == (st.st_dev, st.st_ino):
+                    how = "link"
+                else:
+                    dest.unlink()  # swapped in between: copy what was proved instead
+            except OSError:
+                pass
+            if how != "link":
+                fh.seek(0)
+                with open(dest, "wb") as copy:
+                    shutil.copyfileobj(fh, copy)
+    if not ok:
+        if isinstance(dest, Path) and dest.exists():
+            dest.unlink()
         raise WorkFailed(
             f"the parent release's {src} is not the file it published ({csv_name} records "
             f"{row.get('size')} bytes, sha256 {str(row.get('sha256'))[:16]}...; it has {size} bytes, sha256 "
             f"{h.hexdigest()[:16]}...): it was changed after publication; restore it (or re-cut the parent) before "
             "packaging a patch of it"
         )
+    return how
 
 
 def _carry_over(ctx: PackContext) -> None:

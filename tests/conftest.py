@@ -277,7 +277,8 @@ def engine_run(effects_program, tmp_path_factory) -> dict:
     def build(root: Path) -> dict:
         manifest = write_manifest(root / "release.toml", effects_program)
         t0 = time.time()
-        proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), check_code=0)
+        # every entry kept whole: the tests measure the intermediates against the truth
+        proc = hlsp("run", str(manifest), "--workdir", str(root / "work"), "--keep", "all", check_code=0)
         return {
             "root": root,
             "manifest": manifest,
@@ -332,7 +333,7 @@ def changed_run(engine_run, tmp_path_factory) -> dict:
         )
         lm = load_manifest(manifest)
         cache = linked_copy(engine_run["cache"], root / "cache")
-        engine = Engine(lm, build_graph(lm), root / "work", cache_dir=cache)
+        engine = Engine(lm, build_graph(lm), root / "work", cache_dir=cache, keep="all")
         planned = engine.plan()
         summary = engine.run()
         return {

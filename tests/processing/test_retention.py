@@ -1,0 +1,195 @@
+"""The cache does not multiply the data (processing/cache.py, processing/executor.py): under
+the default retention an intermediate is thinned once every task reading it has its result,
+recomputed when one must run again, and the results are the same as keeping everything; a
+stage passing an input through links it; `hlsp cache verify` quarantines damage, which the
+next run recomputes; `hlsp cache prune` keeps what the listed manifests reach, never while a
+run holds the cache. On the toy program of tests/processing/test_stages.py (fast)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from processing import cache as cache_mod
+from processing.errors import BadInput
+from release.manifest import load_manifest
+from tests.processing.test_stages import _engine, _registry
+
+
+@pytest.fixture
+def tiny_is_bulky(monkeypatch):
+    """The toy files are 4x4 pixels: count every FITS output as bulky."""
+    monkeypatch.setattr(cache_mod, "SMALL_BYTES", 0)
+
+
+def _records(eng, stage):
+    keys = eng.task_keys()
+    return {tid: eng.cache.lookup(k) for tid, k in keys.items() if tid.startswith(stage + "/")}
+
+
+def _products(eng):
+    entries, missing = eng.product_index()
+    assert not missing
+    return {(e.product, e.target, e.band): fits.getdata(e.path) for e in entries}
+
+
+def test_intermediates_are_thinned_and_recomputed_only_when_needed(toy, tiny_is_bulky):
+    reg = _registry()
+    eng = _engine(toy, reg)
+    first = eng.run()
+    assert first.ok and first.bytes_written > 0 and first.bytes_released > 0
+    # toy_a (read by toy_b and toy_visit) is an intermediate: thinned; toy_b provides the
+    # release's mosaics: kept whole, as is toy_visit (nothing reads it)
+    a = _records(eng, "toy_a")
+    read = {d for t in eng.graph.tasks.values() for d in t.deps}
+    assert all(rec.get("dropped") for tid, rec in a.items() if tid in read)
+    assert all(cache_mod.complete(r) for r in _records(eng, "toy_b").values())
+    for tid, rec in a.items():
+        if rec.get("dropped"):
+            entry = eng.cache.entry(eng.task_keys()[tid])
+            assert not any((entry / n).exists() for n in rec["dropped"]) and (entry / "task.json").exists()
+    # again: nothing runs, the thinned intermediates are not needed
+    again = _engine(toy, reg).run()
+    assert again.count("ran") == 0 and again.count("not needed") == len([t for t in a if t in read])
+    assert set(_engine(toy, reg).plan().values()) == {"cached", "not needed"}
+    # what toy_b reads changed (the catalogue file the manifest names): toy_b runs again, and
+    # the intermediates it reads are recomputed
+    (toy["root"] / "cat.txt").write_text("0.7")
+    lm = load_manifest(toy["manifest"])
+    from processing.executor import Engine
+    from processing.pipeline import build_graph
+
+    eng3 = Engine(lm, build_graph(lm, registry=reg), toy["root"] / "work")
+    assert {s for t, s in eng3.plan().items() if t.startswith("toy_b/")} == {"run"}
+    third = eng3.run()
+    assert third.ok
+    ran = {t for t, r in third.results.items() if r.status == "ran"}
+    assert {t for t in ran if t.startswith("toy_b/")} == {t for t in eng3.graph.tasks if t.startswith("toy_b/")}
+    assert {t for t in ran if t.startswith("toy_a/")}  # recomputed for toy_b
+    assert not {t for t in ran if t.startswith("toy_visit/")}  # not needed
+    # the same products as a run that keeps everything, from scratch
+    full = Engine(lm, build_graph(lm, registry=reg), toy["root"] / "work-all", keep="all")
+    assert full.run().ok and full.run().bytes_released == 0
+    mine, theirs = _products(eng3), _products(full)
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    assert all(cache_mod.complete(r) for r in _records(full, "toy_a").values())
+
+
+def test_a_stage_passing_its_input_through_stores_no_copy(toy):
+    """A stage that leaves its input unchanged links it (processing/fileio.py link_or_copy): one
+    file in the cache; the engine does not stamp it (it stays the upstream's, whose record still
+    matches)."""
+    from processing.stages import Input, ModelParameters, Stage
+
+    (toy["mods"] / "toy_pass.py").write_text(
+        textwrap.dedent("""
+        from pathlib import Path
+        from processing.fileio import link_or_copy
+
+        def run(inputs, outdir, params, context):
+            out = Path(outdir) / (context["exposure"] + "_toyp.fits")
+            link_or_copy(inputs["a"][0], out)
+            return [out]
+    """)
+    )
+    from pydantic import BaseModel
+
+    class NoParams(BaseModel):
+        pass
+
+    passer = Stage(
+        "toy_pass",
+        "exposure",
+        (Input("a", "same", "toy_a", "_toya.fits"),),
+        ("_toyp.fits",),
+        "toy_pass:run",
+        ModelParameters(NoParams),
+        memory_gb=0.1,
+    )
+    eng = _engine(toy, _registry([passer]), keep="all")
+    assert eng.run().ok
+    keys = eng.task_keys()
+    tid = next(t for t in keys if t.startswith("toy_pass/"))
+    exposure = tid.split("/", 1)[1]
+    mine = eng.cache.entry(keys[tid]) / f"{exposure}_toyp.fits"
+    upstream = eng.cache.entry(keys[f"toy_a/{exposure}"]) / f"{exposure}_toya.fits"
+    assert mine.stat().st_ino == upstream.stat().st_ino
+    rec = eng.cache.lookup(keys[f"toy_a/{exposure}"])
+    assert cache_mod.file_sha256(upstream) == rec["outputs"][upstream.name]
+
+
+def test_verify_quarantines_damage_and_the_next_run_recomputes_it(toy, tmp_path):
+    from processing.cache import verify
+
+    reg = _registry()
+    eng = _engine(toy, reg, keep="all")
+    assert eng.run().ok
+    keys = eng.task_keys()
+    tid = "toy_b/alpha/F200W"
+    victim = eng.cache.entry(keys[tid]) / "alpha_f200w_toyb.fits"
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.unlink()
+    victim.write_bytes(bytes(data))
+    assert verify(eng.cache.root) == [(tid, "alpha_f200w_toyb.fits: content differs from the record (sha256)")]
+    assert not eng.cache.entry(keys[tid]).exists() and any((eng.cache.root / "quarantine").iterdir())
+    assert verify(eng.cache.root) == []
+    again = _engine(toy, reg, keep="all").run()
+    assert [t for t, r in again.results.items() if r.status == "ran"] == [tid]
+
+
+def test_prune_keeps_what_the_listed_manifests_reach_and_waits_for_no_run(toy, tmp_path):
+    from processing.cache import entries, prune
+    from processing.fileio import folder_lock
+
+    reg = _registry()
+    eng = _engine(toy, reg, keep="all")
+    assert eng.run().ok
+    other = toy["root"] / "other.toml"  # another release: toy_b reads another catalogue
+    (toy["root"] / "cat2.txt").write_text("0.9")
+    other.write_text(toy["manifest"].read_text().replace('"cat.txt"', '"cat2.txt"'))
+    from processing.executor import Engine
+    from processing.pipeline import build_graph
+
+    lm = load_manifest(other)
+    e2 = Engine(lm, build_graph(lm, registry=reg), toy["root"] / "work", keep="all")
+    assert e2.run().ok
+    keep = set(e2.task_keys().values())
+    only_first = set(eng.task_keys().values()) - keep
+    assert only_first  # the first manifest's toy_b results
+    root = eng.cache.root
+    with folder_lock(root, "the task cache", "run", shared=True):  # a run in progress
+        with pytest.raises(BadInput, match="in use by another hlsp command"):
+            with folder_lock(root, "the task cache", "cache prune"):
+                pass
+    n, freed = prune(root, keep)
+    assert n == len(only_first) and freed > 0
+    assert {k for k, _, _ in entries(root)} == keep
+    assert e2.plan() == {t: "cached" for t in e2.graph.tasks}
+
+
+def test_the_cache_command(toy, tmp_path):
+    """`hlsp cache du` says where the space goes, `verify` finds damage (exit 1) and
+    quarantines it, `prune` is refused while a run holds the cache."""
+    from processing.fileio import folder_lock
+    from tests.conftest import hlsp
+
+    reg = _registry()
+    eng = _engine(toy, reg, keep="all")
+    assert eng.run().ok
+    work = toy["root"] / "work"
+    proc = hlsp("cache", "du", "--workdir", str(work), check_code=0)
+    assert "toy_a" in proc.stdout and "toy_b" in proc.stdout and "in 27 entries (0 thinned)" in proc.stdout
+    hlsp("cache", "verify", "--workdir", str(work), check_code=0)
+    victim = next((work / "cache" / "objects").glob("*/*/*_toya.fits"))
+    victim.unlink()
+    proc = hlsp("cache", "verify", "--workdir", str(work), check_code=1)
+    assert f"{victim.name} is missing" in " ".join(proc.stdout.split())
+    with folder_lock(work / "cache", "the task cache", "run", shared=True):
+        proc = hlsp("cache", "prune", "--keep", str(toy["manifest"]), "--workdir", str(work), check_code=2)
+    assert "is in use by another hlsp command" in " ".join(proc.stderr.split())
+    proc = hlsp("cache", "du", "--workdir", str(tmp_path), check_code=2)
+    assert "is not a task cache" in proc.stderr
