@@ -428,8 +428,8 @@ class Engine:
     ``scheduler``). ``keep``: the retention policy (:func:`keep_policy`).
 
     Retention (``keep = "default"``): the entries of the stages that are expensive to redo
-    (declared ``retain``: the detector1 rate files) and of the stages that provide release
-    products are kept whole; every other entry is an intermediate, thinned
+    (declared ``retain``: detector1's rate files, lv3's mosaics) and of the stages that provide
+    the release products are kept whole; every other entry is an intermediate, thinned
     (processing/cache.py) as soon as every task that reads it has its result. A task whose
     entry is missing or thinned runs only when something needs it: it provides a product, or a
     task that must run reads it. ``keep = "all"`` thins nothing.
@@ -451,6 +451,7 @@ class Engine:
         self.lm, self.graph = lm, graph
         self.keep = keep_policy(keep)
         self.registry = graph.registry
+        self._kept_stages = self.registry.kept_whole()
         self.read_only = read_only
         self.workdir = Path(workdir).resolve()
         self.cache = Cache(cache_dir or self.workdir / "cache", writable=not read_only)
@@ -611,10 +612,9 @@ class Engine:
         return out
 
     def _kept(self, task: Task) -> bool:
-        """Whether a task's entry is kept whole (its stage is declared ``retain``, or provides a
-        release product)."""
-        stage = self.registry[task.stage]
-        return self.keep == "all" or stage.retain or bool(stage.products)
+        """Whether a task's entry is kept whole (``--keep all``, or its stage is one the
+        registry keeps whole: :meth:`~processing.stages.Registry.kept_whole`)."""
+        return self.keep == "all" or task.stage in self._kept_stages
 
     def _must_run(self, present: set[str]) -> set[str]:
         """The tasks to run: not in the cache whole, and providing a product or read by a task

@@ -370,6 +370,13 @@ class Registry:
                 out[p.type] = s
         return out
 
+    def kept_whole(self) -> set[str]:
+        """The stages whose cache entries the default retention keeps whole: those declared
+        ``retain`` (expensive to recompute, reused by every later release) and the providers of
+        release products (:meth:`product_providers`). Every other stage's bulky outputs are
+        intermediates, dropped once their readers have their results."""
+        return {s.name for s in self.ordered() if s.retain} | {s.name for s in self.product_providers().values()}
+
     # -- manifest parameters ---------------------------------------------------------------
     def check_parameters(self, stages: dict[str, Any], path: str) -> tuple[list[tuple[str, str]], dict[str, Any]]:
         problems: list[tuple[str, str]] = []

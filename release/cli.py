@@ -759,9 +759,8 @@ def _intermediate():
     that is retained or provides release products)."""
     from processing.registry import default_registry
 
-    reg = default_registry()
-    thinned_stages = {s.name for s in reg.ordered() if not s.retain and not s.products}
-    return lambda rec: rec.get("stage") in thinned_stages
+    kept = default_registry().kept_whole()
+    return lambda rec: rec.get("stage") not in kept
 
 
 @cache_app.command("du")

@@ -80,6 +80,36 @@ def test_parameter_change_reruns_only_that_target(engine_run, changed_run):
         assert same == (target == "synth1"), (target, band)
 
 
+def test_default_retention_thins_then_recomputes_and_gives_the_keep_all_products(engine_run, changed_run, tmp_path):
+    """The shared run kept everything; re-run with the default retention it runs nothing and
+    releases its bulky intermediates. The changed manifest then recomputes the dropped
+    intermediates it needs (synth2 F770W here: one band keeps the test short) and its product
+    is the same as the keep-all run's."""
+    from processing.cache import usage
+
+    cache = linked_copy(engine_run["cache"], tmp_path / "cache")
+    before = usage(cache)["total"]
+    lm0 = load_manifest(engine_run["manifest"])
+    first = Engine(lm0, build_graph(lm0), tmp_path / "w0", cache_dir=cache, keep="default").run()
+    assert first.ok and not [t for t, r in first.results.items() if r.status == "ran"]
+    after = usage(cache)
+    # (bytes_released counts what no other link holds: here engine_run's cache still holds it all)
+    assert after["thinned"] > 0 and after["total"] < before / 2, (before, after["total"])
+    again = Engine(lm0, build_graph(lm0), tmp_path / "w0", cache_dir=cache, keep="default").plan()
+    assert "run" not in again.values() and "not needed" in again.values()
+
+    lm = load_manifest(changed_run["manifest"])
+    engine = Engine(lm, build_graph(lm, ["synth2"], ["F770W"]), tmp_path / "work", cache_dir=cache, keep="default")
+    summary = engine.run()
+    ran = {t for t, r in summary.results.items() if r.status == "ran"}
+    assert summary.ok and {"lv3/synth2/F770W", "psf_matching/synth2/F770W"} <= ran
+    # lv3's inputs were dropped: recomputed, from the kept detector1 files (lv1 never reruns)
+    assert any(t.startswith("lv2/") for t in ran) and not any(t.startswith("lv1/") for t in ran)
+    assert fits_fingerprint(product(tmp_path / "work", "synth2", "f770w")) == fits_fingerprint(
+        product(changed_run["workdir"], "synth2", "f770w")
+    )
+
+
 def test_kill_9_then_resume_gives_identical_products(engine_run, tmp_path):
     from tests.conftest import seed_cache
 

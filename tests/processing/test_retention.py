@@ -193,3 +193,13 @@ def test_the_cache_command(toy, tmp_path):
     assert "is in use by another hlsp command" in " ".join(proc.stderr.split())
     proc = hlsp("cache", "du", "--workdir", str(tmp_path), check_code=2)
     assert "is not a task cache" in proc.stderr
+
+
+def test_the_default_registry_keeps_the_expensive_stages_and_the_product_providers():
+    """detector1 and lv3 (declared retain) and the providers of the release products stay whole;
+    a stage whose mosaic a later stage refines (astrometry) is an intermediate."""
+    from processing.registry import default_registry
+
+    reg = default_registry()
+    assert reg.kept_whole() == {"lv1", "lv3", "anchoring", "psf_matching"}
+    assert {s.name for s in reg.product_providers().values()} == {"anchoring", "psf_matching"}
