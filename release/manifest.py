@@ -473,6 +473,25 @@ class Products(StrictModel):
         "and band.",
     )
     previews: bool = Field(default=True, description="One PNG preview per mosaic.")
+    max_level_uncertainty_mjysr: float = Field(
+        default=0.5,
+        gt=0,
+        le=1e9,
+        description="Largest level uncertainty (HLSPDBE, MJy/sr) a released mosaic may carry. An anchored band's "
+        "is its fit's; a band that could not be anchored is released at its calibrated level and its uncertainty "
+        "is the bound on the sky left in it (level matching's constant). `hlsp package` refuses and `hlsp "
+        "validate` fails a band above it, naming it: raise it for that band in max_level_uncertainty_by_band "
+        "to release it knowingly (the README states each band's level uncertainty).",
+    )
+    max_level_uncertainty_by_band: dict[Band, Annotated[float, Field(gt=0, le=1e9)]] = Field(
+        default_factory=dict,
+        description="max_level_uncertainty_mjysr of a band (MJy/sr), e.g. {F200W = 20.0}: what this release accepts "
+        "for a band it could not anchor.",
+    )
+
+    def level_limit(self, band: str) -> float:
+        """The largest level uncertainty (MJy/sr) this release accepts for ``band``."""
+        return self.max_level_uncertainty_by_band.get(band.upper(), self.max_level_uncertainty_mjysr)
 
 
 class ComparisonThresholds(StrictModel):
@@ -723,9 +742,10 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
             problems.append(
                 (f"comparisons.overrides.{key}", "is not a band of program.bands, a target, or target/BAND")
             )
-    for band in m.products.psfs:
-        if band not in m.program.bands:
-            problems.append((f"products.psfs.{band}", f"{band} is not in program.bands"))
+    for field_name in ("psfs", "max_level_uncertainty_by_band"):
+        for band in getattr(m.products, field_name):
+            if band not in m.program.bands:
+                problems.append((f"products.{field_name}.{band}", f"{band} is not in program.bands"))
     return problems
 
 

@@ -206,6 +206,14 @@ def write_manifest(
     import json
 
     bands = json.loads((program / "program.json").read_text())["bands"]
+    # the test programs' NIRCam mosaics cannot be anchored (docs/anchoring.md): released at
+    # their calibrated level, accepted knowingly (as the demo's manifests do)
+    accept = ", ".join(f"{b} = 30.0" for b in bands if b in ("F200W", "F300M"))
+    products = f"max_level_uncertainty_by_band = {{ {accept} }}\n" if accept else ""
+    if "[products]\n" in extra:
+        extra = extra.replace("[products]\n", "[products]\n" + products, 1)
+    elif products:
+        extra = extra + "\n[products]\n" + products
     path.write_text(
         f"""
 schema_version = 1

@@ -23,8 +23,17 @@ Per target and band, after absolute astrometry:
    and every image tried) and in ``<product>_anchoring.png`` (the fit, as the paper's Figure 8).
 
 Nothing could be solved (no wide-field image in the manifest, none usable, no internal
-relation): the band keeps its level and says so (HLSPDBST); ``require_anchor = true`` makes it
-a failure naming target, band and the reasons. A wide-field image the manifest names that is
+relation): the band is released at its level as calibrated, never at one known to be wrong.
+Level matching's group constant (HLSPDLK, the lowest sigma-clipped level of the tiles: where
+the galaxy fills every frame, galaxy emission) is added back to the mosaic and to each
+tweakback exposure (its own constant), so only level matching's relative offsets remain; the
+sky left in it is at least 0 and at most that constant (the constant is the sky plus the
+faintest emission), which is recorded as the level's uncertainty (HLSPDBE: a bound, with
+HLSPDBL ``calibrated``). A band fitted against a reference band that is not anchored is fitted
+against the reference's calibrated level, and inherits its bound times the band ratio
+(``internal only``). ``require_anchor = true`` makes a band that is not anchored a failure
+naming target, band and the reasons; the release's ``products.max_level_uncertainty_mjysr``
+decides whether such a band may be released (release/products/img.py). A wide-field image the manifest names that is
 missing is refused when the graph is built; one that does not open fails the task, naming it.
 """
 
@@ -319,15 +328,34 @@ def internal_fit(
 
 
 # -- writing ---------------------------------------------------------------------------------
-def header_record(offset: float, unc: float, anchored_to: str, slope: float, status: str) -> dict:
+#: HLSPDBL: what the released level stands on
+LEVEL_BASES = {
+    "anchored": "anchored to a wide-field image (directly or through the reference band)",
+    "internal": "fitted to the reference band at its calibrated level (reference not anchored)",
+    "calibrated": "as calibrated: level matching's constant added back, the sky left in is a bound",
+}
+
+
+def header_record(offset: float, unc: float, anchored_to: str, slope: float, status: str, basis: str) -> dict:
     """The anchoring as primary-header keywords (HLSPD*: carried into the released img.fits)."""
     return {
         "HLSPDBO": (round(float(offset), 6), "anchoring: offset subtracted, MJy/sr"),
-        "HLSPDBE": (round(float(unc), 6) if np.isfinite(unc) else -1.0, "anchoring: offset uncertainty, MJy/sr"),
+        "HLSPDBE": (round(float(unc), 6) if np.isfinite(unc) else -1.0, "anchoring: level uncertainty, MJy/sr"),
+        "HLSPDBL": (basis, "anchoring: level basis (README)"),
         "HLSPDBR": (anchored_to[:40], "anchoring: anchored to"),
         "HLSPDBS": (round(float(slope), 6) if np.isfinite(slope) else -1.0, "anchoring: slope of the fit (band ratio)"),
         "HLSPDBST": (status[:45], "anchoring status"),
     }
+
+
+def level_matching_constant(path: Path, header=None) -> float:
+    """Level matching's group constant in a mosaic or exposure (HLSPDLK, MJy/sr; 0 where level
+    matching subtracted none)."""
+    from astropy.io import fits
+
+    h = header if header is not None else fits.getheader(path, 0)
+    value = h.get("HLSPDLK", 0.0)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else 0.0
 
 
 def subtract(src: Path, out: Path, offset: float, record: dict) -> None:
@@ -346,9 +374,12 @@ def subtract(src: Path, out: Path, offset: float, record: dict) -> None:
         hdul.writeto(tmp, overwrite=True)
 
 
-def rewrite_tweakback(src: Path, out: Path, offset: float, record: dict, scratch: Path) -> list[str]:
+def rewrite_tweakback(
+    src: Path, out: Path, offset: float, record: dict, scratch: Path, restore: bool = False
+) -> list[str]:
     """The tweakback tarball with ``offset`` subtracted from every member (same names, same
-    order, owner and times zeroed: the same input gives the same bytes)."""
+    order, owner and times zeroed: the same input gives the same bytes); ``restore``: instead,
+    each member's own level-matching constant is added back (HLSPDBO/HLSPDBE its own)."""
     from processing.fileio import remove_scratch, reproducible_tarball
 
     work = scratch / "tweakback-anchored"
@@ -363,7 +394,13 @@ def rewrite_tweakback(src: Path, out: Path, offset: float, record: dict, scratch
                 while chunk := fh.read(1 << 22):
                     dst.write(chunk)
             anchored = work / ("a_" + local.name)
-            subtract(local, anchored, offset, record)
+            mine, rec = offset, record
+            if restore:
+                constant = level_matching_constant(local)
+                mine = -constant
+                rec = {**record, "HLSPDBO": (round(mine, 6), record["HLSPDBO"][1])}
+                rec["HLSPDBE"] = (round(abs(constant), 6), record["HLSPDBE"][1])
+            subtract(local, anchored, mine, rec)
             add(member.name, anchored)
             local.unlink()
             anchored.unlink()
@@ -474,44 +511,45 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         ext, ext_ok = [], None
         ext_why = f"no wide-field image for {inst} (targets.{target}.anchoring.{inst})"
     rows += [_row(a, "external" if not has_ref else f"external ({ref_band})") for a in ext]
-    ref_offset = ext_ok.fit.offset if ext_ok else 0.0
-    ref_unc = ext_ok.fit.uncertainty if ext_ok else float("nan")
+    # a reference band that is not anchored stands at its calibrated level (its constant back)
+    ref_constant = level_matching_constant(ref_mosaic)
+    ref_offset = ext_ok.fit.offset if ext_ok else -ref_constant
+    ref_unc = ext_ok.fit.uncertainty if ext_ok else abs(ref_constant)
+    restore = False  # not anchored: level matching's constant added back (each file its own)
     if not has_ref:
         attempts = ext
         if ext_ok:
             offset, unc, slope = ext_ok.fit.offset, ext_ok.fit.uncertainty, ext_ok.fit.slope
             anchored_to, status = ext_ok.against, "anchored"
         else:
-            offset, unc, slope, anchored_to, status = 0.0, float("nan"), float("nan"), "", f"not anchored: {ext_why}"
+            restore, slope, anchored_to, status = True, float("nan"), "", f"not anchored: {ext_why}"
     else:
-        # 2. this band against the anchored reference band
+        # 2. this band against the anchored (or calibrated) reference band
         a = internal_fit(mosaic, band, ref_mosaic, ref_band, ref_offset, p)
         attempts = [a] + [e for e in ext if e.fit is not None]
         rows.insert(0, _row(a, "internal"))
         if a.ok:
             offset, slope = a.fit.offset, a.fit.slope
-            # the reference's own error moves x's zero: the band's offset by slope times it
-            unc = math.hypot(a.fit.uncertainty, ref_unc * a.fit.slope) if ext_ok else a.fit.uncertainty
+            # the reference's own error (or bound) moves x's zero: the band's offset by slope times it
+            unc = math.hypot(a.fit.uncertainty, ref_unc * a.fit.slope)
             anchored_to = f"{ref_band} via {ext_ok.against}" if ext_ok else ref_band
             status = "anchored" if ext_ok else f"internal only ({ref_band} not anchored: {ext_why})"
         else:
-            offset, unc, slope, anchored_to, status = (
-                0.0,
-                float("nan"),
-                float("nan"),
-                "",
-                f"not anchored: {ref_band}: {a.reason}",
-            )
+            restore, slope, anchored_to, status = True, float("nan"), "", f"not anchored: {ref_band}: {a.reason}"
+    basis = "anchored" if status == "anchored" else ("internal" if not restore else "calibrated")
+    if restore:
+        constant = level_matching_constant(mosaic)
+        offset, unc = -constant, abs(constant)
     if status != "anchored":
         if p.require_anchor:
             raise WorkFailed(f"anchoring {target} {band}: {status} (require_anchor = true)")
         log.warning("anchoring %s %s: %s", target, band, status)
 
-    record = header_record(offset, unc, anchored_to, slope, status)
+    record = header_record(offset, unc, anchored_to, slope, status, basis)
     out_mosaic = outdir / f"{product}_i2d.fits"
     subtract(mosaic, out_mosaic, offset, record)
     tarball = outdir / f"{product}_tweakback.tar.gz"
-    members = rewrite_tweakback(Path(inputs["tweakback"][0]), tarball, offset, record, outdir)
+    members = rewrite_tweakback(Path(inputs["tweakback"][0]), tarball, offset, record, outdir, restore=restore)
     figure = outdir / f"{product}_anchoring.png"
     plot_fit(figure, attempts, f"{target} {band}: offset {offset:+.4f} ± {unc:.4f} MJy/sr ({status})")
     table = Table(rows=rows) if rows else Table(names=["role", "against"], dtype=[str, str])
@@ -525,6 +563,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
             "slope": float(slope),
             "anchored_to": anchored_to,
             "status": status,
+            "level_basis": basis,
             "tweakback_members": len(members),
             "seconds": round(time.time() - t0, 2),
             "parameters": p.model_dump(),

@@ -40,7 +40,9 @@ class ProductType:
     jinja2 text rendered into the README's Products section when the release holds a file of
     this type (with ``m``, the manifest, and ``files``, the release's files of this type);
     ``source`` is the type of the run's product it is made from (None: made by packaging from
-    the manifest and the other files); ``wanted(manifest)``: whether the manifest asks for it.
+    the manifest and the other files); ``wanted(manifest)``: whether the manifest asks for it;
+    ``readme_context(m, files)``: more names for its ``readme`` text, from its files (each a
+    dict with ``name``, ``path``, ``target``, ``filter``).
     """
 
     name: str
@@ -52,6 +54,7 @@ class ProductType:
     source: str | None = None
     wanted: Callable[[Any], bool] | None = None
     on_patch: str = "carry"
+    readme_context: Callable[[Any, list[dict]], dict] | None = None
 
     def __post_init__(self):
         if self.per not in PER:

@@ -84,7 +84,10 @@ def render_readme(ctx) -> str:
     ]
     from release.naming import parse_name
 
-    files = [{"name": f.path.name, "product": f.product, "target": f.target, "filter": f.filter} for f in ctx.files]
+    files = [
+        {"name": f.path.name, "path": f.path, "product": f.product, "target": f.target, "filter": f.filter}
+        for f in ctx.files
+    ]
     sections = []
     present = {u.ptype for u in ctx.registry.units(m, ctx.stages)}
     for pt in ctx.registry:
@@ -94,7 +97,8 @@ def render_readme(ctx) -> str:
                 for f in files
                 if (n := parse_name(f["name"])) is not None and ctx.registry.match(n.product, n.ext) is pt
             ]
-            sections.append(env.from_string(pt.readme).render(m=m, files=own, changelog=ctx.changes))
+            more = pt.readme_context(m, own) if pt.readme_context else {}
+            sections.append(env.from_string(pt.readme).render(m=m, files=own, changelog=ctx.changes, **more))
     return env.get_template("README.txt.j2").render(
         stages=stages,
         m=m,

@@ -98,9 +98,56 @@ def _input_exposures(src) -> list[str]:
     return sorted(set(out))
 
 
+def level_problem(header, band: str, products) -> str | None:
+    """Why a mosaic's level may not be released under the manifest's ``products`` settings, or
+    None: its recorded level uncertainty (HLSPDBE, MJy/sr, from background anchoring) is unknown
+    or above the band's limit (:meth:`release.manifest.Products.level_limit`). A mosaic no
+    anchoring stage touched (no HLSPDBE) makes no claim and is not judged."""
+    if "HLSPDBE" not in header:
+        return None
+    unc, basis, status = header["HLSPDBE"], header.get("HLSPDBL", "?"), header.get("HLSPDBST", "?")
+    limit = products.level_limit(band)
+    if not isinstance(unc, (int, float)) or unc < 0:
+        return f"{band}: level uncertainty unknown (HLSPDBE {unc}, {status})"
+    if unc > limit:
+        key = "products.max_level_uncertainty_" + (
+            f"by_band.{band.upper()}" if band.upper() in products.max_level_uncertainty_by_band else "mjysr"
+        )
+        return (
+            f"{band}: level uncertainty {unc:.4g} MJy/sr ({basis}: {status}) exceeds {key} = {limit:g}: anchor the "
+            f"band, or accept it knowingly in products.max_level_uncertainty_by_band.{band.upper()}"
+        )
+    return None
+
+
 def write(ctx, unit) -> None:
+    from astropy.io import fits
+
+    from processing.errors import WorkFailed
+
     (entry,) = ctx.entries_for(unit)
+    problem = level_problem(fits.getheader(entry.path, 0), unit.band, ctx.m.products)
+    if problem:
+        raise WorkFailed(f"{unit.target} {problem}")
     write_img(entry.path, ctx.dest(unit), ctx.lm, unit.target, unit.band, ctx.simulated)
+
+
+def levels(m, files: list[dict]) -> dict:
+    """The README's table of each mosaic's level (what background anchoring did, MJy/sr)."""
+    from astropy.io import fits
+
+    rows = []
+    for f in sorted(files, key=lambda f: (f["target"], f["filter"])):
+        h = fits.getheader(f["path"], 0)
+        if "HLSPDBE" not in h:
+            continue
+        band = f["filter"].upper()
+        line = (
+            f"{f['target']:<10s}  {band:<7s}  {h.get('HLSPDBL', '?'):<11s}  {h.get('HLSPDBO', float('nan')):+10.4f}  "
+            f"{h['HLSPDBE']:11.4f}  {m.products.level_limit(band):<8g}  {h.get('HLSPDBST', '')}"
+        )
+        rows.append({"target": f["target"], "band": band, "uncertainty": h["HLSPDBE"], "line": line})
+    return {"levels": rows}
 
 
 def check(ctx, rel: str, path: Path, hdul) -> None:
@@ -109,6 +156,10 @@ def check(ctx, rel: str, path: Path, hdul) -> None:
     names = [h.name for h in hdul]
     check_layout(ctx.report, rel, names, LAYOUT)
     check_images(ctx.report, rel, hdul, names, hdul[0].header, ctx.primary_ok.get(rel, False))
+    if ctx.manifest is not None and "FILTER" in hdul[0].header:
+        ctx.report.add(
+            rel, "level uncertainty", level_problem(hdul[0].header, hdul[0].header["FILTER"], ctx.manifest.products)
+        )
     if "INPUTS" in names:
         rows = hdul["INPUTS"].data
         n = 0 if rows is None else len(rows)
@@ -140,7 +191,24 @@ README = """\
 Every image extension carries the celestial WCS (ICRS). Every HDU carries CHECKSUM and
 DATASUM. Provenance keywords: HLSPMANI (the identity of the release manifest), HLSPTASK,
 HLSPCODE, HLSPJWST, HLSPCRDS, HLSPVMIS.
+{% if levels %}
+
+The level of each mosaic (MJy/sr). "anchored": the offset to a wide-field image (directly, or
+through the instrument's reference band) was subtracted and the uncertainty is the fit's.
+"calibrated": the band could not be anchored; it is released at its calibrated level (level
+matching's relative offsets only: its group constant, which where the galaxy fills the frames
+is galaxy emission, was added back, offset < 0) and the uncertainty is a bound: the sky left
+in it is between 0 and that value. "internal": fitted to a reference band that is itself at
+its calibrated level. A band is released only within the manifest's limit
+(products.max_level_uncertainty_mjysr, or the band's own in max_level_uncertainty_by_band);
+the primary header of each mosaic carries the same (HLSPDBO, HLSPDBE, HLSPDBL, HLSPDBST).
+
+  target      band     level basis  offset      uncertainty  limit     status
+{% for r in levels %}
+  {{ r.line }}
+{% endfor %}
+{% endif %}
 
 """
 
-IMG = ProductType("img", "fits", "band", write, checks=(check,), readme=README, source="img")
+IMG = ProductType("img", "fits", "band", write, checks=(check,), readme=README, source="img", readme_context=levels)

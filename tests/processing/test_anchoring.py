@@ -178,15 +178,19 @@ def _disk(w, shape, ra, dec, peak=4.0, scale=15.0):
 RA, DEC = 150.0, 2.0
 
 
-def _mosaic(path, offset, band_ratio=1.0, n=400, pix=0.1, centre=(RA, DEC)):
-    """An i2d-like file: 40" x 40" of an exponential disk (scale 15"), off by ``offset``."""
+def _mosaic(path, offset, band_ratio=1.0, n=400, pix=0.1, centre=(RA, DEC), constant=None):
+    """An i2d-like file: 40" x 40" of an exponential disk (scale 15"), off by ``offset``;
+    ``constant``: level matching's group constant recorded in it (HLSPDLK)."""
     from astropy.io import fits
 
     w = _wcs(*centre, pix, n)
     sci = band_ratio * _disk(w, (n, n), RA, DEC) + offset
     sci[:20, :20] = np.nan
+    primary = fits.PrimaryHDU()
+    if constant is not None:
+        primary.header["HLSPDLK"] = constant
     hdus = [
-        fits.PrimaryHDU(),
+        primary,
         fits.ImageHDU(sci.astype(np.float32), w.to_header(), name="SCI"),
         fits.ImageHDU(np.ones((n, n), np.float32), name="WHT"),
         fits.ImageHDU(np.zeros((n, n), np.int32), name="DQ"),
@@ -335,20 +339,38 @@ def test_stage_run_applies_one_offset_to_mosaic_and_exposures(tmp_path):
     assert not (out / "tweakback-anchored").exists()
 
 
-def test_nothing_to_anchor_to_keeps_the_level_or_fails_when_required(tmp_path):
+def test_nothing_to_anchor_to_restores_the_calibrated_level_or_fails_when_required(tmp_path):
+    """Not anchored: level matching's constant (here 2.5 MJy/sr in the mosaic, 2.5 and 2.7 in
+    the two exposures) is added back to each file, and the level uncertainty is that bound."""
+    import tarfile
+
     from astropy.io import fits
 
     from processing.anchoring.stage import run
     from processing.errors import WorkFailed
 
-    mosaic = _mosaic(tmp_path / "m.fits", offset=0.8)
-    tb = _tweakback(tmp_path / "in.tar.gz", [_mosaic(tmp_path / "jw_cal.fits", offset=0.8, n=50)])
+    mosaic = _mosaic(tmp_path / "m.fits", offset=-2.5, constant=2.5)
+    members = [
+        _mosaic(tmp_path / "jw_1_cal.fits", offset=-2.5, n=50, constant=2.5),
+        _mosaic(tmp_path / "jw_2_cal.fits", offset=-2.7, n=50, constant=2.7),
+    ]
+    tb = _tweakback(tmp_path / "in.tar.gz", members)
     context = {"target": "t", "band": "F300M", "instrument": "nircam", "product": "t_f300m"}
     inputs = {"mosaic": [str(mosaic)], "tweakback": [str(tb)]}
     (tmp_path / "a").mkdir()
     run(inputs, tmp_path / "a", {"reference_band": "F300M"}, context)
-    h = fits.getheader(tmp_path / "a" / "t_f300m_i2d.fits")
-    assert h["HLSPDBO"] == 0.0 and h["HLSPDBST"].startswith("not anchored: no wide-field image for nircam")
+    out = tmp_path / "a" / "t_f300m_i2d.fits"
+    h = fits.getheader(out)
+    assert h["HLSPDBST"].startswith("not anchored: no wide-field image for nircam")
+    assert h["HLSPDBO"] == -2.5 and h["HLSPDBE"] == 2.5 and h["HLSPDBL"] == "calibrated"
+    # the level as calibrated: the disk alone, no constant removed
+    truth = fits.getdata(mosaic, "SCI") + np.float32(2.5)
+    assert np.nanmax(np.abs(fits.getdata(out, "SCI") - truth)) < 1e-5
+    with tarfile.open(tmp_path / "a" / "t_f300m_tweakback.tar.gz") as tar:
+        for member, src, c in zip(tar.getmembers(), members, (2.5, 2.7)):
+            with fits.open(tar.extractfile(member)) as hdul:
+                assert hdul[0].header["HLSPDBO"] == -c and hdul[0].header["HLSPDBE"] == c
+                assert np.nanmax(np.abs(hdul["SCI"].data - fits.getdata(src, "SCI") - np.float32(c))) < 1e-5
     (tmp_path / "b").mkdir()
     with pytest.raises(WorkFailed, match="anchoring t F300M: not anchored: no wide-field image .*require_anchor"):
         run(inputs, tmp_path / "b", {"reference_band": "F300M", "require_anchor": True}, context)
@@ -391,8 +413,11 @@ def test_engine_run_is_anchored_against_the_truth(engine_run, effects_program):
             assert abs(r["level_after"]) <= 2 * r["uncertainty"], r
             assert r["reference_sky_error"] < 0.005, r
         else:
-            assert r["status"].startswith("not anchored: "), r
-            assert r["level_after"] == r["level_before"], r  # nothing applied
+            assert r["status"].startswith(("not anchored: ", "internal only")), r
+            # the calibrated level: level matching's constant added back, the sky left in it
+            # within the recorded bound (and far closer than the constant, which was emission)
+            assert r["level_after"] > r["level_before"] + 1.0, r
+            assert -0.05 < r["level_after"] <= r["uncertainty"], r
     for target, band in (("synth1", "f200w"), ("synth2", "f770w")):
         prod = engine_run["workdir"] / "products" / target / band
         table = Table.read(prod / f"{target}_{band}_anchoring.ecsv")
@@ -409,3 +434,44 @@ def test_engine_run_is_anchored_against_the_truth(engine_run, effects_program):
             with fits.open(tar.extractfile(member)) as hdul:
                 assert hdul[0].header["HLSPDBO"] == h["HLSPDBO"]
     json.dumps(results)  # the benchmark's numbers are plain JSON
+
+
+def test_a_band_that_could_not_be_anchored_is_released_at_its_calibrated_level(engine_run, demo_release, tmp_path):
+    """synth1 F200W cannot be anchored (its mosaic sits on the bright centre): the release
+    carries its level as calibrated (level matching's constant added back, not subtracted), the
+    header and the README state the bound on its level, and without the manifest accepting it
+    `hlsp package` refuses the band, naming it and the setting, and publishes nothing."""
+    from astropy.io import fits
+
+    from processing.executor import Engine
+    from processing.pipeline import build_graph
+    from release.manifest import load_manifest
+    from tests.conftest import hlsp, linked_copy
+
+    lm = load_manifest(engine_run["manifest"])
+    engine = Engine(lm, build_graph(lm), engine_run["workdir"], cache_dir=engine_run["cache"], read_only=True)
+    key = engine.task_keys()["lv3/synth1/F200W"]
+    lv3 = engine.cache.entry(key) / "synth1_f200w_i2d.fits"
+    constant = fits.getval(lv3, "HLSPDLK", 0)
+    assert constant > 1.0  # level matching removed emission as "sky"
+    img = next((demo_release / "synth1").glob("*_f200w_v1p0_img.fits"))
+    with fits.open(img) as hdul:
+        h = hdul[0].header
+        assert h["HLSPDBL"] == "calibrated" and h["HLSPDBST"].startswith("not anchored")
+        assert h["HLSPDBO"] == pytest.approx(-constant, abs=1e-5) and h["HLSPDBE"] == pytest.approx(constant, abs=1e-5)
+        released = hdul["SCI"].data
+    calibrated = fits.getdata(lv3, "SCI") + np.float32(constant)
+    assert np.nanmax(np.abs(released - calibrated)) < 1e-4
+    readme = next(demo_release.glob("*_readme.txt")).read_text()
+    row = next(line for line in readme.splitlines() if line.split()[:3] == ["synth1", "F200W", "calibrated"])
+    assert f"{constant:.4f}" in row and "30" in row, row
+    # the same products, a manifest that does not accept the band: refused, nothing published
+    strict = tmp_path / "strict.toml"
+    text = engine_run["manifest"].read_text()
+    assert "max_level_uncertainty_by_band" in text
+    strict.write_text("\n".join(line for line in text.splitlines() if "max_level_uncertainty_by_band" not in line))
+    work = linked_copy(engine_run["workdir"], tmp_path / "work")
+    proc = hlsp("package", str(strict), "--workdir", str(work), "--releases", str(tmp_path / "rel"), check_code=1)
+    out = " ".join((proc.stdout + proc.stderr).split())
+    assert "F200W: level uncertainty" in out and "products.max_level_uncertainty_mjysr = 0.5" in out, out
+    assert "Traceback" not in out and not list((tmp_path / "rel").rglob("*.fits"))

@@ -484,6 +484,9 @@ HEADER_BREAKS = [
     _header_break("sci_filter_disagrees", "SCI", "FILTER", "F300M", "SCI: FILTER 'F300M' (primary: 'F200W')"),
     _header_break("err_wcs_one_degree_off", "ERR", "CRVAL2", 3.2, "ERR: its WCS puts pixels"),
     _header_break("instrument_disagrees", 0, "INSTRUME", "MIRI", "INSTRUME 'MIRI' differs"),
+    # a level less certain than the release accepts (issue 26): synth1 F200W is accepted to 30
+    _header_break("level_uncertainty_over_the_limit", 0, "HLSPDBE", 45.0, "F200W: level uncertainty 45 MJy/sr"),
+    _header_break("level_uncertainty_unknown", 0, "HLSPDBE", -1.0, "F200W: level uncertainty unknown"),
     _header_break("made_from_another_manifest", 0, "HLSPMANI", "0" * 64, "is not the release manifest's content hash"),
     _header_break(
         "dates_disagree",
