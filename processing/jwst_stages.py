@@ -349,10 +349,6 @@ IMAGE3 = Stage(
     parameters=_parameters("lv3", "jwst.pipeline:Image3Pipeline"),
     products=(Product("img", "_i2d.fits"),),
     memory_gb=2.5,
-    # outlier detection and resampling of every exposure of the band: the start of every later
-    # change (astrometry, anchoring, PSF matching, a patch release), which then reruns seconds
-    # instead of lv2 onwards (demo: lv3 16 s a band; lv2 to relative astrometry ~36 s a band)
-    retain=True,
     description="calwebb_image3: tweakreg (NIRCam), outlier detection, resample to the mosaic (skymatch off: level "
     "matching replaces it)",
 )

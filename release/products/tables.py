@@ -119,8 +119,9 @@ ANCHORING = target_table(
   intensity range, the wide-field image's own zero as measured from its sky (sky_level).
   The metadata of each band: the offset subtracted, its uncertainty and the status. The
   mosaics and the tweakback exposures carry the same numbers: HLSPDBO (offset subtracted,
-  MJy/sr), HLSPDBE (its uncertainty), HLSPDBR (what it was anchored to), HLSPDBS (slope),
-  HLSPDBST (anchored, internal only or not anchored and why).
+  MJy/sr; negative where level matching's constant was added back), HLSPDBE (the level's
+  uncertainty; a bound for a band not anchored), HLSPDBL (level basis), HLSPDBR (what it was
+  anchored to), HLSPDBS (slope), HLSPDBST (anchored, internal only or not anchored and why).
 """,
 )
 PSF_MATCHING = target_table(

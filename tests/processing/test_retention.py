@@ -196,10 +196,11 @@ def test_the_cache_command(toy, tmp_path):
 
 
 def test_the_default_registry_keeps_the_expensive_stages_and_the_product_providers():
-    """detector1 and lv3 (declared retain) and the providers of the release products stay whole;
-    a stage whose mosaic a later stage refines (astrometry) is an intermediate."""
+    """detector1 and absolute astrometry (declared retain) and the providers of the release
+    products stay whole; lv3's mosaic, read only by astrometry (which reads every member's
+    exposure too, so an astrometry rerun needs lv2 onwards anyway), is an intermediate."""
     from processing.registry import default_registry
 
     reg = default_registry()
-    assert reg.kept_whole() == {"lv1", "lv3", "anchoring", "psf_matching"}
+    assert reg.kept_whole() == {"lv1", "astrometry", "anchoring", "psf_matching"}
     assert {s.name for s in reg.product_providers().values()} == {"anchoring", "psf_matching"}
