@@ -617,15 +617,18 @@ class Engine:
         return self.keep == "all" or task.stage in self._kept_stages
 
     def _must_run(self, present: set[str]) -> set[str]:
-        """The tasks to run: not in the cache whole, and providing a product or read by a task
-        that must run (so a thinned intermediate whose readers are all cached stays thinned)."""
+        """The tasks to run: not in the cache whole, and providing a release product (its
+        stage is the provider of a product type: a stage whose mosaic a later one refines is
+        not), read by nothing, or read by a task that must run (so a thinned intermediate whose
+        readers are all cached stays thinned)."""
         children = self._children()
+        providers = {s.name for s in self.registry.product_providers().values()}
         must: set[str] = set()
         for task in reversed(self.graph.order()):
             tid = task.id
             if tid in present:
                 continue
-            if self.registry[task.stage].products or not children[tid] or any(c in must for c in children[tid]):
+            if task.stage in providers or not children[tid] or any(c in must for c in children[tid]):
                 must.add(tid)
         return must
 

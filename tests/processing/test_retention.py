@@ -204,3 +204,50 @@ def test_the_default_registry_keeps_the_expensive_stages_and_the_product_provide
     reg = default_registry()
     assert reg.kept_whole() == {"lv1", "astrometry", "anchoring", "psf_matching"}
     assert {s.name for s in reg.product_providers().values()} == {"anchoring", "psf_matching"}
+
+
+def test_a_thinned_stage_whose_product_a_later_stage_refines_is_not_rerun(toy, tiny_is_bulky):
+    """toy_r refines toy_b's mosaic (both declare ``img``; toy_r provides it): toy_b is an
+    intermediate, thinned; with toy_r cached, a second run and the plan leave toy_b alone (the
+    demo's lv3 under astrometry: a run must not redo a thinned mosaic nothing needs)."""
+    from pydantic import BaseModel
+
+    from processing.stages import Input, ModelParameters, Product, Stage
+    from tests.processing.test_stages import _run_all
+
+    (toy["mods"] / "toy_r.py").write_text(
+        textwrap.dedent("""
+        from pathlib import Path
+        from astropy.io import fits
+
+        def run(inputs, outdir, params, context):
+            out = Path(outdir) / (context["product"] + "_toyb.fits")
+            fits.PrimaryHDU(fits.getdata(inputs["mosaic"][0]) + 1.0).writeto(out)
+            return [out]
+    """)
+    )
+
+    class NoParams(BaseModel):
+        pass
+
+    r = Stage(
+        "toy_r",
+        "target_band",
+        (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
+        ("_toyb.fits",),
+        "toy_r:run",
+        ModelParameters(NoParams),
+        products=(Product("img", "_toyb.fits"),),
+        refines=("toy_b", "_toyb.fits"),
+        memory_gb=0.1,
+    )
+    reg = _registry([r])
+    assert reg.product_providers()["img"].name == "toy_r" and "toy_b" not in reg.kept_whole()
+    eng, first = _run_all(toy, reg, workers=1)
+    assert first.ok
+    b = _records(eng, "toy_b")
+    assert b and all(rec.get("dropped") for rec in b.values())
+    plan = _engine(toy, reg).plan()
+    assert {s for t, s in plan.items() if t.startswith("toy_b/")} == {"not needed"}
+    again = _engine(toy, reg).run()
+    assert again.ok and again.count("ran") == 0
