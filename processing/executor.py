@@ -834,6 +834,38 @@ class Engine:
         return sorted(out)
 
 
+def unpublish(workdir: Path, keep_keys: set[str]) -> tuple[int, int]:
+    """Remove from ``workdir/products/`` the links (and provenance sidecars) of the products
+    whose task keys are not in ``keep_keys``, and their lines of the product index: what
+    ``hlsp cache prune`` removes must not stay alive through the last run's product links.
+    Returns ``(products removed, bytes no other link holds)``."""
+    from processing.fileio import atomic_write_text, inside
+
+    index_path = Path(workdir) / "products" / "index.json"
+    if not index_path.is_file():
+        return 0, 0
+    index = json.loads(index_path.read_text())
+    kept, n, freed = [], 0, 0
+    for e in index.get("products", []):
+        if e.get("key") in keep_keys:
+            kept.append(e)
+            continue
+        rel = Path(e["path"])
+        if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("products",):
+            raise HlspError(f"{index_path}: product path {e['path']} is not under products/: the index was altered")
+        path = inside(Path(workdir) / rel.parent, Path(workdir), "a product folder") / rel.name
+        for p in (path, path.with_suffix(".prov.json")):
+            try:
+                st = p.lstat()
+            except FileNotFoundError:
+                continue
+            freed += st.st_size if st.st_nlink <= 1 else 0
+            p.unlink()
+        n += 1
+    atomic_write_text(index_path, json.dumps({**index, "products": kept}, indent=1))
+    return n, freed
+
+
 def _tick(progress, task: Task, status: str) -> None:
     if progress is not None:
         progress(task.stage, status)

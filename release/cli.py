@@ -794,7 +794,7 @@ def cache_prune(
     """Remove every cache entry that no listed manifest's task graph reaches (refused while a
     run uses the cache)."""
     from processing.cache import prune
-    from processing.executor import Engine
+    from processing.executor import Engine, unpublish
     from processing.fileio import folder_lock
     from processing.pipeline import build_graph
 
@@ -808,8 +808,13 @@ def cache_prune(
                 lm, graph, workdir or root.parent, cache_dir=root, allow_version_mismatch=True, read_only=True
             )
             keys |= set(engine.task_keys().values())
+        links = unpublish(workdir, keys) if workdir is not None else (0, 0)
         n, freed = prune(root, keys)
-    out.print(f"removed {n} entries, {_human(freed)}; kept what {', '.join(str(k) for k in keep)} reach")
+    unlinked = f" and {links[0]} product links of {workdir / 'products'}" if links[0] else ""
+    out.print(
+        f"removed {n} entries{unlinked}, {_human(freed + links[1])}; kept what "
+        f"{', '.join(str(k) for k in keep)} reach"
+    )
 
 
 @cache_app.command("verify")

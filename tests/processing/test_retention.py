@@ -251,3 +251,40 @@ def test_a_thinned_stage_whose_product_a_later_stage_refines_is_not_rerun(toy, t
     assert {s for t, s in plan.items() if t.startswith("toy_b/")} == {"not needed"}
     again = _engine(toy, reg).run()
     assert again.ok and again.count("ran") == 0
+
+
+def test_prune_also_removes_the_product_links_of_what_it_removes(toy, tiny_is_bulky):
+    """The work folder's products/ links hold the last run's products: a prune that removes
+    their entries removes the links and their index lines too (else the bytes stay alive),
+    and keeps the links of what it keeps."""
+    import json
+
+    reg = _registry()
+    work = toy["root"] / "work"
+    first = _engine(toy, reg)
+    assert first.run().ok
+    other = toy["root"] / "other.toml"
+    (toy["root"] / "cat2.txt").write_text("0.9")
+    other.write_text(toy["manifest"].read_text().replace('"cat.txt"', '"cat2.txt"'))
+    from processing.executor import Engine, unpublish
+    from processing.pipeline import build_graph
+
+    lm = load_manifest(other)
+    second = Engine(lm, build_graph(lm, registry=reg), work)
+    assert second.run().ok
+    assert first.run().ok  # all cached: products/ now links the first manifest's products
+    index = json.loads((work / "products" / "index.json").read_text())["products"]
+    firsts = {e["key"] for e in index}
+    keep = set(second.task_keys().values())
+    assert firsts - keep
+    n, _ = unpublish(work, keep)
+    after = json.loads((work / "products" / "index.json").read_text())["products"]
+    assert n == len([e for e in index if e["key"] not in keep]) and all(e["key"] in keep for e in after)
+    assert all(not (work / e["path"]).exists() for e in index if e["key"] not in keep)
+    # then the entries (`hlsp cache prune` does both, in this order): nothing of the first
+    # manifest's own is left, not even in the content store; the second has nothing to run
+    from processing.cache import prune
+
+    prune(first.cache.root, keep)
+    assert all(p.stat().st_nlink > 1 for p in (first.cache.root / "content").glob("*/*"))
+    assert set(Engine(lm, build_graph(lm, registry=reg), work).plan().values()) <= {"cached", "not needed"}
