@@ -812,8 +812,7 @@ def cache_prune(
         n, freed = prune(root, keys)
     unlinked = f" and {links[0]} product links of {workdir / 'products'}" if links[0] else ""
     out.print(
-        f"removed {n} entries{unlinked}, {_human(freed + links[1])}; kept what "
-        f"{', '.join(str(k) for k in keep)} reach"
+        f"removed {n} entries{unlinked}, {_human(freed + links[1])}; kept what {', '.join(str(k) for k in keep)} reach"
     )
 
 
