@@ -400,16 +400,25 @@ class ExternalImage(StrictModel):
     survey: str = Field(description="Name of the wide-field image, e.g. 'irac1', 'wise3'.")
     file: ManifestPath = Field(description="FITS file (relative to the manifest).")
     fwhm_arcsec: float = Field(gt=0, description="Beam FWHM of the image in arcsec.")
+    bands: list[Band] = Field(
+        default_factory=list,
+        description="Bands this image anchors directly (their own mosaic fitted against it, before the internal fit "
+        "against the reference band), e.g. ['F2100W'] for a 22-24 um image (MIPS24, WISE4). Empty: an image for "
+        "the instrument's reference band.",
+    )
 
 
 class Anchoring(StrictModel):
     """Wide-field images that set the absolute background level, in order of preference."""
 
     nircam: list[ExternalImage] = Field(
-        default_factory=list, description="For the NIRCam reference band (PHANGS: IRAC1 then WISE1)."
+        default_factory=list,
+        description="For the NIRCam reference band (PHANGS: IRAC1 then WISE1), and for the bands an image lists.",
     )
     miri: list[ExternalImage] = Field(
-        default_factory=list, description="For the MIRI reference band (PHANGS: IRAC4 then WISE3)."
+        default_factory=list,
+        description="For the MIRI reference band (PHANGS: IRAC4 then WISE3), and for the bands an image lists "
+        "(e.g. a 22-24 um image for F2100W).",
     )
 
 
@@ -702,6 +711,14 @@ def _cross_check(m: Manifest) -> list[tuple[str, str]]:
         for inst in ("nircam", "miri"):
             if getattr(t.anchoring, inst) and inst not in insts:
                 problems.append((f"{base}.anchoring.{inst}", f"{inst} is not in program.instruments"))
+            for i, image in enumerate(getattr(t.anchoring, inst)):
+                for j, b in enumerate(image.bands):
+                    if instrument_of(b) != inst:
+                        problems.append((f"{base}.anchoring.{inst}[{i}].bands[{j}]", f"{b} is not a {inst} band"))
+                    elif b not in m.target_bands(name):
+                        problems.append(
+                            (f"{base}.anchoring.{inst}[{i}].bands[{j}]", f"{b} is not a band of target '{name}'")
+                        )
     problems += _borrow_cycles(m)
 
     if m.patch is not None:

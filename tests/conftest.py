@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -184,18 +185,24 @@ def effects_default(effects_program, tmp_path_factory) -> dict:
     return once(tmp_path_factory, "effects-default", build)
 
 
-#: the wide-field images of the synthetic program, in the paper's order (survey, beam FWHM")
-ANCHORING_IMAGES = {"nircam": (("irac1", 1.7), ("wise1", 6.1)), "miri": (("irac4", 2.0), ("wise3", 6.5))}
+#: the wide-field images of the synthetic program, in the paper's order (survey, beam FWHM", the
+#: bands it anchors directly: none for the reference band's images)
+ANCHORING_IMAGES = {
+    "nircam": (("irac1", 1.7, ()), ("wise1", 6.1, ())),
+    "miri": (("irac4", 2.0, ()), ("wise3", 6.5, ()), ("mips24", 6.0, ("F2100W",))),
+}
 
 
-def anchoring_images(program: Path, target: str) -> str:
-    """The manifest tables naming a target's wide-field images for background anchoring."""
+def anchoring_images(program: Path, target: str, bands=None) -> str:
+    """The manifest tables naming a target's wide-field images for background anchoring (an
+    image anchoring a band directly only where ``bands``, the program's, has it)."""
     return "".join(
         f'[[targets.{target}.anchoring.{inst}]]\nsurvey = "{s}"\nfile = '
         f'"{program / "external" / f"{target}_{s}.fits"}"\n'
-        f"fwhm_arcsec = {fwhm}\n"
+        f"fwhm_arcsec = {fwhm}\n" + (f"bands = {json.dumps(list(direct))}\n" if direct else "")
         for inst, images in ANCHORING_IMAGES.items()
-        for s, fwhm in images
+        for s, fwhm, direct in images
+        if not direct or (bands is not None and set(direct) <= set(bands))
     )
 
 
@@ -243,12 +250,12 @@ path = "{program}"
 ra = 150.10
 dec = 2.20
 astrometry_catalog = "{program / "external" / "synth1_refcat.ecsv"}"
-{anchoring_images(program, "synth1")}
+{anchoring_images(program, "synth1", bands)}
 [targets.synth2]
 ra = 150.60
 dec = 2.45
 astrometry_catalog = "{program / "external" / "synth2_refcat.ecsv"}"
-{anchoring_images(program, "synth2")}
+{anchoring_images(program, "synth2", bands)}
 [targets.synth2.miri_background]
 source = "{borrow}"
 {'borrow_from = "synth1"' if borrow != "own" else ""}

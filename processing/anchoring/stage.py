@@ -68,12 +68,16 @@ log = logging.getLogger(__name__)
 
 def external_files(lm, unit: dict) -> list:
     """The wide-field images the manifest names for the unit's target and instrument, in order,
-    with what the manifest says about each (survey, beam) and the target centre."""
+    with what the manifest says about each (survey, beam, the bands it anchors directly) and the
+    target centre: the reference band's images (no ``bands``) and those listing the unit's band."""
     t = lm.manifest.targets.get(unit["target"])
     if t is None:
         return []
     out = []
     for i, image in enumerate(getattr(t.anchoring, unit["instrument"], []) or []):
+        bands = [str(b).upper() for b in getattr(image, "bands", [])]
+        if bands and unit["band"] not in bands:
+            continue  # another band's direct reference: not an input of this task
         path = lm.resolve_path(image.file)
         if not path.is_file():
             raise BadInput(
@@ -88,6 +92,7 @@ def external_files(lm, unit: dict) -> list:
                     "fwhm_arcsec": float(image.fwhm_arcsec),
                     "target_ra": float(t.ra),
                     "target_dec": float(t.dec),
+                    **({"bands": bands} if bands else {}),
                 },
             )
         )
@@ -501,9 +506,24 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     ref_band = p.reference_band.upper() if has_ref else band
     ref_mosaic = Path(inputs["reference_mosaic"][0]) if has_ref else mosaic
 
+    # images listing this band anchor it directly (first, in the manifest's order); the others
+    # (no ``bands``) are the reference band's
+    direct = [(f, x) for f, x in zip(files, facts) if band in x.get("bands", ())]
+    general = [(f, x) for f, x in zip(files, facts) if not x.get("bands")]
+    if not has_ref:
+        general = direct + general
+        direct = []
+    files, facts = [f for f, _ in general], [x for _, x in general]
+
     rows, attempts = [], []
+    # 0. this band against its own direct references: the first that gives an offset anchors it
+    dext = external_fit(mosaic, band, [f for f, _ in direct], [x for _, x in direct], p, target) if direct else []
+    dext_ok = next((a for a in dext if a.ok), None)
+    rows += [_row(a, "external (direct)") for a in dext]
     # 1. the reference band against the wide-field images
-    if files:
+    if dext_ok:
+        ext, ext_ok, ext_why = [], None, ""
+    elif files:
         ext = external_fit(ref_mosaic, ref_band, files, facts, p, target)
         ext_ok = next((a for a in ext if a.ok), None)
         ext_why = "; ".join(f"{a.against}: {a.reason}" for a in ext if a.reason)
@@ -516,7 +536,11 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     ref_offset = ext_ok.fit.offset if ext_ok else -ref_constant
     ref_unc = ext_ok.fit.uncertainty if ext_ok else abs(ref_constant)
     restore = False  # not anchored: level matching's constant added back (each file its own)
-    if not has_ref:
+    if dext_ok:
+        attempts = dext
+        offset, unc, slope = dext_ok.fit.offset, dext_ok.fit.uncertainty, dext_ok.fit.slope
+        anchored_to, status = dext_ok.against, "anchored"
+    elif not has_ref:
         attempts = ext
         if ext_ok:
             offset, unc, slope = ext_ok.fit.offset, ext_ok.fit.uncertainty, ext_ok.fit.slope
@@ -526,7 +550,7 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     else:
         # 2. this band against the anchored (or calibrated) reference band
         a = internal_fit(mosaic, band, ref_mosaic, ref_band, ref_offset, p)
-        attempts = [a] + [e for e in ext if e.fit is not None]
+        attempts = [a] + [e for e in dext + ext if e.fit is not None]
         rows.insert(0, _row(a, "internal"))
         if a.ok:
             offset, slope = a.fit.offset, a.fit.slope
@@ -536,6 +560,8 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
             status = "anchored" if ext_ok else f"internal only ({ref_band} not anchored: {ext_why})"
         else:
             restore, slope, anchored_to, status = True, float("nan"), "", f"not anchored: {ref_band}: {a.reason}"
+    if dext and not dext_ok and status != "anchored":
+        status += "; direct: " + "; ".join(f"{a.against}: {a.reason}" for a in dext)
     basis = "anchored" if status == "anchored" else ("internal" if not restore else "calibrated")
     if restore:
         constant = level_matching_constant(mosaic)

@@ -2,11 +2,11 @@
 
 A PHANGS-style release needs three things from outside JWST (``pipeline.md`` items 9-11):
 
-- wide-field, low-resolution images (Spitzer IRAC1/IRAC4, WISE1/WISE3) to anchor the absolute
-  background level of the mosaics (§3.9). Here each survey sees the true sky of one JWST proxy
-  band, convolved to the survey's Gaussian beam, times a slope, plus a constant background and
-  white noise. Slope and background are drawn per target and recorded: the anchoring step must
-  give the background back;
+- wide-field, low-resolution images (Spitzer IRAC1/IRAC4, WISE1/WISE3, and MIPS24 as a direct
+  reference for F2100W) to anchor the absolute background level of the mosaics (§3.9). Here
+  each survey sees the true sky of one JWST proxy band, convolved to the survey's Gaussian
+  beam, times a slope, plus a constant background and white noise. Slope and background are
+  drawn per target and recorded: the anchoring step must give the background back;
 - an HST-like astrometric reference catalogue (red supergiants / AGB stars) for absolute
   astrometry (§3.8): the stellar point sources of the sky model, at RA/Dec perturbed by a known
   Gaussian position error;
@@ -61,6 +61,8 @@ SURVEYS: dict[str, dict] = {
     "irac4": {"fwhm": 2.0, "pixel": 0.75, "proxy": ("F770W",), "noise": 0.03},
     "wise1": {"fwhm": 6.1, "pixel": 1.375, "proxy": ("F335M",), "noise": 0.01},
     "wise3": {"fwhm": 6.5, "pixel": 1.375, "proxy": ("F1130W",), "noise": 0.05},
+    # Spitzer MIPS 24 um: a direct reference for F2100W (the 21-24 um dust continuum)
+    "mips24": {"fwhm": 6.0, "pixel": 1.5, "proxy": ("F2100W",), "noise": 0.04},
 }
 #: Side of the (square) survey images in arcmin; the JWST footprint is ~2'. Wide, as the real
 #: ones are: the diffuse dust (scale length 70") still adds ~0.1 MJy/sr at 4' and 0.002 at 9',
@@ -361,7 +363,11 @@ def convolved_sky(
 
 # -- 1. survey images ------------------------------------------------------------------------
 def write_external_images(
-    outdir: Path, name: str, galaxy: Galaxy, rng: np.random.Generator, surveys=("irac1", "irac4", "wise1", "wise3")
+    outdir: Path,
+    name: str,
+    galaxy: Galaxy,
+    rng: np.random.Generator,
+    surveys=("irac1", "irac4", "wise1", "wise3", "mips24"),
 ) -> dict:
     """Write the wide-field survey images of one target.
 

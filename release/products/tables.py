@@ -114,7 +114,9 @@ ANCHORING = target_table(
     """\
 *_multi_*_anchoring.ecsv: per target, the background anchoring of every band (ECSV table,
   one row per image a band was fitted against): role (external: against a wide-field
-  image; internal: against the instrument's anchored reference band), against, used (and
+  image; external (direct): against a wide-field image of the band's own wavelength, such as
+  a 24 um image for F2100W; internal: against the instrument's anchored reference band;
+  external (F770W): the reference band's own fit, repeated in each band's rows), against, used (and
   the reason when not), slope, intercept, offset and its uncertainty (MJy/sr), the fitted
   intensity range, the wide-field image's own zero as measured from its sky (sky_level).
   The metadata of each band: the offset subtracted, its uncertainty and the status. The

@@ -178,13 +178,13 @@ def _disk(w, shape, ra, dec, peak=4.0, scale=15.0):
 RA, DEC = 150.0, 2.0
 
 
-def _mosaic(path, offset, band_ratio=1.0, n=400, pix=0.1, centre=(RA, DEC), constant=None):
+def _mosaic(path, offset, band_ratio=1.0, n=400, pix=0.1, centre=(RA, DEC), constant=None, scale=15.0):
     """An i2d-like file: 40" x 40" of an exponential disk (scale 15"), off by ``offset``;
     ``constant``: level matching's group constant recorded in it (HLSPDLK)."""
     from astropy.io import fits
 
     w = _wcs(*centre, pix, n)
-    sci = band_ratio * _disk(w, (n, n), RA, DEC) + offset
+    sci = band_ratio * _disk(w, (n, n), RA, DEC, scale=scale) + offset
     sci[:20, :20] = np.nan
     primary = fits.PrimaryHDU()
     if constant is not None:
@@ -199,14 +199,14 @@ def _mosaic(path, offset, band_ratio=1.0, n=400, pix=0.1, centre=(RA, DEC), cons
     return path
 
 
-def _external(path, background, slope=0.9, n=360, pix=1.0):
+def _external(path, background, slope=0.9, n=360, pix=1.0, scale=15.0, centre=(RA, DEC)):
     """A wide-field image, 6' x 6', with its own zero off by ``background``."""
     from astropy.io import fits
 
     from processing.anchoring.fit import smooth_to
 
-    w = _wcs(RA, DEC, pix, n)
-    img = smooth_to(slope * _disk(w, (n, n), RA, DEC), pix, 0.0, 2.0, min_weight=0.0)
+    w = _wcs(*centre, pix, n)
+    img = smooth_to(slope * _disk(w, (n, n), RA, DEC, scale=scale), pix, 0.0, 2.0, min_weight=0.0)
     img = img + background + np.random.default_rng(5).normal(0, 0.005, (n, n))
     fits.PrimaryHDU(img.astype(np.float32), w.to_header()).writeto(path)
     return path
@@ -337,6 +337,60 @@ def test_stage_run_applies_one_offset_to_mosaic_and_exposures(tmp_path):
                 < 1e-5
             )
     assert not (out / "tweakback-anchored").exists()
+
+
+def test_a_band_with_its_own_wide_field_image_is_anchored_to_it_before_the_internal_fit(tmp_path):
+    """F2100W, whose disk is longer than F770W's (a band ratio that drifts with intensity: the
+    internal fit against F770W misses), listed with a 24 um image of its own: anchored to that
+    image; when that image cannot be used, the internal fit is the fallback and the table says
+    why the direct one was not used."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    from processing.anchoring.stage import run
+
+    ref = _mosaic(tmp_path / "f770w.fits", offset=0.5)
+    band = _mosaic(tmp_path / "f2100w.fits", offset=-0.25, band_ratio=0.5, scale=25.0)
+    irac4 = _external(tmp_path / "irac4.fits", background=0.2)
+    mips24 = _external(tmp_path / "mips24.fits", background=-0.1, slope=1.2, scale=25.0)
+    away = _external(tmp_path / "away.fits", background=0.0, centre=(RA + 1.0, DEC))  # no overlap
+    tb = _tweakback(tmp_path / "in.tar.gz", [_mosaic(tmp_path / "jw_cal.fits", offset=-0.25, n=50)])
+    fact = {"fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC}
+
+    def anchor(direct_file, name):
+        context = {
+            "target": "t",
+            "band": "F2100W",
+            "instrument": "miri",
+            "product": "t_f2100w",
+            "facts": {"external": [{"survey": "irac4", **fact}, {"survey": "mips24", "bands": ["F2100W"], **fact}]},
+        }
+        out = tmp_path / name
+        out.mkdir()
+        inputs = {
+            "mosaic": [str(band)],
+            "reference_mosaic": [str(ref)],
+            "tweakback": [str(tb)],
+            "external": [str(irac4), str(direct_file)],
+        }
+        # the toy mosaic's edge (normalised smoothing) bends the faint end a little: a looser limit
+        run(inputs, out, {**PARAMS, "reference_band": "F770W", "max_uncertainty_mjysr": 0.5}, context)
+        return Table.read(out / "t_f2100w_anchoring.ecsv"), fits.getheader(out / "t_f2100w_i2d.fits")
+
+    table, h = anchor(mips24, "direct")
+    assert table.meta["status"] == "anchored" and table.meta["anchored_to"] == "mips24", table.meta
+    assert table.meta["offset_mjysr"] == pytest.approx(-0.25, abs=0.01)
+    assert h["HLSPDBR"] == "mips24" and h["HLSPDBL"] == "anchored"
+    assert list(table["role"]) == ["external (direct)"] and list(table["against"]) == ["mips24"]
+
+    table, h = anchor(away, "fallback")
+    meta = table.meta
+    assert meta["status"] == "anchored" and meta["anchored_to"] == "F770W via irac4", meta
+    roles = dict(zip(table["role"], zip(table["against"], table["used"], table["reason"])))
+    assert roles["external (direct)"][:2] == ("mips24", False) and "overlap" in roles["external (direct)"][2]
+    assert roles["internal"][:2] == ("F770W", True) and roles["external (F770W)"][:2] == ("irac4", True)
+    # the internal fit sees the drifting band ratio: it misses by more than the direct one
+    assert abs(meta["offset_mjysr"] + 0.25) > 0.02
 
 
 def test_nothing_to_anchor_to_restores_the_calibrated_level_or_fails_when_required(tmp_path):

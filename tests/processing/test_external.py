@@ -30,9 +30,9 @@ from processing.simulate.sky import _FWHM_TO_SIGMA, RED_SUPERGIANT, Galaxy, add_
 NAME = "NGC9999"
 SEED = 7
 BANDS = ["F200W", "F300M", "F770W", "F1000W", "F2100W"]
-SURVEYS = ("irac1", "irac4", "wise1", "wise3")
+SURVEYS = ("irac1", "irac4", "wise1", "wise3", "mips24")
 #: Side of the reference box in survey pixels (~160": a JWST footprint; enough low-intensity sky).
-REF_BOX = {"irac1": 214, "irac4": 214, "wise1": 116, "wise3": 116}
+REF_BOX = {"irac1": 214, "irac4": 214, "wise1": 116, "wise3": 116, "mips24": 108}
 
 
 def _ref_sub(survey: str, band: str) -> int:
@@ -124,7 +124,16 @@ def test_files_headers_and_truth(ext):
     json.dumps(ext.truth)  # serialisable as it stands
     for survey in SURVEYS:
         t = rec[survey]
-        assert t["proxy_band"] == {"irac1": "F360M", "irac4": "F770W", "wise1": "F335M", "wise3": "F1130W"}[survey]
+        assert (
+            t["proxy_band"]
+            == {
+                "irac1": "F360M",
+                "irac4": "F770W",
+                "wise1": "F335M",
+                "wise3": "F1130W",
+                "mips24": "F2100W",
+            }[survey]
+        )
         assert 0.9 <= t["slope"] <= 1.1 and -0.2 <= t["background_mjysr"] <= 0.5
         img, hdr = _image(ext, survey)
         assert hdr["BUNIT"] == "MJy/sr" and hdr["SURVEY"] == survey and hdr["SIMULATD"] is True

@@ -238,6 +238,26 @@ BROKEN = [
         "unknown parameter (did you mean 'range_percentiles'?)",
     ),
     (
+        "anchoring-direct-band-of-the-other-instrument",
+        [
+            (
+                "targets.ngc0628.anchoring",
+                {"miri": [{"survey": "mips24", "file": "m.fits", "fwhm_arcsec": 6.0, "bands": ["F200W"]}]},
+            )
+        ],
+        "targets.ngc0628.anchoring.miri[0].bands[0]: F200W is not a miri band",
+    ),
+    (
+        "anchoring-direct-band-not-observed",
+        [
+            (
+                "targets.ngc0628.anchoring",
+                {"miri": [{"survey": "mips24", "file": "m.fits", "fwhm_arcsec": 6.0, "bands": ["F2100W"]}]},
+            )
+        ],
+        "targets.ngc0628.anchoring.miri[0].bands[0]: F2100W is not a band of target 'ngc0628'",
+    ),
+    (
         "anchoring-range-quoted",
         [("targets.ngc0628.parameters", {"default": {"anchoring": {"n_bins": "15"}}})],
         "anchoring.n_bins",
@@ -667,7 +687,9 @@ NOT_PATH_SETTINGS = {
     "release.summary",
     "release.title",
     "release.version",
+    "targets.*.anchoring.miri.*.bands.*",
     "targets.*.anchoring.miri.*.survey",
+    "targets.*.anchoring.nircam.*.bands.*",
     "targets.*.anchoring.nircam.*.survey",
     "targets.*.bands.*",
     "targets.*.designation",
