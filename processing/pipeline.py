@@ -328,7 +328,15 @@ def _resolve_input(
         return [ref(e.name) for e in (tb.background if tb else [])]
     if conn.optional and not params.get("reference_band"):
         return []  # an optional reference with no reference band set: the unit is its own reference
-    ref_band = _reference_band(stage, params, unit)
+    ranked = _reference_bands(stage, params, unit)
+    if len(ranked) > 1:
+        # a ranked list: every band of it the target was observed in (the unit's own left out),
+        # in order, each with its band; the stage tries them in turn
+        if conn.optional:
+            ranked = [b for b in ranked if (unit.target, b) in observed]
+        if conn.relation == "reference_band":
+            return [{**ref(f"{unit.target}/{b}"), "facts": {"band": b}} for b in ranked if b != unit.band]
+    ref_band = ranked[0] if ranked else ""
     if conn.optional and (unit.target, ref_band) not in observed:
         return []  # an optional reference the target was never observed in: the stage falls back (and says so)
     if conn.relation == "reference_band":
@@ -349,14 +357,16 @@ def _science_names(selected: dict[tuple[str, str], TargetBandInputs], u: Unit) -
     return {e.name for e in tb.science} if tb else set()
 
 
-def _reference_band(stage: Stage, params: dict, unit: Unit) -> str:
+def _reference_bands(stage: Stage, params: dict, unit: Unit) -> list[str]:
+    """The stage's reference band, or its ranked list of reference bands, upper case."""
     band = params.get("reference_band")
-    if not isinstance(band, str) or not band:
+    bands = [band] if isinstance(band, str) else list(band) if isinstance(band, (list, tuple)) else []
+    if not bands or not all(isinstance(b, str) and b for b in bands):
         raise BadInput(
             f"stage {stage.name} for {unit.target}: parameter 'reference_band' is not set "
             f"for {unit.instrument or 'this unit'}"
         )
-    return band.upper()
+    return [b.upper() for b in bands]
 
 
 def _owner(lm: LoadedManifest, exposure, default: str) -> str:

@@ -38,7 +38,10 @@ Relations of an input (:data:`RELATIONS`), from the task's unit to the upstream 
   (parameter ``reference_band``), e.g. a relative astrometric shift solved on F300M and
   applied to every NIRCam band of the visit;
 - ``reference_band``: the upstream ``target_band`` task of the same target in the stage's
-  reference band, e.g. anchoring every band against the anchored reference band;
+  reference band, e.g. anchoring every band against the anchored reference band. A stage
+  whose ``reference_band`` parameter is a ranked list gets one task per band of it (the
+  unit's own band left out; for an optional input only the observed ones), in rank, each
+  with its band in ``context["facts"][input name]``, and chooses among them itself;
 - an optional ``reference_band`` or ``visit_reference`` input selects nothing when the
   stage's ``reference_band`` parameter is empty (the unit is its own reference, e.g. NIRCam
   absolute astrometry per band) or when the target has no science exposure in that band

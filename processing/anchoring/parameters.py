@@ -9,10 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field
 class AnchoringParameters(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    reference_band: str = Field(
+    reference_band: str | list[str] = Field(
         "",
         description="band anchored to the wide-field images; every other band of the instrument is anchored to it "
-        "(NIRCam F300M, MIRI F770W: the paper's); empty: each band to the wide-field images itself",
+        "(NIRCam F300M, MIRI F770W: the paper's); empty: each band to the wide-field images itself. A list ranks "
+        "several (e.g. ['F770W', 'F1130W']): the first one observed and anchored is used; where it is missing, "
+        "refused, or the band's fit against it fails, the next; a band in the list takes its own place in the rank",
     )
     external_fwhm_arcsec: float = Field(
         0.0,
@@ -70,6 +72,12 @@ class AnchoringParameters(BaseModel):
     sky_radius_arcsec: float = Field(
         540.0, gt=0, description="wide-field image pixels farther than this from the target centre are sky, arcsec"
     )
+
+    def reference_bands(self) -> list[str]:
+        """``reference_band`` as a ranked list, upper case (empty: no reference band)."""
+        bands = [self.reference_band] if isinstance(self.reference_band, str) else self.reference_band
+        return [b.upper() for b in bands if b]
+
     require_anchor: bool = Field(
         False,
         description="fail the task when no offset could be solved (default: the band keeps its level, the header and "

@@ -490,6 +490,25 @@ def _row(a: Attempt, role: str) -> dict:
     }
 
 
+def reference_chain(band: str, ranked: list[str], mosaic: Path, inputs: dict, context: dict) -> list[tuple]:
+    """The reference bands a band's level is taken from, in rank: ``[(band, mosaic path)]``.
+
+    ``ranked`` is the stage's ``reference_band`` as a list. Where the band itself is in it, its
+    own mosaic stands at its rank (fitted to the wide-field images directly); the others are the
+    ``reference_mosaic`` inputs the graph selected (the observed ones; with a ranked list each
+    comes with its band in ``context["facts"]``). With no reference band observed the band is
+    its own reference.
+    """
+    paths = [Path(x) for x in inputs.get("reference_mosaic", [])]
+    facts = (context.get("facts") or {}).get("reference_mosaic")
+    if facts:
+        refs = {str(f["band"]).upper(): x for f, x in zip(facts, paths)}
+    else:
+        refs = {ranked[0]: paths[0]} if ranked and paths else {}
+    chain = [(r, mosaic if r == band else refs[r]) for r in ranked if r == band or r in refs]
+    return chain or [(band, mosaic)]
+
+
 def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     """Solve the band's offset (external for the reference band, internal for the others),
     subtract it from the mosaic and the tweakback exposures, write the table and the figure."""
@@ -502,12 +521,11 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     mosaic = Path(inputs["mosaic"][0])
     files = [Path(f) for f in inputs.get("external", [])]
     facts = (context.get("facts") or {}).get("external", [{} for _ in files])
-    has_ref = bool(inputs.get("reference_mosaic")) and p.reference_band.upper() != band
-    ref_band = p.reference_band.upper() if has_ref else band
-    ref_mosaic = Path(inputs["reference_mosaic"][0]) if has_ref else mosaic
+    chain = reference_chain(band, p.reference_bands(), mosaic, inputs, context)
+    has_ref = any(r != band for r, _ in chain)
 
     # images listing this band anchor it directly (first, in the manifest's order); the others
-    # (no ``bands``) are the reference band's
+    # (no ``bands``) are the reference bands'
     direct = [(f, x) for f, x in zip(files, facts) if band in x.get("bands", ())]
     general = [(f, x) for f, x in zip(files, facts) if not x.get("bands")]
     if not has_ref:
@@ -515,51 +533,76 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         direct = []
     files, facts = [f for f, _ in general], [x for _, x in general]
 
-    rows, attempts = [], []
+    rows, attempts, internal_rows = [], [], []
     # 0. this band against its own direct references: the first that gives an offset anchors it
     dext = external_fit(mosaic, band, [f for f, _ in direct], [x for _, x in direct], p, target) if direct else []
     dext_ok = next((a for a in dext if a.ok), None)
     rows += [_row(a, "external (direct)") for a in dext]
-    # 1. the reference band against the wide-field images
-    if dext_ok:
-        ext, ext_ok, ext_why = [], None, ""
-    elif files:
-        ext = external_fit(ref_mosaic, ref_band, files, facts, p, target)
-        ext_ok = next((a for a in ext if a.ok), None)
-        ext_why = "; ".join(f"{a.against}: {a.reason}" for a in ext if a.reason)
-    else:
-        ext, ext_ok = [], None
-        ext_why = f"no wide-field image for {inst} (targets.{target}.anchoring.{inst})"
-    rows += [_row(a, "external" if not has_ref else f"external ({ref_band})") for a in ext]
-    # a reference band that is not anchored stands at its calibrated level (its constant back)
-    ref_constant = level_matching_constant(ref_mosaic)
-    ref_offset = ext_ok.fit.offset if ext_ok else -ref_constant
-    ref_unc = ext_ok.fit.uncertainty if ext_ok else abs(ref_constant)
     restore = False  # not anchored: level matching's constant added back (each file its own)
+    result = None  # (offset, unc, slope, anchored_to, status)
+    first_ref = None  # the first reference band other than this one: (band, mosaic, its external fit)
+    whys = []
+    level_from = None  # the band whose level this band's stands on
     if dext_ok:
+        level_from = band
         attempts = dext
-        offset, unc, slope = dext_ok.fit.offset, dext_ok.fit.uncertainty, dext_ok.fit.slope
-        anchored_to, status = dext_ok.against, "anchored"
-    elif not has_ref:
-        attempts = ext
-        if ext_ok:
-            offset, unc, slope = ext_ok.fit.offset, ext_ok.fit.uncertainty, ext_ok.fit.slope
-            anchored_to, status = ext_ok.against, "anchored"
+        result = (dext_ok.fit.offset, dext_ok.fit.uncertainty, dext_ok.fit.slope, dext_ok.against, "anchored")
+    # 1. the reference bands in their rank: each against the wide-field images, this band
+    # against the first one anchored (this band itself, where it is in the list, directly)
+    for ref_band, ref_mosaic in [] if result else chain:
+        if files:
+            ext = external_fit(ref_mosaic, ref_band, files, facts, p, target)
+            ext_ok = next((a for a in ext if a.ok), None)
+            ext_why = "; ".join(f"{a.against}: {a.reason}" for a in ext if a.reason)
         else:
-            restore, slope, anchored_to, status = True, float("nan"), "", f"not anchored: {ext_why}"
-    else:
-        # 2. this band against the anchored (or calibrated) reference band
-        a = internal_fit(mosaic, band, ref_mosaic, ref_band, ref_offset, p)
-        attempts = [a] + [e for e in dext + ext if e.fit is not None]
-        rows.insert(0, _row(a, "internal"))
+            ext, ext_ok = [], None
+            ext_why = f"no wide-field image for {inst} (targets.{target}.anchoring.{inst})"
+        rows += [_row(a, "external" if ref_band == band else f"external ({ref_band})") for a in ext]
+        attempts += [e for e in ext if e.fit is not None]
+        if ref_band == band:
+            if ext_ok:
+                f = ext_ok.fit
+                result = (f.offset, f.uncertainty, f.slope, ext_ok.against, "anchored")
+                attempts, level_from = ext, band
+                break
+            whys.append(ext_why if len(chain) == 1 else f"{band}: {ext_why}")
+            continue
+        if first_ref is None:
+            first_ref = (ref_band, ref_mosaic, ext_ok, ext_why)
+        if not ext_ok:
+            whys.append(f"{ref_band} not anchored: {ext_why}")
+            continue
+        # 2. this band against the anchored reference band
+        a = internal_fit(mosaic, band, ref_mosaic, ref_band, ext_ok.fit.offset, p)
+        internal_rows.append(_row(a, "internal"))
+        attempts = [a] + attempts
         if a.ok:
-            offset, slope = a.fit.offset, a.fit.slope
-            # the reference's own error (or bound) moves x's zero: the band's offset by slope times it
-            unc = math.hypot(a.fit.uncertainty, ref_unc * a.fit.slope)
-            anchored_to = f"{ref_band} via {ext_ok.against}" if ext_ok else ref_band
-            status = "anchored" if ext_ok else f"internal only ({ref_band} not anchored: {ext_why})"
+            # the reference's own error moves x's zero: the band's offset by slope times it
+            unc = math.hypot(a.fit.uncertainty, ext_ok.fit.uncertainty * a.fit.slope)
+            result = (a.fit.offset, unc, a.fit.slope, f"{ref_band} via {ext_ok.against}", "anchored")
+            level_from = ref_band
+            break
+        whys.append(f"{ref_band}: {a.reason}")
+    if result is None and first_ref is not None and first_ref[2] is None:
+        # 3. no reference band anchored: against the first one at its calibrated level (its
+        # level matching constant back), inheriting its bound times the band ratio
+        ref_band, ref_mosaic, _, ext_why = first_ref
+        ref_constant = level_matching_constant(ref_mosaic)
+        a = internal_fit(mosaic, band, ref_mosaic, ref_band, -ref_constant, p)
+        internal_rows.append(_row(a, "internal"))
+        attempts = [a] + attempts
+        if a.ok:
+            unc = math.hypot(a.fit.uncertainty, abs(ref_constant) * a.fit.slope)
+            why = "; ".join(whys) if len(chain) > 1 else ext_why
+            result = (a.fit.offset, unc, a.fit.slope, ref_band, f"internal only ({ref_band} not anchored: {why})")
         else:
-            restore, slope, anchored_to, status = True, float("nan"), "", f"not anchored: {ref_band}: {a.reason}"
+            whys = [f"{ref_band}: {a.reason}"] if len(chain) == 1 else [*whys, f"{ref_band}: {a.reason}"]
+    rows = internal_rows + rows
+    ref_band = level_from or (first_ref[0] if first_ref else chain[0][0])
+    if result is not None:
+        offset, unc, slope, anchored_to, status = result
+    else:
+        restore, slope, anchored_to, status = True, float("nan"), "", f"not anchored: {'; '.join(whys)}"
     if dext and not dext_ok and status != "anchored":
         status += "; direct: " + "; ".join(f"{a.against}: {a.reason}" for a in dext)
     basis = "anchored" if status == "anchored" else ("internal" if not restore else "calibrated")

@@ -393,6 +393,59 @@ def test_a_band_with_its_own_wide_field_image_is_anchored_to_it_before_the_inter
     assert abs(meta["offset_mjysr"] + 0.25) > 0.02
 
 
+def test_ranked_reference_bands_fall_back_in_order_when_the_first_is_refused(tmp_path):
+    """reference_band = ["F770W", "F1130W"]: F770W's mosaic does not overlap the wide-field
+    image (refused, with the reason), so F1000W is fitted against F1130W, anchored to it; the
+    table holds both reference bands' attempts. F1130W's own task, second in the rank, is
+    anchored to the image directly; with F770W usable, F770W is taken first."""
+    from astropy.table import Table
+
+    from processing.anchoring.stage import run
+
+    irac4 = _external(tmp_path / "irac4.fits", background=0.2)
+    f770w_far = _mosaic(tmp_path / "f770w_far.fits", offset=0.4, centre=(RA + 1.0, DEC))
+    f770w = _mosaic(tmp_path / "f770w.fits", offset=0.4)
+    f1130w = _mosaic(tmp_path / "f1130w.fits", offset=0.6, band_ratio=0.8)
+    f1000w = _mosaic(tmp_path / "f1000w.fits", offset=-0.3, band_ratio=0.5)
+    tb = _tweakback(tmp_path / "in.tar.gz", [_mosaic(tmp_path / "jw_cal.fits", offset=-0.3, n=50)])
+    fact = {"survey": "irac4", "fwhm_arcsec": 2.0, "target_ra": RA, "target_dec": DEC}
+    params = {**PARAMS, "reference_band": ["F770W", "F1130W"]}
+
+    def anchor(band, mosaic, refs, name):
+        context = {
+            "target": "t",
+            "band": band,
+            "instrument": "miri",
+            "product": f"t_{band.lower()}",
+            "facts": {"external": [fact], "reference_mosaic": [{"band": b} for b, _ in refs]},
+        }
+        out = tmp_path / name
+        out.mkdir()
+        inputs = {
+            "mosaic": [str(mosaic)],
+            "reference_mosaic": [str(m) for _, m in refs],
+            "tweakback": [str(tb)],
+            "external": [str(irac4)],
+        }
+        run(inputs, out, params, context)
+        return Table.read(out / f"t_{band.lower()}_anchoring.ecsv")
+
+    t = anchor("F1000W", f1000w, [("F770W", f770w_far), ("F1130W", f1130w)], "fallback")
+    assert t.meta["status"] == "anchored" and t.meta["anchored_to"] == "F1130W via irac4", t.meta
+    assert t.meta["reference_band"] == "F1130W"
+    assert t.meta["offset_mjysr"] == pytest.approx(-0.3, abs=0.02)
+    tried = {(str(r["role"]), bool(r["used"])) for r in t}
+    assert tried == {("external (F770W)", False), ("external (F1130W)", True), ("internal", True)}, tried
+    assert "overlap" in next(str(r["reason"]) for r in t if r["role"] == "external (F770W)")
+
+    t = anchor("F1130W", f1130w, [("F770W", f770w_far)], "own")  # its own place in the rank
+    assert t.meta["anchored_to"] == "irac4" and t.meta["offset_mjysr"] == pytest.approx(0.6, abs=0.02)
+
+    t = anchor("F1000W", f1000w, [("F770W", f770w), ("F1130W", f1130w)], "first")
+    assert t.meta["anchored_to"] == "F770W via irac4" and t.meta["offset_mjysr"] == pytest.approx(-0.3, abs=0.02)
+    assert not any(str(r["role"]) == "external (F1130W)" for r in t)  # the first one anchored: no need
+
+
 def test_nothing_to_anchor_to_restores_the_calibrated_level_or_fails_when_required(tmp_path):
     """Not anchored: level matching's constant (here 2.5 MJy/sr in the mosaic, 2.5 and 2.7 in
     the two exposures) is added back to each file, and the level uncertainty is that bound."""

@@ -255,6 +255,43 @@ def test_graph_from_declarations(toy):
         build_graph(toy["lm"], bands=["F200W"], registry=_registry())
 
 
+def test_a_ranked_list_of_reference_bands_selects_every_observed_one_in_order(toy):
+    """``reference_band`` as a list: the reference input holds each band of it the target was
+    observed in (not the unit's own), in rank, each with its band in the task's context (and so
+    in its key); a single band keeps the plain selection."""
+    from pydantic import BaseModel, Field
+
+    class Ranked(BaseModel):
+        reference_band: str | list[str] = Field(["F444W", "F300M", "F200W"], description="ranked reference bands")
+
+    class One(BaseModel):
+        reference_band: str = Field("F300M", description="the reference band")
+
+    r = Stage(
+        "toy_r",
+        "target_band",
+        (
+            Input("mosaic", "same", "toy_b", "_toyb.fits"),
+            Input("ref", "reference_band", "toy_b", "_toyb.fits", optional=True),
+        ),
+        ("_toyr.fits",),
+        "toy_b:run",
+        ModelParameters(Ranked),
+        instruments=("nircam",),
+        memory_gb=0.1,
+    )
+    graph = build_graph(toy["lm"], registry=_registry([r]))
+    f200w, f300m = graph.tasks["toy_r/alpha/F200W"], graph.tasks["toy_r/alpha/F300M"]
+    assert f200w.inputs["ref"] == [{"task": "toy_b/alpha/F300M", "suffix": "_toyb.fits", "facts": {"band": "F300M"}}]
+    assert f200w.context["facts"]["ref"] == [{"band": "F300M"}]
+    assert [x["facts"]["band"] for x in f300m.inputs["ref"]] == ["F200W"]
+    # one band: the plain reference, no facts
+    single = Stage(r.name, r.unit, r.inputs, r.outputs, r.run, ModelParameters(One), instruments=r.instruments)
+    plain = build_graph(toy["lm"], registry=_registry([single])).tasks["toy_r/alpha/F200W"]
+    assert plain.inputs["ref"] == [{"task": "toy_b/alpha/F300M", "suffix": "_toyb.fits"}]
+    assert "facts" not in plain.context
+
+
 def test_model_parameters_check_strictly():
     from pydantic import BaseModel, Field
 
