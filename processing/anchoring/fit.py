@@ -298,6 +298,7 @@ def binned_fit(
     seed: int = 0,
     anchored: str = "x",
     extrapolation_fraction: float = 0.0,
+    model: str = "line",
 ) -> Fit:
     """Fit ``y = slope * x + intercept`` to the medians of ``y`` in bins of ``x``.
 
@@ -338,6 +339,12 @@ def binned_fit(
         fraction of the change the line predicts over that stretch (in the anchored image's
         units): the relation is only seen where there are data, and band ratios drift as the
         stellar and dust contributions change (measured on the synthetic galaxies: 9-16%).
+    model : {"line", "curve"}
+        ``"line"``: the offset is the line's (the paper's). ``"curve"``, for ``anchored="y"``
+        only: where the quadratic through the kept bins curves significantly, its value at
+        ``x = 0`` is the offset (a band ratio that drifts with intensity, carried to zero), its
+        formal error joins the statistical one, and the line's offset stays in the uncertainty
+        as ``curvature_shift`` (now the line minus the curve).
 
     Returns
     -------
@@ -380,10 +387,19 @@ def binned_fit(
     # linearity: the offset a quadratic through the kept bins would give
     xc, yc = bins[used, 0], bins[used, 1]
     curvature = 0.0
+    curve_error = 0.0
+    curve = None  # the quadratic's coefficients, where it gives the offset
+    if model not in ("line", "curve") or (model == "curve" and anchored != "y"):
+        raise ValueError(f"model {model!r}: 'line', or 'curve' with anchored='y'")
     if used.sum() >= 5:
         (c2, c1, c0), cov2 = np.polyfit(xc, yc, 2, cov=True)
         if abs(c2) > 3 * math.sqrt(max(cov2[0, 0], 0.0)):  # significant curvature
-            if anchored == "y":
+            if anchored == "y" and model == "curve":
+                # the curve's value at zero is the offset; the line's is the systematic
+                curvature, offset = float(offset - c0), float(c0)
+                curve_error = math.sqrt(max(cov2[2, 2], 0.0))
+                curve = (float(c2), float(c1), float(c0))
+            elif anchored == "y":
                 curvature = float(c0 - offset)
             else:
                 roots = np.roots([c2, c1, c0])
@@ -414,7 +430,7 @@ def binned_fit(
     if used.sum() > 3:
         (_, _), cov = np.polyfit(xc, yc, 1, cov=True)
         var = (cov[1, 1] + offset**2 * cov[0, 0] + 2 * offset * cov[0, 1]) / slope**2 if anchored == "x" else cov[1, 1]
-        unc = max(unc, math.sqrt(max(var, 0.0))) if np.isfinite(unc) else unc
+        unc = max(unc, math.sqrt(max(var, 0.0)), curve_error) if np.isfinite(unc) else unc
     # a significant curvature is a systematic error of the extrapolation to zero
     unc = math.hypot(unc, curvature) if np.isfinite(unc) else unc
     stretch = max(lo - offset, 0.0) if anchored == "x" else slope * max(lo, 0.0)
@@ -426,6 +442,7 @@ def binned_fit(
     )
     fit.split_shift = split
     fit.extrapolation = extrapolation
+    fit.curve = curve
     return fit
 
 

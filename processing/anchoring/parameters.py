@@ -3,6 +3,8 @@ target, instrument and band in the manifest (``[targets.<t>.parameters.band.F300
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -22,6 +24,14 @@ class AnchoringParameters(BaseModel):
         le=60,
         description="resolution of the external fit, arcsec; 0 = each wide-field image's own beam (the paper's "
         'Figure 8: 4")',
+    )
+    internal_model: Literal["line", "curve"] = Field(
+        "curve",
+        description="model of the internal fit (a band against its anchored reference band): 'line', the paper's; "
+        "'curve': where a quadratic through the binned medians curves significantly (3 sigma), its value at the "
+        "reference's zero is the offset (band ratios drift with intensity as the stellar and dust shares change; "
+        "on the demo this takes F1000W from +0.06 to within 0.005 MJy/sr of the truth), the line's offset kept in "
+        "the uncertainty. External fits are always lines",
     )
     internal_fwhm_arcsec: float = Field(
         2.0, gt=0, le=60, description="common resolution of a band and its reference band for the internal fit, arcsec"

@@ -249,6 +249,7 @@ def _fit(x, y, blocks, p: AnchoringParameters, anchored: str) -> Fit:
         n_bootstrap=p.n_bootstrap,
         anchored=anchored,
         extrapolation_fraction=p.extrapolation_fraction,
+        model=p.internal_model if anchored == "y" else "line",
     )
     if not np.isfinite(fit.curvature_shift):
         raise AnchorFailed(f"not linear in [{lo:.3g}, {hi:.3g}] MJy/sr: the binned relation curves away from zero")
@@ -440,6 +441,8 @@ def plot_fit(path: Path, attempts: list[Attempt], title: str) -> None:
         ax.plot(b[~f.used, 0], b[~f.used, 1], "o", mfc="none", color="red", ms=5, label="clipped / too few pixels")
         xx = np.linspace(min(lo - span, 0.0) if a.internal else min(lo - span, f.offset), hi + span, 50)
         ax.plot(xx, f.slope * xx + f.intercept, "--", color="0.2", lw=1)
+        if getattr(f, "curve", None):  # the curve that gave the offset (internal_model = "curve")
+            ax.plot(xx, np.polyval(f.curve, xx), "-", color="tab:blue", lw=1, label="quadratic (offset)")
         ax.axhline(0, color="0.8", lw=0.6)
         ax.axvspan(lo, hi, color="gold", alpha=0.12, lw=0)
         if a.internal:

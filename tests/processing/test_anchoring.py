@@ -70,6 +70,28 @@ def test_a_curved_relation_is_seen_and_counted_in_the_uncertainty():
     assert g.offset == pytest.approx(0.3, abs=0.003) and g.curvature_shift == 0.0
 
 
+def test_the_curve_model_carries_a_drifting_band_ratio_to_zero():
+    """A band against its reference whose ratio drifts with intensity (y = 0.3 + 0.5 x + 0.08
+    x^2, fitted over x in [1, 3]): the line's value at zero misses the offset 0.3 by ~0.2;
+    the curve finds it, and keeps the line's miss in the uncertainty. Where the relation is a
+    line, both models agree."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(0.0, 4.0, 40000)
+    y = 0.3 + 0.5 * x + 0.08 * x**2 + rng.normal(0, 0.01, x.size)
+    line = F.binned_fit(x, y, 1.0, 3.0, n_bootstrap=30, anchored="y")
+    curve = F.binned_fit(x, y, 1.0, 3.0, n_bootstrap=30, anchored="y", model="curve")
+    assert abs(line.offset - 0.3) > 0.1
+    assert curve.offset == pytest.approx(0.3, abs=0.01)
+    assert curve.curvature_shift == pytest.approx(line.offset - curve.offset, abs=1e-9)
+    assert curve.uncertainty >= abs(curve.curvature_shift) and curve.curve is not None
+    straight = 0.3 + 0.6 * x + rng.normal(0, 0.01, x.size)
+    a = F.binned_fit(x, straight, 1.0, 3.0, n_bootstrap=30, anchored="y")
+    b = F.binned_fit(x, straight, 1.0, 3.0, n_bootstrap=30, anchored="y", model="curve")
+    assert a.offset == b.offset == pytest.approx(0.3, abs=0.01) and b.curve is None
+    with pytest.raises(ValueError, match="anchored='y'"):
+        F.binned_fit(x, y, 1.0, 3.0, n_bootstrap=0, model="curve")  # an external fit is a line
+
+
 def test_a_non_linear_relation_is_refused_with_the_reason():
     from processing.anchoring.stage import _fit
 
