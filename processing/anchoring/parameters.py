@@ -83,16 +83,16 @@ class AnchoringParameters(BaseModel):
         540.0, gt=0, description="wide-field image pixels farther than this from the target centre are sky, arcsec"
     )
 
-    def reference_bands(self) -> list[str]:
-        """``reference_band`` as a ranked list, upper case (empty: no reference band)."""
-        bands = [self.reference_band] if isinstance(self.reference_band, str) else self.reference_band
-        return [b.upper() for b in bands if b]
-
     require_anchor: bool = Field(
         False,
         description="fail the task when no offset could be solved (default: the band keeps its level, the header and "
         "the table say why)",
     )
+
+    def reference_bands(self) -> list[str]:
+        """``reference_band`` as a ranked list, upper case (empty: no reference band)."""
+        bands = [self.reference_band] if isinstance(self.reference_band, str) else self.reference_band
+        return [b.upper() for b in bands if b]
 
 
 #: per instrument: the reference band (the paper's)

@@ -12,8 +12,11 @@ Per target and band, after absolute astrometry:
    (``targets.<t>.anchoring.nircam``: IRAC1 then WISE1; ``.miri``: IRAC4 then WISE3); one that
    does not overlap, has too few pixels in range or no linear relation is skipped, with the
    reason recorded.
+   An image that names bands (``bands = ["F2100W"]``) anchors those bands directly, tried
+   first; ``reference_band`` may rank several reference bands, tried in turn.
 2. **Internal.** Every other band is fitted the same way against the anchored reference band,
-   both at a common resolution (``internal_fwhm_arcsec``). Each band's task recomputes the
+   both at a common resolution (``internal_fwhm_arcsec``), through a quadratic where the
+   relation curves significantly (``internal_model``). Each band's task recomputes the
    reference band's external fit (deterministic, a few seconds): no extra stage, the same
    numbers in every table.
 3. **Applied** to the mosaic and to every exposure of the tweakback tarball (the same constant:
@@ -75,7 +78,7 @@ def external_files(lm, unit: dict) -> list:
         return []
     out = []
     for i, image in enumerate(getattr(t.anchoring, unit["instrument"], []) or []):
-        bands = [str(b).upper() for b in getattr(image, "bands", [])]
+        bands = [str(b).upper() for b in image.bands]
         if bands and unit["band"] not in bands:
             continue  # another band's direct reference: not an input of this task
         path = lm.resolve_path(image.file)
@@ -525,42 +528,30 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
     files = [Path(f) for f in inputs.get("external", [])]
     facts = (context.get("facts") or {}).get("external", [{} for _ in files])
     chain = reference_chain(band, p.reference_bands(), mosaic, inputs, context)
-    has_ref = any(r != band for r, _ in chain)
-
-    # images listing this band anchor it directly (first, in the manifest's order); the others
-    # (no ``bands``) are the reference bands'
+    # the steps, in order: this band against the images listing it (direct), then each
+    # reference band in its rank against the images listing no band (this band itself directly
+    # where it is in the rank), this band against the first reference anchored
     direct = [(f, x) for f, x in zip(files, facts) if band in x.get("bands", ())]
     general = [(f, x) for f, x in zip(files, facts) if not x.get("bands")]
-    if not has_ref:
-        general = direct + general
-        direct = []
-    files, facts = [f for f, _ in general], [x for _, x in general]
+    steps = [(band, mosaic, direct, "external (direct)")] if direct else []
+    steps += [(r, m, general, "external" if r == band else f"external ({r})") for r, m in chain]
+    single = len(steps) == 1  # the paper's case: its messages as they always were
 
-    rows, attempts, internal_rows = [], [], []
-    # 0. this band against its own direct references: the first that gives an offset anchors it
-    dext = external_fit(mosaic, band, [f for f, _ in direct], [x for _, x in direct], p, target) if direct else []
-    dext_ok = next((a for a in dext if a.ok), None)
-    rows += [_row(a, "external (direct)") for a in dext]
-    restore = False  # not anchored: level matching's constant added back (each file its own)
+    rows, attempts, internal_rows, whys = [], [], [], []
     result = None  # (offset, unc, slope, anchored_to, status)
-    first_ref = None  # the first reference band other than this one: (band, mosaic, its external fit)
-    whys = []
     level_from = None  # the band whose level this band's stands on
-    if dext_ok:
-        level_from = band
-        attempts = dext
-        result = (dext_ok.fit.offset, dext_ok.fit.uncertainty, dext_ok.fit.slope, dext_ok.against, "anchored")
-    # 1. the reference bands in their rank: each against the wide-field images, this band
-    # against the first one anchored (this band itself, where it is in the list, directly)
-    for ref_band, ref_mosaic in [] if result else chain:
-        if files:
-            ext = external_fit(ref_mosaic, ref_band, files, facts, p, target)
+    first_ref = None  # the first reference band other than this one: (band, mosaic, its fit, why)
+    for ref_band, ref_mosaic, images, role in steps:
+        if not images and files:
+            continue  # only other steps' images: nothing to try here
+        if images:
+            ext = external_fit(ref_mosaic, ref_band, [f for f, _ in images], [x for _, x in images], p, target)
             ext_ok = next((a for a in ext if a.ok), None)
             ext_why = "; ".join(f"{a.against}: {a.reason}" for a in ext if a.reason)
         else:
             ext, ext_ok = [], None
             ext_why = f"no wide-field image for {inst} (targets.{target}.anchoring.{inst})"
-        rows += [_row(a, "external" if ref_band == band else f"external ({ref_band})") for a in ext]
+        rows += [_row(a, role) for a in ext]
         attempts += [e for e in ext if e.fit is not None]
         if ref_band == band:
             if ext_ok:
@@ -568,14 +559,14 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
                 result = (f.offset, f.uncertainty, f.slope, ext_ok.against, "anchored")
                 attempts, level_from = ext, band
                 break
-            whys.append(ext_why if len(chain) == 1 else f"{band}: {ext_why}")
+            whys.append(ext_why if single else f"{band}{' (direct)' if images is direct else ''}: {ext_why}")
             continue
         if first_ref is None:
             first_ref = (ref_band, ref_mosaic, ext_ok, ext_why)
         if not ext_ok:
             whys.append(f"{ref_band} not anchored: {ext_why}")
             continue
-        # 2. this band against the anchored reference band
+        # this band against the anchored reference band
         a = internal_fit(mosaic, band, ref_mosaic, ref_band, ext_ok.fit.offset, p)
         internal_rows.append(_row(a, "internal"))
         attempts = [a] + attempts
@@ -587,8 +578,8 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
             break
         whys.append(f"{ref_band}: {a.reason}")
     if result is None and first_ref is not None and first_ref[2] is None:
-        # 3. no reference band anchored: against the first one at its calibrated level (its
-        # level matching constant back), inheriting its bound times the band ratio
+        # no reference band anchored: against the first one at its calibrated level (its level
+        # matching constant back), inheriting its bound times the band ratio
         ref_band, ref_mosaic, _, ext_why = first_ref
         ref_constant = level_matching_constant(ref_mosaic)
         a = internal_fit(mosaic, band, ref_mosaic, ref_band, -ref_constant, p)
@@ -596,18 +587,17 @@ def run(inputs: dict, outdir: Path, params: dict, context: dict) -> list[Path]:
         attempts = [a] + attempts
         if a.ok:
             unc = math.hypot(a.fit.uncertainty, abs(ref_constant) * a.fit.slope)
-            why = "; ".join(whys) if len(chain) > 1 else ext_why
+            why = ext_why if single else "; ".join(whys)
             result = (a.fit.offset, unc, a.fit.slope, ref_band, f"internal only ({ref_band} not anchored: {why})")
         else:
-            whys = [f"{ref_band}: {a.reason}"] if len(chain) == 1 else [*whys, f"{ref_band}: {a.reason}"]
+            whys = [f"{ref_band}: {a.reason}"] if single else [*whys, f"{ref_band}: {a.reason}"]
     rows = internal_rows + rows
     ref_band = level_from or (first_ref[0] if first_ref else chain[0][0])
+    restore = result is None  # not anchored: level matching's constant added back (each file its own)
     if result is not None:
         offset, unc, slope, anchored_to, status = result
     else:
-        restore, slope, anchored_to, status = True, float("nan"), "", f"not anchored: {'; '.join(whys)}"
-    if dext and not dext_ok and status != "anchored":
-        status += "; direct: " + "; ".join(f"{a.against}: {a.reason}" for a in dext)
+        slope, anchored_to, status = float("nan"), "", f"not anchored: {'; '.join(whys)}"
     basis = "anchored" if status == "anchored" else ("internal" if not restore else "calibrated")
     if restore:
         constant = level_matching_constant(mosaic)
