@@ -24,6 +24,24 @@ Checks, each reported per file with the problem named. Generic, for every releas
   this release itself is reported as not compared; each mosaic against the same product of
   PREVIOUS: shift, flux ratio and background change within the release manifest's
   ``[comparisons.thresholds]`` and overrides (release/compare.py).
+
+Each finding has a class, and the exit code says the most serious class that failed (CI jobs
+branch on it; docs/ci.md):
+
+==== ==================================================================================
+code meaning
+==== ==================================================================================
+0    valid (checks that could not run are listed; ``--strict`` fails them)
+1    the release breaks a rule (class ``rule``): a file, name, header, checksum, the manifest
+2    bad input: the folder or an option is wrong (the command names it; nothing was checked)
+3    the release is valid but moved more than its manifest allows against ``--against``, or
+     is not comparable with it (class ``comparison``)
+4    only checks that could not run failed, under ``--strict`` (class ``not run``: a tool
+     such as fitsverify is missing on this machine; the release itself may be fine)
+==== ==================================================================================
+
+:meth:`Report.junit`, :meth:`Report.summary` (JSON, one entry per failed check) and
+:meth:`Report.github` (GitHub Actions annotation lines) give the findings to CI systems.
 """
 
 from __future__ import annotations
@@ -56,6 +74,12 @@ def fitsverify_executable() -> str | None:
     return shutil.which("fitsverify")
 
 
+#: finding class -> the exit code of a release whose most serious failure is of that class
+EXIT_CODES = {"rule": 1, "comparison": 3, "not run": 4}
+#: the JSON summary's format (docs/ci.md describes it)
+SUMMARY_VERSION = 1
+
+
 @dataclass
 class Finding:
     file: str
@@ -63,6 +87,8 @@ class Finding:
     ok: bool
     message: str = ""
     skipped: bool = False
+    #: rule | comparison | not run (see the module docstring)
+    kind: str = "rule"
 
 
 @dataclass
@@ -75,15 +101,15 @@ class Report:
     #: with --against: what the previous side is (release/compare.py Side)
     against: object | None = None
 
-    def add(self, file: str, check: str, problem: str | None = None) -> None:
-        self.findings.append(Finding(file, check, problem is None, problem or ""))
+    def add(self, file: str, check: str, problem: str | None = None, kind: str = "rule") -> None:
+        self.findings.append(Finding(file, check, problem is None, problem or "", kind=kind))
 
     def skip(self, file: str, check: str, why: str) -> None:
         """A check that could not run. Under ``strict`` that is a failure."""
         if self.strict:
-            self.add(file, check, f"not run: {why}; --strict (the default under CI) requires every check")
+            self.add(file, check, f"not run: {why}; --strict (the default under CI) requires every check", "not run")
         else:
-            self.findings.append(Finding(file, check, True, why, skipped=True))
+            self.findings.append(Finding(file, check, True, why, skipped=True, kind="not run"))
 
     @property
     def failures(self) -> list[Finding]:
@@ -96,6 +122,65 @@ class Report:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        """0 when valid, else the code of the most serious failed class (:data:`EXIT_CODES`)."""
+        failed = {f.kind for f in self.failures}
+        return next((code for kind, code in EXIT_CODES.items() if kind in failed), 0)
+
+    def summary(self) -> dict:
+        """The findings for a CI system (``--format json`` / ``--json``): counts, and one entry
+        per failed check and per check that could not run (file relative to the release
+        folder, ``.`` for the release as a whole)."""
+        entry = lambda f: {"file": f.file, "check": f.check, "class": f.kind, "message": f.message}  # noqa: E731
+        return {
+            "schema_version": SUMMARY_VERSION,
+            "release": str(self.root),
+            "valid": self.ok,
+            "exit_code": self.exit_code,
+            "strict": self.strict,
+            "files": len({f.file for f in self.findings if f.file != "."}),
+            "checks": len(self.findings),
+            "passed": sum(f.ok and not f.skipped for f in self.findings),
+            "failed": len(self.failures),
+            "not_run": len(self.skipped),
+            "failures": [entry(f) for f in self.failures],
+            "not_run_checks": [entry(f) for f in self.skipped],
+        }
+
+    def github(self, shown_root: str | None = None) -> str:
+        """GitHub Actions workflow commands: an ``::error`` line per failed check, with
+        ``file=`` the path as shown from the job's working folder (``shown_root``: the release
+        folder as given), so the annotation links to it; one ``::warning`` per check (and
+        reason) that could not run, with the number of files."""
+
+        def prop(value: str) -> str:
+            return (
+                value.replace("%", "%25")
+                .replace("\r", "%0D")
+                .replace("\n", "%0A")
+                .replace(":", "%3A")
+                .replace(",", "%2C")
+            )
+
+        def data(value: str) -> str:
+            return value.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+        root = (shown_root if shown_root is not None else str(self.root)).rstrip("/")
+        lines = []
+        for f in self.failures:
+            where = root if f.file == "." else f"{root}/{f.file}"
+            title = f"hlsp validate: {f.check}" + ("" if f.kind == "rule" else f" ({f.kind})")
+            lines.append(f"::error file={prop(where)},title={prop(title)}::{data(f.message)}")
+        # checks that could not run (not a failure without --strict): one warning per check and reason
+        skipped: dict[tuple[str, str], int] = {}
+        for f in self.skipped:
+            skipped[(f.check, f.message)] = skipped.get((f.check, f.message), 0) + 1
+        for (check, why), n in sorted(skipped.items()):
+            title = f"hlsp validate: {check} (not run)"
+            lines.append(f"::warning file={prop(root)},title={prop(title)}::not run on {n} file(s): {data(why)}")
+        return "\n".join(lines) + ("\n" if lines else "")
 
     def junit(self) -> str:
         from xml.sax.saxutils import escape, quoteattr
@@ -311,12 +396,15 @@ def _check_against(report: Report, root: Path, previous: Path, m, figures) -> No
     try:
         side = side_of(previous)
     except ValueError as exc:
-        report.add(".", check_name, str(exc))
+        report.add(".", check_name, str(exc), kind="comparison")
         return
     report.against = side
     if side.kind == "unknown":
         report.add(
-            ".", check_name, f"{previous} is neither a release nor a folder of level-3 mosaics: nothing to compare"
+            ".",
+            check_name,
+            f"{previous} is neither a release nor a folder of level-3 mosaics: nothing to compare",
+            kind="comparison",
         )
         return
     if side.kind == "release":
@@ -325,6 +413,7 @@ def _check_against(report: Report, root: Path, previous: Path, m, figures) -> No
                 ".",
                 check_name,
                 f"{previous} is a release of {side.project}, not of {m.release.project}: not comparable",
+                kind="comparison",
             )
             return
         if root.resolve() == previous.resolve():
@@ -336,6 +425,7 @@ def _check_against(report: Report, root: Path, previous: Path, m, figures) -> No
                 check_name,
                 f"{previous} is version {side.version}, later than this release's {m.release.version}: "
                 "--against takes the previous release",
+                kind="comparison",
             )
             return
     if report.carried_manifests:  # a patch: what it carries over must be its parent's very bytes
@@ -368,14 +458,16 @@ def _check_against(report: Report, root: Path, previous: Path, m, figures) -> No
     )
     by_name = {p.name: p for p in root.rglob("*.fits")}
     if not numbers:
-        report.add(".", check_name, f"nothing in common with {side.describe()}: no target and band compared")
+        report.add(
+            ".", check_name, f"nothing in common with {side.describe()}: no target and band compared", kind="comparison"
+        )
         return
     for why in skipped:
         report.skip(".", f"against {label}", why)
     for n in numbers:
         rel = by_name[n.a].relative_to(root).as_posix()
         problems = check(n, limits_for(m.comparisons, n.target, n.band))
-        report.add(rel, f"against {label}", "; ".join(problems) if problems else None)
+        report.add(rel, f"against {label}", "; ".join(problems) if problems else None, kind="comparison")
 
 
 def _check_coverage(

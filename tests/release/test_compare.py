@@ -163,7 +163,7 @@ def test_what_is_not_comparable_is_refused_naming_why(demo_release, tmp_path):
 
     def validate_against(previous) -> str:
         proc = hlsp(
-            "validate", str(demo_release), "--no-fitsverify", "--no-strict", "--against", str(previous), check_code=1
+            "validate", str(demo_release), "--no-fitsverify", "--no-strict", "--against", str(previous), check_code=3
         )
         return " ".join(proc.stdout.split())
 
