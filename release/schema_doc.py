@@ -1,6 +1,7 @@
-"""The manifest's JSON Schema and a Markdown field reference generated from it.
+"""The manifest's JSON Schema and a Markdown field reference generated from it, and the JSON
+Schema of ``hlsp plan --against --format json`` (release/plan_diff.py).
 
-``hlsp schema --outdir docs`` writes both; ``tests/release/test_cli.py`` (test_generated_docs_are_current) fails when
+``hlsp schema --outdir docs`` writes them; ``tests/release/test_cli.py`` (test_generated_docs_are_current) fails when
 the files in docs/ are not what the code generates.
 """
 
@@ -13,6 +14,7 @@ from release.manifest import manifest_json_schema
 
 SCHEMA_FILE = "manifest.schema.json"
 REFERENCE_FILE = "manifest-reference.md"
+PLAN_DIFF_SCHEMA_FILE = "plan-diff.schema.json"
 
 # Where each model sits in a manifest, for the headings of the reference.
 _PLACES = {
@@ -38,6 +40,15 @@ _PLACES = {
 
 def schema_text() -> str:
     return json.dumps(manifest_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def plan_diff_schema_text() -> str:
+    from release.plan_diff import PlanDiff
+
+    schema = PlanDiff.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "hlsp plan --against --format json"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
 def _type_of(prop: dict[str, Any]) -> str:

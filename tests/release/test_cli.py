@@ -8,7 +8,14 @@ import sys
 import pytest
 
 from release.cli import app, main
-from release.schema_doc import REFERENCE_FILE, SCHEMA_FILE, reference_text, schema_text
+from release.schema_doc import (
+    PLAN_DIFF_SCHEMA_FILE,
+    REFERENCE_FILE,
+    SCHEMA_FILE,
+    plan_diff_schema_text,
+    reference_text,
+    schema_text,
+)
 from tests.conftest import MANIFESTS, REPO
 
 COMMANDS = [c.name or c.callback.__name__ for c in app.registered_commands]
@@ -29,6 +36,7 @@ def test_generated_docs_are_current():
     """docs/ holds what `make schema` generates from the models; regenerate after a change."""
     assert (REPO / "docs" / SCHEMA_FILE).read_text() == schema_text()
     assert (REPO / "docs" / REFERENCE_FILE).read_text() == reference_text()
+    assert (REPO / "docs" / PLAN_DIFF_SCHEMA_FILE).read_text() == plan_diff_schema_text()
 
 
 def test_reference_documents_every_field():
