@@ -80,8 +80,27 @@ def _split(values: str | None) -> list[str] | None:
 
 
 @app.command()
-def check(manifest: Path = typer.Argument(..., help="Release manifest (TOML).")) -> None:
-    """Validate a release manifest and summarise it."""
+def check(
+    manifests: list[Path] = typer.Argument(..., help="Release manifest(s) (TOML)."),
+) -> None:
+    """Validate release manifests and summarise each (several: as a pre-commit hook passes
+    them; every one is checked, and the command fails if any is invalid)."""
+    if len(manifests) == 1:
+        _check_one(manifests[0])
+        return
+    codes = []
+    for manifest in manifests:
+        try:
+            _check_one(manifest)
+        except HlspError as exc:
+            codes.append(exc.exit_code)
+            err.print("[bold red]error:[/] " + escape(str(exc)), soft_wrap=True)
+    if codes:
+        err.print(f"[bold red]{len(codes)} of {len(manifests)} manifests are invalid[/]")
+        raise typer.Exit(max(codes))
+
+
+def _check_one(manifest: Path) -> None:
     from processing.instruments import instrument_of
     from release.manifest import file_version
 
@@ -131,13 +150,36 @@ def plan(
     workdir: Path | None = typer.Option(
         None, help="Work folder whose cache to look in (default: hlsp-work/<project>)."
     ),
+    against: Path | None = typer.Option(
+        None,
+        help="An earlier version of the manifest (or the previous release's): list the tasks the change reruns "
+        "and the release files it changes, and why.",
+    ),
+    against_previous: bool = typer.Option(
+        False,
+        "--against-previous",
+        help="--against the manifest beside this one whose release.version is this one's release.previous.",
+    ),
+    fmt: str = typer.Option(
+        "text", "--format", help="With --against: 'text', 'json' (docs/plan-diff.schema.json) or 'markdown'."
+    ),
+    output: Path | None = typer.Option(None, help="With --against: write the json or markdown here, not to stdout."),
 ) -> None:
-    """Show what a run of this manifest would do, product by product, and what is cached."""
+    """Show what a run of this manifest would do, product by product, and what is cached;
+    with --against OLD, what changed against OLD's plan."""
     from processing.instruments import instrument_of
     from processing.parameters import resolve_parameters
     from release.manifest import file_version
     from release.naming import make_name
 
+    if fmt not in ("text", "json", "markdown"):
+        raise BadInput(f"--format: '{fmt}' is not one of text, json, markdown")
+    if against_previous:
+        if against is not None:
+            raise BadInput("give --against OLD_MANIFEST or --against-previous, not both")
+        against = _previous_manifest(manifest)
+    if (fmt != "text" or output is not None) and against is None:
+        raise BadInput("--format json/markdown and --output describe a plan diff: give --against OLD_MANIFEST")
     lm = _load(manifest)
     m = lm.manifest
     want_t, want_b = _split(targets), _split(bands)
@@ -147,6 +189,9 @@ def plan(
     for band in want_b or []:
         if band.upper() not in m.program.bands:
             raise BadInput(f"--bands: '{band}' is not a band of {lm.path.name}")
+    if against is not None:
+        _plan_against(lm, manifest, against, want_t, want_b, fmt, output)
+        return
     regenerate = set(m.patch.targets) if m.patch else None
 
     table = Table("target", "band", "action", "MIRI background", "parameters set")
@@ -197,6 +242,78 @@ def plan(
                 f"[yellow]Installed jwst {engine.jwst_version} differs from pins.jwst {m.pins.jwst}: `hlsp run` will "
                 "refuse.[/]"
             )
+
+
+def _previous_manifest(manifest: Path) -> Path:
+    """The manifest in ``manifest``'s folder of the same project whose version is its
+    ``release.previous`` (how a team keeps one manifest per release; a patch's is its parent)."""
+    from release.manifest import load_manifest
+
+    lm = _load(manifest)
+    r = lm.manifest.release
+    if not r.previous:
+        raise BadInput(f"--against-previous: {manifest} has no release.previous (a first release: nothing to compare)")
+    if lm.parent is not None and lm.parent.manifest.release.version == r.previous:
+        return lm.parent.path
+    found = []
+    for p in sorted(manifest.parent.glob("*.toml")):
+        if p.resolve() == lm.path.resolve():
+            continue
+        try:
+            other = load_manifest(p).manifest.release
+        except HlspError:
+            continue  # not a manifest, or an invalid one: not the previous release's
+        if other.project == r.project and other.version == r.previous:
+            found.append(p)
+    if len(found) != 1:
+        names = ": " + ", ".join(p.name for p in found) if found else ""
+        raise BadInput(
+            f"--against-previous: {manifest.parent} holds {len(found)} valid manifests of {r.project} "
+            f"{r.previous} (release.previous of {manifest.name}){names}; give --against OLD_MANIFEST"
+        )
+    return found[0]
+
+
+def _plan_against(lm, manifest: Path, against: Path, targets, bands, fmt: str, output: Path | None) -> None:
+    """``hlsp plan MANIFEST --against OLD``: release/plan_diff.py."""
+    from processing.fileio import atomic_write_text
+    from release.plan_diff import plan_diff, render_markdown
+
+    old = _load(against)
+    for side in (lm, old):
+        if side.manifest.program.data.source == "mast":
+            raise BadInput(
+                f"{side.path.name}: data source 'mast': its task graph needs the exposures, which `hlsp plan` cannot "
+                "list without MAST"
+            )
+    if old.manifest.release.project != lm.manifest.release.project:
+        raise BadInput(
+            f"--against {against}: a manifest of {old.manifest.release.project}, not of {lm.manifest.release.project}"
+        )
+    diff = plan_diff(lm, old, manifest, against, targets, bands)
+    if fmt == "json":
+        text = diff.model_dump_json(indent=1) + "\n"
+    elif fmt == "markdown":
+        text = render_markdown(diff)
+    else:
+        s = diff.summary
+        table = Table("task", "status", "why", title=f"{s.changed + s.new} of {s.tasks} tasks rerun against {against}")
+        for t in diff.tasks:
+            table.add_row(t.task, t.status, escape("; ".join(t.reasons)))
+        out.print(table)
+        files = Table(
+            "release file", "status", "made by", title=f"{s.files_changed + s.files_new} release files change"
+        )
+        for f in diff.files:
+            files.add_row(f.file, f.status, ", ".join(f.tasks))
+        out.print(files)
+        for c in diff.manifest_changes:
+            out.print(f"manifest: {c.key}: {c.old} -> {c.new}")
+        return
+    if output is not None:
+        atomic_write_text(output, text)
+    else:
+        sys.stdout.write(text)
 
 
 def _default_workdir(lm) -> Path:
@@ -345,15 +462,25 @@ def _count_leaves(d: dict) -> int:
 
 @app.command()
 def schema(
-    outdir: Path = typer.Option(Path("docs"), help="Where to write manifest.schema.json and manifest-reference.md."),
+    outdir: Path = typer.Option(
+        Path("docs"), help="Where to write manifest.schema.json, manifest-reference.md and plan-diff.schema.json."
+    ),
 ) -> None:
-    """Write the manifest JSON Schema and the generated field reference."""
+    """Write the manifest JSON Schema, the generated field reference and the plan diff's JSON Schema."""
     from processing.fileio import atomic_write_text
-    from release.schema_doc import REFERENCE_FILE, SCHEMA_FILE, reference_text, schema_text
+    from release.schema_doc import (
+        PLAN_DIFF_SCHEMA_FILE,
+        REFERENCE_FILE,
+        SCHEMA_FILE,
+        plan_diff_schema_text,
+        reference_text,
+        schema_text,
+    )
 
     atomic_write_text(outdir / SCHEMA_FILE, schema_text())
     atomic_write_text(outdir / REFERENCE_FILE, reference_text())
-    out.print(f"wrote {outdir / SCHEMA_FILE} and {outdir / REFERENCE_FILE}")
+    atomic_write_text(outdir / PLAN_DIFF_SCHEMA_FILE, plan_diff_schema_text())
+    out.print(f"wrote {outdir / SCHEMA_FILE}, {outdir / REFERENCE_FILE} and {outdir / PLAN_DIFF_SCHEMA_FILE}")
 
 
 @app.command()
@@ -472,11 +599,28 @@ def validate(
         "release manifest's [comparisons.thresholds] allow (shift, flux ratio, background).",
     ),
     figures: Path | None = typer.Option(None, help="With --against: write the comparison figures and table here."),
+    json_file: Path | None = typer.Option(
+        None, "--json", help="Also write a JSON summary (counts, one entry per failed check) for CI systems."
+    ),
+    fmt: str = typer.Option(
+        "text",
+        "--format",
+        help="What to print: 'text' (tables), 'json' (the JSON summary) or 'github' (GitHub Actions annotations "
+        "and a one-line verdict).",
+    ),
 ) -> None:
-    """Check a release against MAST's rules and our own; exit 1 on any failure."""
+    """Check a release against MAST's rules and our own.
+
+    Exit 0 valid; 1 the release breaks a rule; 2 bad input; 3 it moved more than allowed
+    against --against (or is not comparable with it); 4 only checks that could not run failed
+    (--strict). The most serious class wins (docs/ci.md)."""
+    import json
+
     from processing.fileio import atomic_write_text
     from release.validate import strict_by_default, validate_release
 
+    if fmt not in ("text", "json", "github"):
+        raise BadInput(f"--format: '{fmt}' is not one of text, json, github")
     if not release_dir.is_dir():
         raise BadInput(f"{release_dir} is not a folder")
     if against is not None and not against.is_dir():
@@ -491,6 +635,20 @@ def validate(
         )
     if junit:
         atomic_write_text(junit, report.junit())
+    if json_file:
+        atomic_write_text(json_file, json.dumps(report.summary(), indent=1) + "\n")
+    if fmt == "json":
+        sys.stdout.write(json.dumps(report.summary(), indent=1) + "\n")
+        raise typer.Exit(report.exit_code)
+    if fmt == "github":
+        sys.stdout.write(report.github(str(release_dir)))
+        s = report.summary()
+        verdict = "valid" if report.ok else f"{s['failed']} failed check(s), exit {report.exit_code}"
+        sys.stdout.write(
+            f"hlsp validate {release_dir}: {verdict}; {s['passed']} passed, {s['not_run']} not run, "
+            f"{s['files']} files\n"
+        )
+        raise typer.Exit(report.exit_code)
     files = {f.file for f in report.findings if f.file != "."}
     skipped: dict[tuple[str, str], int] = {}
     for f in report.skipped:
@@ -519,9 +677,9 @@ def validate(
     table.add_column("check")
     table.add_column("problem", overflow="fold")
     for f in report.failures:
-        table.add_row(f.file, f.check, escape(f.message))
+        table.add_row(f.file, f.check + ("" if f.kind == "rule" else f" ({f.kind})"), escape(f.message))
     out.print(table)
-    raise typer.Exit(1)
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()
