@@ -328,6 +328,52 @@ def demo_release(engine_run, tmp_path_factory) -> Path:
     return once(tmp_path_factory, "releases", build)
 
 
+#: the one parameter :func:`second_release` changes (synth2 F770W's PSF-matched coverage)
+SECOND_RELEASE_CHANGE = {"band": {"F770W": {"psf_matching": {"min_coverage": 0.9}}}}
+
+
+@pipeline_fixture(scope="session")
+def second_release(engine_run, demo_release, tmp_path_factory) -> dict:
+    """A team's release folder with two versions: release 1.0.0 (a linked copy of
+    :func:`demo_release`) and 1.1.0, the engine run's manifest with one parameter of synth2
+    changed (:data:`SECOND_RELEASE_CHANGE`), run on a linked copy of the engine run's cache and
+    packaged beside it. Both manifests sit in one folder, ``synth`` under ``manifests`` (one per
+    release, as a team keeps them). Read-only, as engine_run."""
+    import shutil
+    import tomllib
+
+    import tomli_w
+
+    def build(root: Path) -> dict:
+        manifests = root / "manifests" / "synth"
+        manifests.mkdir(parents=True)
+        first = manifests / "release.toml"
+        shutil.copy(engine_run["manifest"], first)
+        releases = root / "releases"
+        previous = linked_copy(demo_release, releases / "synth-jwst" / "v1p0")
+        data = tomllib.loads(first.read_text())
+        data["release"].update(version="1.1.0", previous="1.0.0")
+        data["targets"]["synth2"]["parameters"] = SECOND_RELEASE_CHANGE
+        data["comparisons"] = {"previous_release": str(previous)}
+        second = manifests / "release-1.1.toml"
+        second.write_text(tomli_w.dumps(data))
+        work = root / "work"
+        linked_copy(engine_run["cache"], work / "cache")
+        proc = hlsp("run", str(second), "--workdir", str(work), check_code=0)
+        hlsp("package", str(second), "--workdir", str(work), "--releases", str(releases), check_code=0)
+        return {
+            "manifest": second,
+            "first": first,
+            "workdir": work,
+            "releases": releases,
+            "release": releases / "synth-jwst" / "v1p1",
+            "previous": previous,
+            "run_stdout": proc.stdout,
+        }
+
+    return once(tmp_path_factory, "second-release", build)
+
+
 #: the one parameter :func:`changed_run` changes (synth2's lv3 outlier detection)
 CHANGED_SYNTH2 = '\n[targets.synth2.parameters.default.lv3.outlier_detection]\nsnr = "4.0 3.0"\n'
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import tomllib
 
-import tomli_w
-
 from release import changelog as L
 from release.manifest import Manifest, load_manifest
+from release.plan_diff import PlanDiff
 from tests.conftest import hlsp, linked_copy
 
 
@@ -32,20 +31,10 @@ def test_the_changelog_lists_a_changed_crds_context_and_a_changed_target_paramet
     assert "synth-jwst 1.1.0: changes from 1.0.0" in text and "finer anchoring bins" in text
 
 
-def test_a_second_release_says_what_changed_and_validates_against_the_first(engine_run, demo_release, tmp_path):
-    data = tomllib.loads(engine_run["manifest"].read_text())
-    data["release"]["version"] = "1.1.0"
-    data["targets"]["synth2"]["parameters"] = {"band": {"F770W": {"psf_matching": {"min_coverage": 0.9}}}}
-    data["comparisons"] = {"previous_release": str(demo_release)}
-    manifest = tmp_path / "release-1.1.toml"
-    manifest.write_text(tomli_w.dumps(data))
-    # the first release's cache (a linked copy), another work folder: only synth2 F770W's PSF matching runs
-    work = ["--workdir", str(tmp_path / "work"), "--cache", str(linked_copy(engine_run["cache"], tmp_path / "cache"))]
-    proc = hlsp("run", str(manifest), *work, check_code=0)
-    assert "psf_matching" in proc.stdout
-    releases = tmp_path / "releases"
-    hlsp("package", str(manifest), *work, "--releases", str(releases), check_code=0)
-    rel = releases / "synth-jwst" / "v1p1"
+def test_a_second_release_says_what_changed_and_validates_against_the_first(second_release, tmp_path):
+    # the first release's cache (a linked copy), another work folder: only synth2 F770W's PSF matching ran
+    assert "psf_matching" in second_release["run_stdout"]
+    rel = second_release["release"]
     changes = next(rel.glob("*_all_multi_v1p1_changes.txt")).read_text()
     assert "added: targets.synth2.parameters.band.F770W.psf_matching.min_coverage: (unset) -> 0.9" in changes
     # only synth2 F770W's PSF-matched mosaics and the synth2 PSF-matching table were remade
@@ -64,7 +53,17 @@ def test_a_second_release_says_what_changed_and_validates_against_the_first(engi
     readme = next(rel.glob("*_readme.txt")).read_text()
     assert "Against version 1.0.0" in readme and "psf_matching.min_coverage" in readme
     # the mosaics themselves did not move
-    hlsp("validate", str(rel), "--against", str(demo_release), check_code=0)
+    hlsp("validate", str(rel), "--against", str(second_release["previous"]), check_code=0)
+    # `hlsp plan --against` said so before anything ran: the same tasks, the same files
+    proc = hlsp("plan", str(second_release["manifest"]), "--against-previous", "--format", "json", check_code=0)
+    plan = PlanDiff.model_validate_json(proc.stdout)
+    assert [(t.task, t.status) for t in plan.tasks] == [("psf_matching/synth2/F770W", "changed")]
+    assert plan.tasks[0].reasons == ["parameters: psf_matching.min_coverage 0.5 -> 0.9"]
+    predicted = sorted(
+        f"{f.target} {f.band or 'MULTI'} {f.file.rsplit('_', 1)[1]}" for f in plan.files if f.status == "changed"
+    )
+    assert predicted == changed
+    assert [c.key for c in plan.manifest_changes] == ["targets.synth2.parameters.band.F770W.psf_matching.min_coverage"]
 
 
 def test_a_patch_release_remakes_its_target_and_carries_the_rest_byte_for_byte(engine_run, demo_release, tmp_path):
