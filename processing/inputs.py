@@ -9,6 +9,7 @@ NIRCam are the off-field background exposures), the visit id and EXPSTART. The m
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -40,34 +41,91 @@ def normalise_target(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch.isalnum() or ch in "+-.")
 
 
-def scan_exposures(data_dir: Path) -> list[RawExposure]:
-    """Read the primary header of every ``*_uncal.fits`` under ``data_dir``."""
+def _facts_of(path: Path) -> dict:
+    """What the engine needs of an exposure, from its primary header only (the file's data
+    are never read: a survey's headers are read in seconds)."""
     from astropy.io import fits
 
+    with open(path, "rb") as fh:
+        h = fits.Header.fromfile(fh)
+    return {
+        "target": normalise_target(str(h.get("TARGPROP", ""))),
+        "instrument": str(h["INSTRUME"]).lower(),
+        "band": str(h["FILTER"]).upper(),
+        "parallel": str(h.get("EXPRIPAR", "PRIME")).startswith("PARALLEL"),
+        "visit": f"jw{h['PROGRAM']}{h['OBSERVTN']}{h['VISIT']}",
+        "mjd_start": float(h["EXPSTART"]),
+    }
+
+
+class HeaderFacts:
+    """The exposures' header facts (:func:`_facts_of`) remembered by file name, size and
+    modification time, so a program's headers are read once, not at every plan or run.
+
+    Kept per data folder in the user's cache (``$HLSP_CACHE_HOME``, else
+    ``$XDG_CACHE_HOME/hlsp``, else ``~/.cache/hlsp``), never in the data folder (it may be
+    read-only or shared); a cache that cannot be written is skipped (the headers are read
+    again next time)."""
+
+    def __init__(self, data_dir: Path):
+        import hashlib
+
+        home = os.environ.get("HLSP_CACHE_HOME") or str(
+            Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hlsp"
+        )
+        tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+        self.path = Path(home) / "header-facts" / f"{tag}.json"
+        try:
+            self.entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.changed = False
+
+    def facts(self, path: Path) -> tuple[str, dict]:
+        """``(index key, facts)`` of the file at ``path``."""
+        st = os.stat(path)
+        key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in self.entries:
+            self.entries[key] = _facts_of(path)
+            self.changed = True
+        return key, self.entries[key]
+
+    def save(self, keep: set[str]) -> None:
+        """Write the entries of the files seen this time (``keep``: their keys) if any changed."""
+        if not self.changed and len(keep) == len(self.entries):
+            return
+        from processing.fileio import atomic_write_text
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps({k: v for k, v in self.entries.items() if k in keep}))
+        except OSError as exc:
+            log.debug("header facts not cached (%s): %s", self.path, exc)
+
+
+def scan_exposures(data_dir: Path) -> list[RawExposure]:
+    """The identity of every ``*_uncal.fits`` under ``data_dir``, from its primary header
+    (remembered by :class:`HeaderFacts` while the file is unchanged)."""
     if not data_dir.is_dir():
         raise BadInput(
             f"program.data.path: {data_dir} is not a directory (a synthetic program is written by `hlsp simulate DIR`)"
         )
-    out = []
-    for path in sorted(data_dir.rglob("*_uncal.fits")):
+    index = HeaderFacts(data_dir)
+    out, seen = [], set()
+    found = []
+    for folder, _dirs, names in os.walk(data_dir.resolve(), followlinks=True):
+        found += [os.path.join(folder, n) for n in names if n.endswith("_uncal.fits")]
+    for name in sorted(found, key=lambda f: f.split(os.sep)):
+        path = Path(os.path.realpath(name)) if os.path.islink(name) else Path(name)
         try:
-            h = fits.getheader(path, 0)
-            out.append(
-                RawExposure(
-                    path=str(path.resolve()),
-                    name=path.name[: -len("_uncal.fits")],
-                    target=normalise_target(str(h.get("TARGPROP", ""))),
-                    instrument=str(h["INSTRUME"]).lower(),
-                    band=str(h["FILTER"]).upper(),
-                    parallel=str(h.get("EXPRIPAR", "PRIME")).startswith("PARALLEL"),
-                    visit=f"jw{h['PROGRAM']}{h['OBSERVTN']}{h['VISIT']}",
-                    mjd_start=float(h["EXPSTART"]),
-                )
-            )
+            key, facts = index.facts(path)
         except (OSError, KeyError, ValueError, TypeError) as exc:
             # unreadable headers are reported per task (the stage that reads the file fails);
             # an exposure whose identity cannot be read cannot be assigned to a task at all
             raise BadInput(f"{path}: cannot read the exposure's primary header ({type(exc).__name__}: {exc})") from None
+        seen.add(key)
+        out.append(RawExposure(path=str(path), name=path.name[: -len("_uncal.fits")], **facts))
+    index.save(seen)
     return out
 
 
@@ -85,6 +143,11 @@ class TargetBandInputs:
     science: list[RawExposure]
     background: list[RawExposure]  # MIRI off-field exposures used for this target and band
     background_source: str
+
+    @functools.cached_property
+    def science_names(self) -> frozenset[str]:
+        """The science exposures' names (asked once per member of every wide task: a set made once)."""
+        return frozenset(e.name for e in self.science)
 
 
 def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[tuple[str, str], TargetBandInputs]:
@@ -157,7 +220,8 @@ class HashIndex:
 
     def sha256(self, file: str | Path) -> str:
         st = os.stat(file)
-        key = f"{Path(file).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        path = os.path.abspath(file)
+        key = f"{os.path.realpath(path) if os.path.islink(path) else path}|{st.st_size}|{st.st_mtime_ns}"
         if key not in self.entries:
             from processing.fileio import file_sha256
 

@@ -63,6 +63,16 @@ class PipelineInFastTier(RuntimeError):
     """A fast-tier test ran what only the slow tier may run."""
 
 
+def pytest_configure(config):
+    """The tests' own user cache (header facts, processing/inputs.py HeaderFacts): a test run
+    never reads or writes the user's ``~/.cache/hlsp`` (subprocesses inherit it)."""
+    import os
+    import tempfile
+
+    if "HLSP_CACHE_HOME" not in os.environ:
+        os.environ["HLSP_CACHE_HOME"] = tempfile.mkdtemp(prefix="hlsp-test-user-cache-")
+
+
 @pytest.fixture(autouse=True)
 def _fast_tier_runs_no_pipeline(request, monkeypatch):
     """In the fast tier, running a jwst step or writing a synthetic program fails the test at
