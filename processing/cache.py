@@ -69,6 +69,7 @@ class Cache:
 
     def __init__(self, root: str | Path, writable: bool = True):
         self.root = Path(root)
+        self._objects = str(self.root / "objects")
         if writable:
             from processing.fileio import writable_dir
 
@@ -80,9 +81,10 @@ class Cache:
 
     def lookup(self, key: str) -> dict | None:
         """The task record if the entry is complete, else None."""
-        try:
-            return json.loads((self.entry(key) / RECORD).read_text())
-        except (FileNotFoundError, ValueError):
+        try:  # a string path: a run of a survey looks up tens of thousands of entries
+            with open(os.path.join(self._objects, key[:2], key, RECORD)) as fh:
+                return json.loads(fh.read())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             return None
 
     def scratch(self, key: str) -> Path:
@@ -157,14 +159,17 @@ class Cache:
         except FileNotFoundError:
             pass
 
-    def thin(self, key: str) -> int:
+    def thin(self, key: str, record: dict | None = None) -> int:
         """Remove an entry's bulky outputs (:func:`bulky`), keep its small ones and its record,
-        which then names what was dropped; returns the bytes freed (what no other link holds)."""
+        which then names what was dropped; returns the bytes freed (what no other link holds).
+        ``record``: the entry's record, when the caller has just read it."""
         from processing.fileio import atomic_write_text
 
-        rec = self.lookup(key)
+        rec = record if record is not None else self.lookup(key)
         if not complete(rec):
             return 0
+        if not any(bulky(name, SMALL_BYTES + 1) for name in rec.get("outputs", {})):
+            return 0  # nothing it holds could be bulky (a thinned entry, or small outputs only)
         entry = self.entry(key)
         dropped, freed = [], 0
         for name, sha in sorted(rec.get("outputs", {}).items()):

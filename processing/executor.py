@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import heapq
 import importlib.util
 import json
 import logging
@@ -725,36 +726,51 @@ class Engine:
         pending = {t.id: t for t in order}
         running: dict[Any, tuple[Task, str, float]] = {}
         attempts: dict[str, int] = {}  # tasks run again after their worker died
+        # a task is ready when every task it reads has its result: counted, not searched for
+        # (a survey's graph has tens of thousands of tasks); the ready ones go in graph order
+        rank = {t.id: i for i, t in enumerate(order)}
+        unresolved = {t.id: len(set(t.deps)) for t in order}
+        ready = [(rank[tid], tid) for tid, n in unresolved.items() if n == 0]
+        heapq.heapify(ready)
 
         def has_result(task: Task) -> None:
-            """A task has its result: an intermediate whose readers all have theirs is thinned."""
+            """A task has its result: its readers count it; an intermediate whose readers all
+            have theirs is thinned."""
             resolved.add(task.id)
-            for d in task.deps:
+            for c in children[task.id]:
+                unresolved[c] -= 1
+                if unresolved[c] == 0 and c in pending:
+                    heapq.heappush(ready, (rank[c], c))
+            for d in set(task.deps):
                 waiting[d] -= 1
                 dep = self.graph.tasks[d]
                 status = summary.results[d].status if d in summary.results else None
                 if waiting[d] == 0 and not self._kept(dep) and status in ("cached", "ran"):
-                    summary.bytes_released += self.cache.thin(keys[d])
+                    # a cached entry's record was read at the start: not read again
+                    summary.bytes_released += self.cache.thin(keys[d], found[d] if status == "cached" else None)
 
-        def unfinished(task: Task) -> str | None:
-            return next(
-                (d for d in task.deps if summary.results.get(d) and summary.results[d].status in ("failed", "skipped")),
-                None,
-            )
+        def skip_readers(tid: str) -> None:
+            """Every task that reads ``tid`` (which failed or was skipped), and theirs: skipped."""
+            stack = [tid]
+            while stack:
+                bad = stack.pop()
+                for c in children[bad]:
+                    if c in pending:
+                        del pending[c]
+                        summary.results[c] = TaskResult(
+                            self.graph.tasks[c], "skipped", error=f"needs {bad}, which did not complete"
+                        )
+                        _tick(progress, self.graph.tasks[c], "skipped")
+                        stack.append(c)
 
         with self._executor() as pool:
             while pending or running:
-                for tid in list(pending):
-                    task = pending[tid]
-                    if (bad := unfinished(task)) is not None:
-                        summary.results[tid] = TaskResult(task, "skipped", error=f"needs {bad}, which did not complete")
-                        del pending[tid]
-                        _tick(progress, task, "skipped")
+                while ready:
+                    _, tid = heapq.heappop(ready)
+                    if tid not in pending:
                         continue
-                    if not all(d in resolved for d in task.deps):
-                        continue
+                    task = pending.pop(tid)
                     key, hashes = keys[tid], hashes_of[tid]
-                    del pending[tid]
                     if tid in present:
                         records[tid] = found[tid]
                         summary.results[tid] = TaskResult(task, "cached", key, found[tid])
@@ -772,6 +788,8 @@ class Engine:
                     )
                     running[fut] = (task, key, time.time())
                 if not running:
+                    if pending:  # nothing runs and nothing is ready: a cycle would be a bug
+                        raise WorkFailed(f"{len(pending)} task(s) can never start: " + ", ".join(sorted(pending)[:5]))
                     continue
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -787,18 +805,21 @@ class Engine:
                         summary.results[task.id] = TaskResult(task, "failed", key, error=str(exc))
                         log.error("%s", exc)
                         _tick(progress, task, "failed")
+                        skip_readers(task.id)
                     except Exception as exc:  # a worker that died (memory, kill) or an unexpected bug
                         reason = pool.describe_failure(exc)
                         if pool.retryable(exc) and attempts.get(task.id, 0) < 1:
                             attempts[task.id] = attempts.get(task.id, 0) + 1
                             log.warning("%s: %s; running it once more", task.id, reason)
                             pending[task.id] = task
+                            heapq.heappush(ready, (rank[task.id], task.id))
                             continue
                         summary.results[task.id] = TaskResult(
                             task, "failed", key, error=f"{task.stage} failed on {task.id}: {reason}"
                         )
                         log.error("%s: %s", task.id, reason)
                         _tick(progress, task, "failed")
+                        skip_readers(task.id)
         self.hashes.save()
         summary.products = self._publish(keys)
         summary.elapsed_s = time.time() - t0

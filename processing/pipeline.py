@@ -54,9 +54,16 @@ class Graph:
     tasks: dict[str, Task]
     inputs: dict[tuple[str, str], TargetBandInputs]
     registry: Registry
+    _order: list[Task] | None = field(default=None, repr=False, compare=False)
 
     def order(self) -> list[Task]:
-        """A topological order of the tasks (Kahn), ties broken by stage order then id: deterministic."""
+        """A topological order of the tasks (Kahn), ties broken by stage order then id:
+        deterministic; computed once (a graph is not changed after it is built)."""
+        if self._order is None or len(self._order) != len(self.tasks):
+            self._order = self._topological()
+        return list(self._order)
+
+    def _topological(self) -> list[Task]:
         rank = {s: i for i, s in enumerate(self.registry.order)}
         remaining = {tid: set(t.deps) for tid, t in self.tasks.items()}
         dependents: dict[str, list[str]] = {}
@@ -199,13 +206,14 @@ def build_graph(
     tasks: dict[str, Task] = {}
     units_of: dict[str, dict[str, Unit]] = {}
     observed = {key for key, tb in inputs.items() if tb.science}  # (target, band) with science exposures
+    parameters: dict = {}  # (stage, target, band, instrument) -> resolved parameters, for this graph
     for stage in registry.ordered():
         # a stage with variants (e.g. one mosaic per PSF-matched resolution) that the manifest
         # asks for none of has nothing to do
         units = [] if stage.variants and not stage.variants_of(m) else _units(stage, selected, lm)
         units_of[stage.name] = {u.id(stage.unit): u for u in units}
         for unit in units:
-            task = _task(lm, registry, stage, unit, selected, units_of, observed)
+            task = _task(lm, registry, stage, unit, selected, units_of, observed, parameters)
             tasks[task.id] = task
     if not tasks:
         raise BadInput(f"{lm.path.name}: nothing to process for the targets and bands asked for")
@@ -220,10 +228,9 @@ def _task(
     selected: dict[tuple[str, str], TargetBandInputs],
     units_of: dict[str, dict[str, Unit]],
     observed: set[tuple[str, str]] = frozenset(),
+    memo: dict | None = None,
 ) -> Task:
-    defaults = {stage.name: stage.parameters.default_values(unit.instrument or "")}
-    resolved = resolve_parameters(lm.manifest, unit.target, unit.band, defaults, instrument=unit.instrument)
-    params, origin = resolved.stage(stage.name), resolved.origin.get(stage.name, {})
+    params, origin = _parameters(lm, stage, unit.target, unit.band, unit.instrument, {} if memo is None else memo)
     tid = f"{stage.name}/{unit.id(stage.unit)}"
     context = unit.as_dict()
     if unit.band:
@@ -241,6 +248,7 @@ def _task(
         param_origin=origin,
         context=context,
     )
+    seen: set[str] = set()
     for conn in stage.inputs:
         refs = _resolve_input(lm, registry, stage, conn, unit, params, selected, units_of, observed)
         if not refs and not conn.optional:
@@ -253,9 +261,24 @@ def _task(
         if any("facts" in r for r in refs):  # in the context: part of the task's key
             context.setdefault("facts", {})[conn.name] = [r.get("facts", {}) for r in refs]
         for r in refs:
-            if "task" in r and r["task"] not in task.deps:
+            if "task" in r and r["task"] not in seen:  # a set: a wide task reads thousands
+                seen.add(r["task"])
                 task.deps.append(r["task"])
     return task
+
+
+def _parameters(
+    lm, stage: Stage, target: str, band: str | None, instrument: str | None, memo: dict
+) -> tuple[dict, dict]:
+    """A stage's parameters for a unit and where each came from: the same for every exposure of
+    a target and band, so resolved once per (stage, target, band, instrument) in one graph
+    (``memo``) and shared by those tasks (a task's parameters are not changed once built)."""
+    key = (stage.name, target, band, instrument)
+    if key not in memo:
+        defaults = {stage.name: stage.parameters.default_values(instrument or "")}
+        resolved = resolve_parameters(lm.manifest, target, band, defaults, instrument=instrument)
+        memo[key] = (resolved.stage(stage.name), resolved.origin.get(stage.name, {}))
+    return memo[key]
 
 
 def _resolve_input(
@@ -352,9 +375,9 @@ def _resolve_input(
     raise BadInput(f"stage {stage.name}: unknown relation {conn.relation}")
 
 
-def _science_names(selected: dict[tuple[str, str], TargetBandInputs], u: Unit) -> set[str]:
+def _science_names(selected: dict[tuple[str, str], TargetBandInputs], u: Unit) -> frozenset[str]:
     tb = selected.get((u.target, u.band))
-    return {e.name for e in tb.science} if tb else set()
+    return tb.science_names if tb else frozenset()
 
 
 def _reference_bands(stage: Stage, params: dict, unit: Unit) -> list[str]:
