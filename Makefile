@@ -14,7 +14,7 @@ SYSTEM_PACKAGES := fitsverify chromium
 # pytest-xdist worker processes for the tests (the end-to-end tests share one engine run between them)
 TEST_WORKERS ?= 2
 
-.PHONY: demo check test bench install sysdeps lock schema clean
+.PHONY: demo check test bench bench-survey install sysdeps lock schema clean
 
 install: $(STAMP) sysdeps
 
@@ -57,7 +57,12 @@ test: check sysdeps
 bench: $(STAMP) sysdeps
 	$(BIN)/python -m tests.benchmarks
 
-# Regenerate the manifest JSON Schema and field reference in docs/ (a test checks they are current).
+# The engine's bookkeeping (plan, all-cached run) at survey scale, 1,000 to 12,880 header-only
+# exposures (a few minutes): the survey section of docs/performance.md and docs/survey-scale.png.
+bench-survey: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.survey_scale
+
+# Regenerate the manifest JSON Schema, field reference and plan-diff JSON Schema in docs/ (a test checks they are current).
 schema: $(STAMP)
 	$(BIN)/hlsp schema --outdir docs
 

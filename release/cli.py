@@ -492,6 +492,13 @@ def simulate(
     mast_mosaics: bool = typer.Option(
         False, "--mast-mosaics", help="Also run the jwst defaults to make the 'MAST' level-3 mosaics (minutes)."
     ),
+    headers_only: bool = typer.Option(
+        False,
+        "--headers-only",
+        help="With --size cosmos: a survey-size program of header-only uncal files and its manifest, for planning "
+        "at scale (nothing in it can be processed).",
+    ),
+    exposures: int = typer.Option(12880, min=1, help="With --headers-only: how many detector exposures."),
 ) -> None:
     """Write the synthetic observing program: raw exposures, a local CRDS context and the truth."""
     from rich.progress import Progress
@@ -500,8 +507,21 @@ def simulate(
     from processing.simulate.generate import simulate_program
     from processing.simulate.program import SIZES
 
+    if headers_only or size == "cosmos":
+        if not (headers_only and size == "cosmos"):
+            raise BadInput("--size cosmos and --headers-only go together (a survey-size program has headers only)")
+        if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
+            raise BadInput(f"{outdir} exists and is not an empty folder: the program is written to a new folder only")
+        from processing.simulate.survey import write_survey_headers
+
+        made = write_survey_headers(outdir, exposures)
+        out.print(
+            f"wrote {made['exposures']} header-only NIRCam exposures ({made['pointings']} pointings, "
+            f"{', '.join(made['bands'])}) and the manifest {made['manifest']}"
+        )
+        return
     if size not in SIZES:
-        raise BadInput(f"--size: '{size}' is not one of {', '.join(SIZES)}")
+        raise BadInput(f"--size: '{size}' is not one of {', '.join(SIZES)}, cosmos (with --headers-only)")
     band_list = [b.upper() for b in _split(bands)] if bands else None
     for b in band_list or []:
         if b not in FILTERS:
