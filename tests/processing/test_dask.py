@@ -87,3 +87,77 @@ def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(
     finally:
         client.close()
         cluster.close()
+
+
+def test_the_engine_runs_on_a_scheduler_and_workers_started_as_separate_processes(engine_run, tmp_path):
+    """As on a cluster: `dask scheduler` and two `dask worker` processes started on their own
+    (the distributed command-line programs), the engine connecting with --scheduler. The
+    stages before PSF matching come from the engine run's cache (what is tested is the
+    connection, the worker plugin setting the CRDS environment and the MEMORY resource, not the
+    whole graph again); the PSF-matched mosaics equal the local executor's."""
+    import socket
+
+    from distributed import Client
+
+    from tests.conftest import seed_cache
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addr = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "COLUMNS": "400"}
+    logs = tmp_path / "dask-logs"
+    logs.mkdir()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--dashboard-address", ":0"],
+            cwd=tmp_path,
+            env=env,
+            stdout=open(logs / "scheduler.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
+    ]
+    try:
+        for i in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "distributed.cli.dask_worker", addr, "--nworkers", "1", "--nthreads", "1"]
+                    + ["--resources", "MEMORY=8e9", "--dashboard-address", ":0", "--local-directory", str(tmp_path)],
+                    cwd=REPO,
+                    env=env,
+                    stdout=open(logs / f"worker-{i}.log", "w"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        deadline = time.time() + 120
+        while True:
+            try:
+                with Client(addr, timeout=5) as client:
+                    client.wait_for_workers(2, timeout=60)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        cache, work = tmp_path / "cache", tmp_path / "work"
+        seed_cache(engine_run["cache"], cache, skip_stages=("psf_matching",))
+        args = ["run", str(engine_run["manifest"]), "--workdir", str(work), "--cache", str(cache)]
+        proc = hlsp(*args, "--scheduler", addr, "--targets", "synth2", check_code=0)
+        assert "dask" in proc.stdout + proc.stderr
+        ran = [line for line in proc.stdout.splitlines() if line.startswith("│ psf_matching")]
+        assert ran and ran[0].split("│")[3].strip() == "2", proc.stdout  # synth2's two bands ran on the workers
+        for target, band in PRODUCTS:
+            for res in ("0p85", "0p90", "1p00"):
+                name = f"{target}_{band}_gauss{res}as.fits"
+                a = work / "products" / target / band / name
+                b = engine_run["workdir"] / "products" / target / band / name
+                assert fits_fingerprint(a) == fits_fingerprint(b), name
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
