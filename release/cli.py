@@ -70,6 +70,22 @@ def _load(manifest: Path):
     return lm
 
 
+def _call(command, *args, **kwargs):
+    """Call a command's function from Python (as `hlsp demo` does) with the defaults its
+    options declare for every parameter not given: a typer default is an option object, not
+    the value, so a direct call that leaves one out would get the object (and an option added
+    to a command later would break every such call)."""
+    import inspect
+
+    from typer.models import ParameterInfo
+
+    bound = inspect.signature(command).bind_partial(*args, **kwargs)
+    for name, param in inspect.signature(command).parameters.items():
+        if name not in bound.arguments and isinstance(param.default, ParameterInfo):
+            bound.arguments[name] = param.default.default
+    return command(*bound.args, **bound.kwargs)
+
+
 def _split(values: str | None) -> list[str] | None:
     if not values:
         return None
@@ -860,12 +876,12 @@ def demo(
         manifests.append(manifest)
     out.print(f"[bold]1. manifests[/] {', '.join(str(m) for m in manifests)}")
     for manifest in manifests:
-        check(manifest)
+        _call(check, [manifest])
     if (program / "truth" / "truth.json").exists():
         out.print(f"[bold]2. synthetic program[/] {program} (already there, reused)")
     else:
         out.print(f"[bold]2. synthetic program[/] -> {program}")
-        simulate(program, size="demo", seed=1, bands=None, mast_mosaics=False)
+        _call(simulate, program, size="demo", seed=1)
     releases = outdir / "releases"
     from release.package import release_dir
 
@@ -874,38 +890,26 @@ def demo(
         lm = _load(manifest)
         version = lm.manifest.release.version
         out.print(f"[bold]3.{k} processing {version}[/] -> {outdir / 'work'}")
-        run(
-            manifest,
-            targets=None,
-            bands=None,
-            workdir=outdir / "work",
-            workers=None,
-            cache=None,
-            allow_version_mismatch=False,
-            executor="local",
-            scheduler=None,
-            keep=None,
-        )
+        _call(run, manifest, workdir=outdir / "work", executor="local")
         dest = release_dir(releases, lm)
         if dest.exists():
             out.print(f"[bold]4.{k} packaging {version}[/] {dest} is already published (kept as it is)")
         else:
             out.print(f"[bold]4.{k} packaging {version}[/] -> {releases}")
-            package(manifest, workdir=outdir / "work", releases=releases, cache=None, allow_version_mismatch=False)
+            _call(package, manifest, workdir=outdir / "work", releases=releases)
         out.print(f"[bold]5.{k} validation {version}[/] {dest}" + (f" against {previous}" if previous else ""))
-        validate(
+        _call(
+            validate,
             dest,
             junit=outdir / f"validation-{version}.xml",
-            fitsverify=True,
-            strict=None,
             against=previous,
             figures=(outdir / "comparisons" / version) if previous else None,
         )
-        report(
+        _call(
+            report,
             manifest,
             workdir=outdir / "work",
             releases=releases,
-            cache=None,
             against=previous,
             outdir=outdir / "reports" / version,
         )

@@ -83,3 +83,31 @@ def test_simulate_refuses_bad_input_and_writes_nothing(tmp_path, capsys):
     assert "--size: 'huge'" in err and "'F999W'" in err and "is not an empty folder" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
     assert (tmp_path / "full" / "keep.txt").read_text() == "finished work"
+
+
+def test_the_demo_calls_every_command_with_real_values(tmp_path, monkeypatch):
+    """`hlsp demo` calls the other commands' functions from Python: each gets a value for every
+    parameter (an option left out would get typer's option object, not its default; an option
+    added to a command later must not break the demo). The commands are recorded, not run."""
+    import functools
+
+    from typer.models import ParameterInfo
+
+    import release.cli as cli
+
+    calls = []
+
+    def recorded(fn):
+        @functools.wraps(fn)
+        def record(*args, **kwargs):
+            bad = [k for k, v in kwargs.items() if isinstance(v, ParameterInfo)]
+            bad += [i for i, a in enumerate(args) if isinstance(a, ParameterInfo)]
+            assert not bad, (fn.__name__, bad)
+            calls.append(fn.__name__)
+
+        return record
+
+    for name in ("simulate", "run", "package", "validate", "report"):
+        monkeypatch.setattr(cli, name, recorded(getattr(cli, name)))
+    cli._call(cli.demo, outdir=tmp_path / "demo")
+    assert calls == ["simulate"] + ["run", "package", "validate", "report"] * 3, calls
