@@ -52,20 +52,20 @@ class Change:
         return head
 
 
-def _flatten(value, prefix: str = "") -> dict[str, object]:
+def flatten(value, prefix: str = "") -> dict[str, object]:
     """Leaves by dotted key (an empty table has none: absent and empty are the same)."""
     if isinstance(value, dict):
         out: dict[str, object] = {}
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
         return out
     return {prefix: value}
 
 
 def manifest_changes(old, new) -> list[Change]:
     """Differences between two validated manifests (``release.manifest.Manifest``), by dotted key."""
-    a = _flatten(old.model_dump(mode="json", exclude_none=True))
-    b = _flatten(new.model_dump(mode="json", exclude_none=True))
+    a = flatten(old.model_dump(mode="json", exclude_none=True))
+    b = flatten(new.model_dump(mode="json", exclude_none=True))
     out = []
     for key in sorted(set(a) | set(b)):
         if any(key == k or key.startswith(k + ".") for k in BOOKKEEPING):

@@ -128,15 +128,6 @@ class PlanDiff(_Model):
 # --------------------------------------------------------------------------------------------
 
 
-def _flat(value, prefix: str = "") -> dict[str, object]:
-    if isinstance(value, dict):
-        out: dict[str, object] = {}
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 class _Side:
     """One manifest's release, task by task: its own graph, and for a patch what it carries
     from its parent (recursively): ``{task id: (task, key, engine)}`` in graph order, own
@@ -172,7 +163,9 @@ def _payload_reasons(old_task, new_task, old_engine, new_engine, changed: set[st
     from processing.executor import code_version
 
     reasons: list[str] = []
-    a, b = _flat(old_task.params), _flat(new_task.params)
+    from release.changelog import flatten
+
+    a, b = flatten(old_task.params), flatten(new_task.params)
     for k in sorted(set(a) | set(b)):
         if a.get(k, "(unset)") != b.get(k, "(unset)"):
             reasons.append(f"parameters: {new_task.stage}.{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}")
@@ -299,37 +292,24 @@ def plan_diff(new_lm, old_lm, new_path: Path, old_path: Path, targets=None, band
             m.release.project, unit.instrument, unit.target, filt, side.made_in(unit), unit.product, unit.ptype.ext
         )
 
+    def change(side: _Side, m, k: tuple, unit, status: str, tasks: list[str]) -> FileChange:
+        target, band, product, _ext = k
+        return FileChange(
+            file=name(side, m, unit), product=product, target=target, band=band, status=status, tasks=tasks
+        )
+
     files: list[FileChange] = []
     unchanged_files = 0
     for k, (tids, unit) in src_new.items():
-        target, band, product, _ext = k
         if k not in src_old:
-            files.append(
-                FileChange(
-                    file=name(new, m_new, unit), product=product, target=target, band=band, status="new", tasks=tids
-                )
-            )
+            files.append(change(new, m_new, k, unit, "new", tids))
             continue
         moved = [t for t in tids if t in changed_ids]
         if moved or tids != src_old[k][0]:
-            files.append(
-                FileChange(
-                    file=name(new, m_new, unit),
-                    product=product,
-                    target=target,
-                    band=band,
-                    status="changed",
-                    tasks=moved,
-                )
-            )
+            files.append(change(new, m_new, k, unit, "changed", moved))
         else:
             unchanged_files += 1
-    for k, (_tids, unit) in src_old.items():
-        if k not in src_new:
-            target, band, product, _ext = k
-            files.append(
-                FileChange(file=name(old, m_old, unit), product=product, target=target, band=band, status="removed")
-            )
+    files += [change(old, m_old, k, unit, "removed", []) for k, (_t, unit) in src_old.items() if k not in src_new]
     release_files = [name(new, m_new, u) for u in new_units if u.ptype.source is None]
     summary = Summary(
         tasks=len(new.tasks),

@@ -19,6 +19,7 @@ number of pointings is what gives that many detector files (10 per dither and fi
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -72,10 +73,7 @@ def write_survey_headers(outdir: str | Path, n_exposures: int = COSMOS_EXPOSURES
                     for det in detectors:
                         if written >= n_exposures:
                             break
-                        name = (
-                            f"jw{PROGRAM:05d}{obs:03d}{visit:03d}_{2 + pair_index:02d}101_{dither:05d}_"
-                            f"{det.lower().replace('long', 'long')}"
-                        )
+                        name = f"jw{PROGRAM:05d}{obs:03d}{visit:03d}_{2 + pair_index:02d}101_{dither:05d}_{det.lower()}"
                         h = fits.Header()
                         h["TELESCOP"] = "JWST"
                         h["INSTRUME"] = "NIRCAM"
@@ -96,7 +94,6 @@ def write_survey_headers(outdir: str | Path, n_exposures: int = COSMOS_EXPOSURES
                         h["HDRONLY"] = (True, "header-only synthetic file: no science array")
                         fits.PrimaryHDU(header=h).writeto(uncal / f"{name}_uncal.fits")
                         written += 1
-                    mjd += 0.0
                 mjd += 300.0 / 86400.0  # one dither's exposure time, all detectors at once
     bands = sorted({b for pair in PAIRS for b in pair})
     catalog = _write_catalog(outdir / "external" / "cosmos_refcat.ecsv")
@@ -141,7 +138,7 @@ crds_mode = "remote"
 [program]
 proposal_ids = [{PROGRAM}]
 instruments = ["nircam"]
-bands = {bands!r}
+bands = {json.dumps(bands)}
 
 [program.data]
 source = "local"
@@ -155,4 +152,4 @@ designation = "{TARGET}"
 ra = {CENTRE[0]}
 dec = {CENTRE[1]}
 astrometry_catalog = "{catalog.resolve()}"
-'''.replace("'", '"')
+'''
