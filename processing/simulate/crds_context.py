@@ -26,8 +26,13 @@ module does not provide resolve to ``'N/A'`` (the steps asking for them then ski
 
 Conventions of the synthetic references (the exposure simulator must follow them):
 
-* All arrays are full frame, 0-based, DMS (science) orientation, except the darks of NIRCam
-  subarrays, which are written at the subarray size and position (``meta.subarray``).
+* All arrays are 0-based, DMS (science) orientation. They are full frame, except the darks of
+  NIRCam subarrays, which are written at the subarray size and position (``meta.subarray``),
+  and the references of a detector that the program uses in one subarray only (the demo's
+  SUB640 and SUB320 NIRCam detectors): those are the full-frame arrays cut to that subarray
+  (:func:`cut_to_subarray`), which jwst uses as they are (it matches SUBSTRT/SUBSIZE), except
+  the pixel area map (:data:`_FULL_FRAME_ONLY`). The demo's NIRCam references are then 80 MB
+  instead of 540 MB, and its rate and cal files are identical to those made with full frames.
 * Reference pixels (``detectors.science_mask`` False) carry ``REFERENCE_PIXEL`` in the mask
   (not ``DO_NOT_USE``: the refpix step ignores ``DO_NOT_USE`` pixels) and
   ``REFERENCE_PIXEL | NO_FLAT_FIELD`` in the flat, so they end as ``DO_NOT_USE``/NaN in the
@@ -65,6 +70,7 @@ __all__ = [
     "PROVIDED_TYPES",
     "USEAFTER",
     "context_serial",
+    "cut_to_subarray",
     "write_crds_context",
 ]
 
@@ -215,8 +221,11 @@ def write_crds_context(
         Frames in each dark reference (>= 2). Science exposures with more frames still
         calibrate: jwst extrapolates the (linear) dark.
     subarrays : dict of str to list of str, optional
-        Per detector name, the subarrays (names in ``Detector.frame_time``) that get darks;
-        default all. The demo program needs none of the 100 MB full-frame NIRCam darks.
+        Per detector name, the subarrays (names in ``Detector.frame_time``) the program uses:
+        they get darks, and a detector used in exactly one subarray other than FULL gets every
+        reference cut to it (a subarray-only program needs none of the full-frame arrays: the
+        demo's NIRCam references are 80 MB instead of 540 MB). Default: every subarray, full
+        frames.
 
     Returns
     -------
@@ -254,7 +263,8 @@ def write_crds_context(
         ref_dir = crds_path / "references" / "jwst" / det.instrument.lower()
         ref_dir.mkdir(parents=True, exist_ok=True)
         det_subs = [n for n in det.frame_time if subarrays is None or n in subarrays.get(det_name, [])]
-        entries += _write_detector_references(ref_dir, serial, det, det_bands, dark_nframes, det_subs)
+        only = det_subs[0] if len(det_subs) == 1 and det_subs[0] != "FULL" else None
+        entries += _write_detector_references(ref_dir, serial, det, det_bands, dark_nframes, det_subs, only)
 
     mapping_names = _write_mappings(map_dir, serial, context, entries)
     _write_text(cfg_dir / "ref_cache_subdir_mode", "instrument")
@@ -281,14 +291,19 @@ def _write_detector_references(
     bands: list[str],
     dark_nframes: int,
     subarrays: list[str],
+    only: str | None = None,
 ) -> list[_Entry]:
-    """Write all reference files of one detector; return their mapping entries."""
+    """Write all reference files of one detector; return their mapping entries. ``only``: the
+    one subarray the program uses, to which every full-frame reference is cut."""
     inst, name = det.instrument, det.name
     exp_type = EXP_TYPES[inst]
     entries: list[_Entry] = []
+    geo = _subarray_geometry(det, only) if only else None
 
     def add(filekind: str, model, match: tuple[str, ...], *parts: str, ext: str = "fits") -> None:
         filename = _ref_name(inst, filekind, serial, *parts, ext=ext)
+        if geo is not None and ext == "fits" and filekind not in _FULL_FRAME_ONLY:
+            cut_to_subarray(model, det, only, geo)
         _save_model(model, ref_dir / filename)
         model.close()
         entries.append(_Entry(inst, filekind, match, filename))
@@ -430,6 +445,48 @@ def _subarray_geometry(det: detectors.Detector, sub_name: str) -> dict:
         if det_name == det.name and name == sub_name:
             return detectors.subarray(det.name, size)
     raise ValueError(f"subarray {sub_name!r} of {det.name} is not in detectors.SUBARRAYS")
+
+
+#: references jwst needs full frame whatever the science subarray: photom cuts the pixel area
+#: map at the science SUBSTRT without looking at the reference's own (jwst 1.x-3.0
+#: ``photom.save_area_info``: a subarray area map gives an empty AREA extension); the darks are
+#: written per subarray already
+_FULL_FRAME_ONLY = ("area", "dark")
+
+
+def cut_to_subarray(model, det: detectors.Detector, sub_name: str, geo: dict | None = None):
+    """Cut a full-frame reference model to one subarray, in place.
+
+    Parameters
+    ----------
+    model : stdatamodels.DataModel
+        A reference whose image arrays end in the detector's full-frame shape ``(ny, nx)``
+        (``(..., ny, nx)``: data, dq, err, linearity coefficients); tables and scalars stay.
+    det : Detector
+        Its detector.
+    sub_name : str
+        The subarray (a key of ``det.frame_time``).
+    geo : dict, optional
+        ``{"xstart", "ystart", "shape"}`` (1-based start, pixels); default from ``sub_name``.
+
+    Returns
+    -------
+    model : stdatamodels.DataModel
+        The same model, each full-frame array replaced by ``array[..., y0:y0 + ny, x0:x0 + nx]``
+        and ``meta.subarray`` naming the subarray, so that jwst's ``ref_matches_sci`` uses it
+        as is.
+    """
+    geo = geo or _subarray_geometry(det, sub_name)
+    ny, nx = geo["shape"]
+    y0, x0 = geo["ystart"] - 1, geo["xstart"] - 1
+    for name in ("data", "dq", "err", "coeffs"):
+        arr = model.instance.get(name)
+        if isinstance(arr, np.ndarray) and arr.ndim >= 2 and arr.shape[-2:] == tuple(det.shape):
+            setattr(model, name, np.ascontiguousarray(arr[..., y0 : y0 + ny, x0 : x0 + nx]))
+    if "subarray" in _schema_properties(model):
+        m = model.meta.subarray
+        m.name, m.xstart, m.ystart, m.xsize, m.ysize = sub_name, geo["xstart"], geo["ystart"], nx, ny
+    return model
 
 
 def _dark_model(det: detectors.Detector, sub_name: str, nframes: int):

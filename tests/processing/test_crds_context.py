@@ -17,7 +17,10 @@ import pytest
 from processing.simulate import detectors as D
 from processing.simulate.crds_context import (
     PROVIDED_TYPES,
+    _linearity_model,
+    _mask_model,
     context_serial,
+    cut_to_subarray,
     write_crds_context,
 )
 from tests.conftest import pipeline_fixture
@@ -206,6 +209,26 @@ def test_context_serial_and_argument_checks(tmp_path):
     with pytest.raises(ValueError):
         write_crds_context(tmp_path, CONTEXT, bands=["F999W"])
     assert not any(tmp_path.iterdir())  # arguments are checked before anything is written
+
+
+@pytest.mark.parametrize("detector", ["NRCA1", "NRCALONG"])
+def test_a_reference_cut_to_the_one_subarray_used_is_the_full_frame_window(detector):
+    """A detector the program uses in one subarray gets references cut to it: the same pixels
+    as the full frame at that place, with SUBSTRT/SUBSIZE of the subarray (what jwst matches
+    to use a reference as it is; the demo's rate and cal files are identical either way)."""
+    det = D.DETECTORS[detector]
+    sub = D.subarray(detector, "demo")
+    (ny, nx), y0, x0 = sub["shape"], sub["ystart"] - 1, sub["xstart"] - 1
+    for make in (_mask_model, _linearity_model):
+        full = make(det)
+        cut = cut_to_subarray(make(det), det, sub["name"])
+        for name in ("dq", "coeffs") if make is _linearity_model else ("dq",):
+            a, b = getattr(full, name), getattr(cut, name)
+            assert b.shape == a.shape[:-2] + (ny, nx)
+            np.testing.assert_array_equal(b, a[..., y0 : y0 + ny, x0 : x0 + nx])
+        s = cut.meta.subarray
+        assert (s.name, s.xstart, s.ystart, s.xsize, s.ysize) == (sub["name"], x0 + 1, y0 + 1, nx, ny)
+        assert full.meta.subarray.name == "FULL"
 
 
 def test_mappings_load_with_checksums(crds_cache):
