@@ -36,7 +36,18 @@ from pathlib import Path
 from typing import Any
 
 from processing import jwst_stages
-from processing.cache import Cache, complete, file_sha256, task_key
+from processing.cache import (
+    PACKED,
+    Cache,
+    complete,
+    content_sha256,
+    file_sha256,
+    materialize,
+    pack,
+    packable,
+    stored,
+    task_key,
+)
 from processing.errors import BadInput, HlspError, WorkFailed
 from processing.pipeline import Graph, Task
 from processing.stages import resolve
@@ -277,12 +288,22 @@ def execute_task(spec: dict) -> dict:
     reset_ok = _reset_peak_memory()
     published = False
     try:
-        written = resolve(spec["run"])(spec["inputs"], scratch, spec["params"], spec["context"])
+        # a packed input (a kept entry's .fits.gz) is read decompressed from the scratch folder
+        inputs, unpacked = materialize(spec["inputs"], scratch / ".inputs")
+        written = resolve(spec["run"])(inputs, scratch, spec["params"], spec["context"])
         outputs = _declared_outputs(spec, scratch, written)
         for out in outputs:
-            if out.stat().st_nlink == 1:  # a link is an input passed through unchanged: never edited
+            st = out.stat()
+            # a link is an input passed through unchanged: never edited
+            if st.st_nlink == 1 and (st.st_dev, st.st_ino) not in unpacked:
                 _stamp_provenance(out, spec["provenance"])
         peak, scope = _peak_memory_mb(reset_ok)
+        hashes = {o.name: file_sha256(o) for o in outputs}
+        packed = {}
+        if spec.get("pack"):  # a kept entry: its bulky FITS files stored compressed
+            for i, o in enumerate(outputs):
+                if packable(o.name, o.stat().st_size):
+                    outputs[i], packed[o.name] = pack(o)
         record = {
             "task": spec["task"],
             "stage": spec["stage"],
@@ -291,8 +312,10 @@ def execute_task(spec: dict) -> dict:
             "inputs": spec["input_hashes"],
             "provenance": spec["provenance"],
             "context": spec["context"],
-            "outputs": {o.name: file_sha256(o) for o in outputs},
-            "bytes": {o.name: o.stat().st_size for o in outputs},
+            "outputs": hashes,
+            # the bytes stored: a packed output's compressed size
+            "bytes": {name: o.stat().st_size for name, o in zip(hashes, outputs)},
+            **({"packed": packed} if packed else {}),
             "elapsed_s": round(time.time() - t0, 2),
             "peak_rss_mb": peak,
             "peak_rss_scope": scope,
@@ -555,6 +578,7 @@ class Engine:
             "outputs": stage.concrete_outputs(task.context.get("variants")),
             "required_outputs": self._required_outputs(task),
             "env": self.env,
+            "pack": self.keep == "default" and task.stage in self._kept_stages,
             "inputs": self._input_files(task, keys, records),
             "input_hashes": hashes,
             "params": task.params,
@@ -668,8 +692,8 @@ class Engine:
                             missing.append(task.id)
                         continue
                     for n in names:
-                        path = self.cache.entry(key) / n
-                        if verify and file_sha256(path) != rec["outputs"][n]:
+                        path = stored(self.cache.entry(key), n, rec)
+                        if verify and file_sha256(path) != content_sha256(n, rec):
                             raise WorkFailed(
                                 f"{path}: content differs from its cache record (sha256): the cache entry was altered"
                             )
@@ -844,7 +868,7 @@ class Engine:
                 with atomic_path(dest) as tmp:
                     tmp.unlink()
                     os.link(e.path, tmp)
-            atomic_write_text(dest.with_suffix(".prov.json"), json.dumps(rec, indent=1, sort_keys=True, default=str))
+            atomic_write_text(sidecar(dest), json.dumps(rec, indent=1, sort_keys=True, default=str))
             index.append({**e.as_dict(), "path": str(dest.relative_to(self.workdir))})
             out.append(dest)
         if index:
@@ -875,7 +899,7 @@ def unpublish(workdir: Path, keep_keys: set[str]) -> tuple[int, int]:
         if rel.is_absolute() or ".." in rel.parts or rel.parts[:1] != ("products",):
             raise HlspError(f"{index_path}: product path {e['path']} is not under products/: the index was altered")
         path = inside(Path(workdir) / rel.parent, Path(workdir), "a product folder") / rel.name
-        for p in (path, path.with_suffix(".prov.json")):
+        for p in (path, sidecar(path)):
             try:
                 st = p.lstat()
             except FileNotFoundError:
@@ -885,6 +909,13 @@ def unpublish(workdir: Path, keep_keys: set[str]) -> tuple[int, int]:
         n += 1
     atomic_write_text(index_path, json.dumps({**index, "products": kept}, indent=1))
     return n, freed
+
+
+def sidecar(product: Path) -> Path:
+    """The provenance sidecar of a linked product: ``x_i2d.prov.json`` for ``x_i2d.fits`` and
+    for a packed ``x_i2d.fits.gz``."""
+    name = product.name.removesuffix(PACKED)
+    return product.with_name(name).with_suffix(".prov.json")
 
 
 def _tick(progress, task: Task, status: str) -> None:

@@ -245,7 +245,7 @@ def side_of(path: Path) -> Side:
         except Exception as exc:  # noqa: BLE001 - a release whose manifest does not load cannot be compared
             raise ValueError(f"{path}: its release manifest does not load ({type(exc).__name__})") from None
         return Side(path, "release", project=m.release.project, version=m.release.version)
-    if any(_I2D.match(p.name) for p in path.rglob("*_i2d.fits")):
+    if any(_I2D.match(p.name) for p in path.rglob("*_i2d.fits*")):
         return Side(path, "mosaics")
     return Side(path, "unknown")
 
@@ -263,7 +263,7 @@ def comparable(a: Side, b: Side) -> str | None:
 
 
 # -- pairing -------------------------------------------------------------------------------------
-_I2D = re.compile(r"^(?P<target>[a-z0-9+.\-]+)_(?P<band>f\d+[a-z]+)(?:_.*)?_i2d\.fits$", re.IGNORECASE)
+_I2D = re.compile(r"^(?P<target>[a-z0-9+.\-]+)_(?P<band>f\d+[a-z]+)(?:_.*)?_i2d\.fits(?:\.gz)?$", re.IGNORECASE)
 
 
 def _key(path: Path, products: tuple[str, ...]) -> tuple[str, str, str] | None:

@@ -288,3 +288,99 @@ def test_prune_also_removes_the_product_links_of_what_it_removes(toy, tiny_is_bu
     prune(first.cache.root, keep)
     assert all(p.stat().st_nlink > 1 for p in (first.cache.root / "content").glob("*/*"))
     assert set(Engine(lm, build_graph(lm, registry=reg), work).plan().values()) <= {"cached", "not needed"}
+
+
+BIG_B = """
+from pathlib import Path
+import numpy as np
+from astropy.io import fits
+
+def run(inputs, outdir, params, context):
+    level = float(np.mean([fits.getdata(p).mean() for p in inputs["members"]]))
+    out = Path(outdir) / (context["product"] + "_toyb.fits")
+    y, x = np.mgrid[:640, :640]
+    image = level + np.round(16 * np.sin(x / 50.0) * np.cos(y / 70.0)) / 16  # binary fractions
+    fits.PrimaryHDU(image.astype(np.float32)).writeto(out)
+    return [out]
+
+def catalog(lm, unit):
+    return [lm.resolve_path(lm.manifest.targets[unit["target"]].astrometry_catalog)]
+"""
+
+
+def test_kept_entries_store_their_bulky_fits_files_compressed(toy):
+    """Under the default retention a kept entry (toy_b provides the release's mosaics) stores a
+    bulky FITS output gzip-compressed: the record keeps the FITS bytes' sha256 and lists the
+    stored file; a stage reading it gets the FITS bytes (toy_c passes it through: the same
+    sha256, not stamped), the product index hands packaging the compressed file, which astropy
+    reads as it is, and `verify` checks the stored bytes. ``keep="all"`` stores every file as
+    written, and the products are the same."""
+    from pydantic import BaseModel
+
+    from processing.cache import stored, verify
+    from processing.stages import Input, ModelParameters, Stage
+
+    (toy["mods"] / "toy_b.py").write_text(textwrap.dedent(BIG_B))
+    (toy["mods"] / "toy_c.py").write_text(
+        textwrap.dedent("""
+        from pathlib import Path
+        from processing.fileio import link_or_copy
+
+        def run(inputs, outdir, params, context):
+            out = Path(outdir) / (context["product"] + "_toyc.fits")
+            link_or_copy(inputs["mosaic"][0], out)
+            return [out]
+    """)
+    )
+
+    class NoParams(BaseModel):
+        pass
+
+    c = Stage(
+        "toy_c",
+        "target_band",
+        (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
+        ("_toyc.fits",),
+        "toy_c:run",
+        ModelParameters(NoParams),
+        memory_gb=0.1,
+    )
+    reg = _registry([c])
+    eng = _engine(toy, reg)
+    summary = eng.run()
+    assert summary.ok
+    keys = eng.task_keys()
+    tid = "toy_b/alpha/F200W"
+    rec = eng.cache.lookup(keys[tid])
+    name = "alpha_f200w_toyb.fits"
+    entry = eng.cache.entry(keys[tid])
+    assert list(rec["packed"]) == [name] and not (entry / name).exists()
+    gz = stored(entry, name, rec)
+    assert gz.name == name + ".gz" and rec["bytes"][name] == gz.stat().st_size
+    raw = 2880 * 2 + 640 * 640 * 4  # header and data blocks of the FITS file the stage wrote
+    assert gz.stat().st_size < raw / 2
+    assert cache_mod.file_sha256(gz) == rec["packed"][name]
+    # the reader got the FITS bytes: its pass-through is the mosaic itself, unstamped
+    crec = eng.cache.lookup(keys["toy_c/alpha/F200W"])
+    assert crec["outputs"]["alpha_f200w_toyc.fits"] == rec["outputs"][name] and "packed" not in crec
+    assert fits.getval(eng.cache.entry(keys["toy_c/alpha/F200W"]) / "alpha_f200w_toyc.fits", "HLSPTASK", 0) == (
+        keys[tid]
+    )
+    # packaging reads the stored file (verified against the record) as FITS
+    entries, missing = eng.product_index()
+    assert not missing and all(e.path.name.endswith(".fits.gz") for e in entries)
+    assert (eng.workdir / "products" / "alpha" / "f200w" / (name + ".gz")).samefile(gz)
+    assert (eng.workdir / "products" / "alpha" / "f200w" / "alpha_f200w_toyb.prov.json").is_file()
+    full = _engine(toy, reg, work="work-all", keep="all")
+    assert full.run().ok
+    frec = full.cache.lookup(keys[tid])
+    assert "packed" not in frec and frec["outputs"][name] == rec["outputs"][name]
+    mine, theirs = _products(eng), _products(full)
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    # verify re-hashes the stored bytes: damage is found and quarantined
+    assert verify(eng.cache.root) == []
+    data = bytearray(gz.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    gz.unlink()
+    gz.write_bytes(bytes(data))
+    assert verify(eng.cache.root) == [(tid, f"{name}.gz: content differs from the record (sha256)")]
