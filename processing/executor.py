@@ -452,7 +452,7 @@ class Engine:
     ``scheduler``). ``keep``: the retention policy (:func:`keep_policy`).
 
     Retention (``keep = "default"``): the entries of the stages that are expensive to redo
-    (declared ``retain``: detector1's rate files, absolute astrometry's mosaics and tweakback)
+    (declared ``retain``: detector1's rate files)
     and of the stages that provide the release products are kept whole; every other entry is an intermediate, thinned
     (processing/cache.py) as soon as every task that reads it has its result. A task whose
     entry is missing or thinned runs only when something needs it: it provides a product, or a

@@ -141,6 +141,13 @@ def once(tmp_path_factory, name: str, build):
         return result
 
 
+def product_file(folder: Path, name: str) -> Path:
+    """A product linked under a work folder's ``products/<target>/<band>/``: as the stage wrote
+    it (``--keep all``) or as a kept cache entry stores it (``name.gz``, the default retention)."""
+    p, gz = folder / name, folder / (name + ".gz")
+    return gz if not p.exists() and gz.exists() else p
+
+
 def linked_copy(src: Path, dest: Path) -> Path:
     """A copy of a shared fixture's folder whose files are hard links (links stay links): free,
     and a test may then write in it. Files must be replaced, never edited in place (the cache and

@@ -316,9 +316,9 @@ STAGE = Stage(
     products=(Product("img", "_i2d.fits"), Product("tweakback", "_tweakback.tar.gz")),
     refines=("lv3", "_i2d.fits"),
     memory_gb=2.5,
-    # every anchoring change starts from its mosaic and tweakback exposures, and redoing it needs
-    # every member's calibrated exposure (lv2 onwards): kept whole (processing/executor.py)
-    retain=True,
+    # not declared retain: its mosaic and tweakback are intermediates under the default retention
+    # (anchoring refines them). An anchoring change then redoes the band from lv2 on (the demo's
+    # 1.1.0); keeping them would cost as many bytes again as the rate files (docs/engine.md)
     description="absolute astrometry against the reference catalogue (wide shift, then strict shift + rotation; MIRI "
     "solved on F1000W), applied to the mosaic and back-propagated to the exposures (tweakback)",
 )

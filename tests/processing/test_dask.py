@@ -12,7 +12,7 @@ import sys
 import time
 
 from processing.executor import fits_fingerprint
-from tests.conftest import REPO, hlsp
+from tests.conftest import REPO, hlsp, product_file
 
 # one target: the scheduler, the kill and the resume are what is tested, not the whole graph again
 PRODUCTS = [("synth2", "f200w"), ("synth2", "f770w")]
@@ -80,8 +80,8 @@ def test_dask_scheduler_survives_a_killed_worker_and_matches_the_local_executor(
             line.split("│")[3].strip() == "0" for line in rerun.stdout.splitlines() if line.startswith("│ lv")
         ), rerun.stdout
         for target, band in PRODUCTS:
-            a = work / "products" / target / band / f"{target}_{band}_i2d.fits"
-            b = engine_run["workdir"] / "products" / target / band / f"{target}_{band}_i2d.fits"
+            a = product_file(work / "products" / target / band, f"{target}_{band}_i2d.fits")
+            b = product_file(engine_run["workdir"] / "products" / target / band, f"{target}_{band}_i2d.fits")
             assert fits_fingerprint(a) == fits_fingerprint(b), (target, band)
         print(f"\ndask run with a killed worker: {elapsed:.1f} s (local executor: {engine_run['elapsed_s']:.1f} s)")
     finally:
@@ -150,8 +150,8 @@ def test_the_engine_runs_on_a_scheduler_and_workers_started_as_separate_processe
         for target, band in PRODUCTS:
             for res in ("0p85", "0p90", "1p00"):
                 name = f"{target}_{band}_gauss{res}as.fits"
-                a = work / "products" / target / band / name
-                b = engine_run["workdir"] / "products" / target / band / name
+                a = product_file(work / "products" / target / band, name)
+                b = product_file(engine_run["workdir"] / "products" / target / band, name)
                 assert fits_fingerprint(a) == fits_fingerprint(b), name
     finally:
         for p in reversed(procs):

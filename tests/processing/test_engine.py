@@ -16,13 +16,13 @@ import numpy as np
 from processing.executor import Engine, fits_fingerprint
 from processing.pipeline import build_graph
 from release.manifest import load_manifest
-from tests.conftest import REPO, hlsp, linked_copy, write_manifest
+from tests.conftest import REPO, hlsp, linked_copy, product_file, write_manifest
 
 PRODUCTS = [("synth1", "f200w"), ("synth1", "f770w"), ("synth2", "f200w"), ("synth2", "f770w")]
 
 
 def product(workdir: Path, target: str, band: str) -> Path:
-    return workdir / "products" / target / band / f"{target}_{band}_i2d.fits"
+    return product_file(workdir / "products" / target / band, f"{target}_{band}_i2d.fits")
 
 
 def test_first_run_makes_every_mosaic_with_provenance(engine_run):
@@ -140,7 +140,7 @@ def test_kill_9_then_resume_gives_identical_products(engine_run, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the command and its workers, mid-stage
     proc.wait()
     killed_with = len(list((cache / "objects").glob("*/*/task.json")))
-    assert not (tmp_path / "work" / "products").exists() or not any((tmp_path / "work" / "products").rglob("*.fits"))
+    assert not (tmp_path / "work" / "products").exists() or not any((tmp_path / "work" / "products").rglob("*.fits*"))
     # every published entry is whole
     for entry in (cache / "objects").glob("*/*"):
         assert (entry / "task.json").exists(), entry

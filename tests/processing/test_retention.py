@@ -196,13 +196,13 @@ def test_the_cache_command(toy, tmp_path):
 
 
 def test_the_default_registry_keeps_the_expensive_stages_and_the_product_providers():
-    """detector1 and absolute astrometry (declared retain) and the providers of the release
-    products stay whole; lv3's mosaic, read only by astrometry (which reads every member's
-    exposure too, so an astrometry rerun needs lv2 onwards anyway), is an intermediate."""
+    """detector1 (declared retain: the most expensive step, every later release starts from its
+    rate files) and the providers of the release products stay whole; lv3's and absolute
+    astrometry's mosaics, which later stages refine, are intermediates."""
     from processing.registry import default_registry
 
     reg = default_registry()
-    assert reg.kept_whole() == {"lv1", "astrometry", "anchoring", "psf_matching"}
+    assert reg.kept_whole() == {"lv1", "anchoring", "psf_matching"}
     assert {s.name for s in reg.product_providers().values()} == {"anchoring", "psf_matching"}
 
 
@@ -363,8 +363,8 @@ def test_kept_entries_store_their_bulky_fits_files_compressed(toy):
     # the reader got the FITS bytes: its pass-through is the mosaic itself, unstamped
     crec = eng.cache.lookup(keys["toy_c/alpha/F200W"])
     assert crec["outputs"]["alpha_f200w_toyc.fits"] == rec["outputs"][name] and "packed" not in crec
-    assert fits.getval(eng.cache.entry(keys["toy_c/alpha/F200W"]) / "alpha_f200w_toyc.fits", "HLSPTASK", 0) == (
-        keys[tid]
+    assert (
+        fits.getval(eng.cache.entry(keys["toy_c/alpha/F200W"]) / "alpha_f200w_toyc.fits", "HLSPTASK", 0) == (keys[tid])
     )
     # packaging reads the stored file (verified against the record) as FITS
     entries, missing = eng.product_index()
