@@ -198,7 +198,12 @@ def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[t
                 name, band, inst, science, sorted(background, key=lambda e: e.mjd_start), bg.source
             )
     if problems:
-        raise BadInput("missing observations:\n  " + "\n  ".join(problems))
+        hint = (
+            f"\n  (the exposures come from MAST: `hlsp fetch {lm.path.name}` downloads what the run needs)"
+            if m.program.data.source == "mast"
+            else ""
+        )
+        raise BadInput("missing observations:\n  " + "\n  ".join(problems) + hint)
     return out
 
 

@@ -175,10 +175,10 @@ def build_graph(
 ) -> Graph:
     registry = registry or default_registry()
     m = lm.manifest
-    if m.program.data.source == "mast":
+    if m.program.data.source == "mast" and not m.program.data.path:
         raise BadInput(
-            f"{lm.path.name}: program.data.source = 'mast': downloading from MAST is not available in this "
-            "version; download the uncal files and use source = 'local' with program.data.path"
+            f"{lm.path.name}: program.data.source = 'mast' and no program.data.path: download the exposures with "
+            f"`hlsp fetch {lm.path.name} --dest DIR` and set program.data.path = DIR"
         )
     for t in targets or []:
         if t not in m.targets:

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from processing.errors import BadInput, HlspError
+from processing.errors import BadInput, HlspError, WorkFailed
 from processing.logs import attach_log_file
 
 app = typer.Typer(
@@ -232,8 +232,11 @@ def plan(
             mosaic = make_name(m.release.project, inst, name, band, file_version(m.release.version), "img", "fits")
             table.add_row(name, band, action, bg, str(nset) if nset else "", mosaic)
     out.print(table)
-    if m.program.data.source == "mast":
-        out.print("Data source 'mast': downloading from MAST is not available in this version, so no task graph.")
+    if m.program.data.source == "mast" and not m.program.data.path:
+        out.print(
+            "Data source 'mast' and no program.data.path: no task graph until the exposures are here "
+            f"(`hlsp fetch {lm.path.name} --dest DIR --dry-run` lists them; then set program.data.path = DIR)."
+        )
     else:
         from processing.executor import Engine
         from processing.pipeline import build_graph
@@ -297,10 +300,10 @@ def _plan_against(lm, manifest: Path, against: Path, targets, bands, fmt: str, o
 
     old = _load(against)
     for side in (lm, old):
-        if side.manifest.program.data.source == "mast":
+        if side.manifest.program.data.source == "mast" and not side.manifest.program.data.path:
             raise BadInput(
-                f"{side.path.name}: data source 'mast': its task graph needs the exposures, which `hlsp plan` cannot "
-                "list without MAST"
+                f"{side.path.name}: data source 'mast' and no program.data.path: its task graph needs the exposures "
+                f"(`hlsp fetch {side.path.name} --dest DIR` downloads them; then set program.data.path = DIR)"
             )
     if old.manifest.release.project != lm.manifest.release.project:
         raise BadInput(
@@ -569,6 +572,116 @@ def simulate(
         f"wrote {len(truth['exposures'])} exposures, CRDS context {truth['crds_context']} and the truth to "
         f"{outdir} in {truth['elapsed_s']} s"
     )
+
+
+@app.command()
+def fetch(
+    manifest: Path = typer.Argument(..., help="Release manifest (TOML) whose program.data.source is 'mast'."),
+    dest: Path | None = typer.Option(
+        None, help="Where the exposures go, one folder per target (default: the manifest's program.data.path)."
+    ),
+    level: str = typer.Option(
+        "uncal", help="Product level: 'uncal' (raw ramps, what `hlsp run` starts from) or 'rate'."
+    ),
+    targets: str | None = typer.Option(None, help="Comma-separated targets (default: all the run needs)."),
+    bands: str | None = typer.Option(None, help="Comma-separated bands (default: all)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be downloaded (per target and band)."),
+    workers: int = typer.Option(4, min=1, max=16, help="Parallel downloads."),
+    server: str | None = typer.Option(
+        None, help="MAST portal address (default: $HLSP_MAST_SERVER, else https://mast.stsci.edu)."
+    ),
+) -> None:
+    """Download a manifest's exposures from MAST: exactly what its run reads (science exposures,
+    MIRI off-fields, borrowed ones), resumable and verified, with a fetch record."""
+    import os
+
+    from processing.archive import download, mast
+
+    lm = _load(manifest)
+    m = lm.manifest
+    if level not in mast.LEVELS:
+        raise BadInput(f"--level: '{level}' is not one of {', '.join(mast.LEVELS)}")
+    if m.program.data.source != "mast":
+        raise BadInput(
+            f"{lm.path.name}: program.data.source is '{m.program.data.source}': its exposures are local, "
+            "there is nothing to fetch"
+        )
+    folder = dest or (lm.resolve_path(m.program.data.path) if m.program.data.path else None)
+    if folder is None:
+        raise BadInput(f"{lm.path.name}: give --dest, or set program.data.path (where `hlsp run` reads the exposures)")
+    token = os.environ.get("MAST_API_TOKEN") or None
+    archive = mast.Mast(server or os.environ.get("HLSP_MAST_SERVER") or mast.MAST_SERVER, token=token)
+    try:
+        files, lacking = mast.find(lm, archive, level, _split(targets), _split(bands))
+    except mast.ArchiveUnreachable as exc:
+        raise WorkFailed(f"{lm.path.name}: {exc}") from None
+    except HlspError:
+        raise
+    except Exception as exc:  # an answer MAST's API does not give (a changed service, a proxy page)
+        raise WorkFailed(
+            f"{lm.path.name}: MAST at {archive.server} answered unexpectedly ({type(exc).__name__})"
+        ) from None
+    table = Table("target", "band", "science", "off-field", "bytes", "for", title=f"{len(files)} file(s) from MAST")
+    groups: dict = {}
+    for f in files:
+        g = groups.setdefault((f.target, f.band), {"science": 0, "off-field": 0, "bytes": 0, "for": set()})
+        g[f.role] += 1
+        g["bytes"] += f.size or 0
+        g["for"].update(f.used_by)
+    for (t, b), g in sorted(groups.items()):
+        table.add_row(t, b, str(g["science"]), str(g["off-field"]), _human(g["bytes"]), ", ".join(sorted(g["for"])))
+    out.print(table)
+    total = sum(f.size or 0 for f in files)
+    for n in lacking:
+        whose = f" (for {n.used_by})" if n.used_by != n.target else ""
+        err.print(f"[bold yellow]not in MAST:[/] {n.role} exposures of {n.target} in {n.band}{whose}", soft_wrap=True)
+    if lacking and not dry_run:
+        raise WorkFailed(
+            f"{lm.path.name}: MAST lists no exposure for {len(lacking)} of what the run needs (above); nothing was "
+            "downloaded (narrow the run with --targets/--bands, or fix the manifest's targets and observations)"
+        )
+    if dry_run:
+        out.print(f"dry run: {len(files)} file(s), {_human(total)}, would go under {folder}")
+        return
+    if not files:
+        raise WorkFailed(
+            f"{lm.path.name}: MAST lists none of the exposures the run needs (program {m.program.proposal_ids})"
+        )
+    before = download.recorded_sha256(folder)
+    items = [
+        download.Item(
+            archive.url(f.uri),
+            folder / f.relpath,
+            f.size,
+            f.uri,
+            (("target", f.target), ("band", f.band), ("role", f.role), ("obs_id", f.obs_id)),
+            before.get(f.relpath),
+        )
+        for f in files
+    ]
+    log_file = attach_log_file(folder / "logs", "fetch")
+    log.info("fetch of %s: %d file(s), %s, into %s; log %s", lm.path.name, len(items), _human(total), folder, log_file)
+    results, errors = download.fetch_files(items, workers=workers, token=token)
+    record = download.write_record(
+        folder,
+        results,
+        {
+            "manifest": lm.path.name,
+            "manifest_sha256": m.content_hash(),
+            "program": m.program.proposal_ids,
+            "server": archive.server,
+            "level": level,
+        },
+    )
+    done = {s: sum(1 for r in results if r.status == s) for s in ("present", "downloaded", "resumed")}
+    out.print(
+        f"{done['downloaded']} downloaded, {done['resumed']} resumed, {done['present']} already present and verified; "
+        f"record {record}"
+    )
+    if errors:
+        for e in errors:
+            err.print("[bold red]failed:[/] " + escape(e), soft_wrap=True)
+        raise WorkFailed(f"{len(errors)} of {len(items)} file(s) did not download; run the same command to resume")
 
 
 @app.command()
