@@ -100,6 +100,7 @@ def render_readme(ctx) -> str:
             more = pt.readme_context(m, own) if pt.readme_context else {}
             sections.append(env.from_string(pt.readme).render(m=m, files=own, changelog=ctx.changes, **more))
     return env.get_template("README.txt.j2").render(
+        fetched=fetched_inputs(ctx.lm),
         stages=stages,
         m=m,
         file_version=file_version(m.release.version),
@@ -111,6 +112,38 @@ def render_readme(ctx) -> str:
         product_sections=sections,
         changelog=ctx.changes,
     )
+
+
+def fetched_inputs(lm) -> dict | None:
+    """What the README says of exposures fetched from MAST: from the fetch record `hlsp fetch`
+    wrote in ``program.data.path`` (processing/archive/download.py), the number of files, the
+    server, the dates and, per target, the observations (``jw<program><observation><visit>``)
+    they come from. None without a record."""
+    import json
+
+    from processing.archive.download import RECORD
+
+    data = lm.manifest.program.data
+    if not data.path:
+        return None
+    try:
+        record = json.loads((lm.resolve_path(data.path) / RECORD).read_text())
+        files = record["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    visits: dict[str, set[str]] = {}
+    for f in files:
+        name = Path(f["file"]).name
+        visits.setdefault(f.get("target") or Path(f["file"]).parent.name, set()).add(name.split("_")[0])
+    dates = sorted(f["fetched"][:10] for f in files if f.get("fetched"))
+    return {
+        "n": len(files),
+        "level": record.get("level", ""),
+        "server": record.get("server", ""),
+        "first": dates[0] if dates else "",
+        "last": dates[-1] if dates else "",
+        "visits": {t: sorted(v) for t, v in sorted(visits.items())},
+    }
 
 
 def write_readme(ctx, unit) -> None:

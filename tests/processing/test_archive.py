@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +253,83 @@ def test_fetch_and_run_say_what_to_do(tmp_path, source):
         assert "give --dest, or set program.data.path" in " ".join(proc.stderr.split())
         proc = hlsp("run", str(manifest), "--workdir", str(tmp_path / "w"), check_code=2)
         assert "hlsp fetch m.toml --dest DIR" in " ".join(proc.stderr.split())
+
+
+def test_a_fetched_program_runs_packages_and_validates_like_archive_data(engine_run, tmp_path):
+    """The synthetic program's exposures served under MAST-like names by the loopback server:
+    `hlsp fetch` lays them out, `hlsp run` reads them like archive data (program.data.source =
+    'mast'; same file names and contents, so every task is found in the engine run's cache),
+    `hlsp package` and `hlsp validate` make and prove the release; the fetch record is the
+    program's exposures. (The release says SIMULATD = F: the engine knows the data as archive
+    data here, which is the path under test.)"""
+    import re
+
+    from tests.conftest import linked_copy, write_manifest
+
+    text = engine_run["manifest"].read_text()
+    program = Path(re.search(r'^path = "(.*)"$', text, re.M).group(1))
+    uncal = sorted(program.rglob("*_uncal.fits"))
+    obs, prods, files = [], [], {}
+    for i, path in enumerate(uncal):
+        h = fits.getheader(path)
+        obsid = str(70000000 + i)
+        filters = f"{h['FILTER']};CLEAR" if h["INSTRUME"] == "NIRCAM" else h["FILTER"]
+        obs.append(
+            {
+                "obs_collection": "JWST",
+                "instrument_name": f"{h['INSTRUME']}/IMAGE",
+                "filters": filters,
+                "target_name": h["TARGPROP"],
+                "obs_id": path.name[: -len("_uncal.fits")],
+                "obsid": obsid,
+                "proposal_id": "9001",
+            }
+        )
+        uri = f"mast:JWST/product/{path.name}"
+        prods.append(
+            {
+                "obsID": obsid,
+                "obs_id": path.name[: -len("_uncal.fits")],
+                "dataURI": uri,
+                "productSubGroupDescription": "UNCAL",
+                "productFilename": path.name,
+                "size": path.stat().st_size,
+                "parent_obsid": obsid,
+                "calib_level": 1,
+            }
+        )
+        files[uri] = path
+    fetched = tmp_path / "fetched"
+    manifest = write_manifest(tmp_path / "archive.toml", program, extra=f'[products]\npsf_path = "{program / "psf"}"\n')
+    manifest.write_text(
+        manifest.read_text().replace(
+            f'source = "synthetic"\npath = "{program}"', f'source = "mast"\npath = "{fetched}"'
+        )
+    )
+    with MastServer(obs, prods, files) as srv:
+        proc = hlsp("fetch", str(manifest), "--server", srv.url, check_code=0)
+    assert f"{len(uncal)} downloaded" in " ".join(proc.stdout.split())
+    record = json.loads((fetched / "fetch-record.json").read_text())
+    assert sorted(Path(f["file"]).name for f in record["files"]) == sorted(p.name for p in uncal)
+    cache = linked_copy(engine_run["cache"], tmp_path / "cache")
+    work = tmp_path / "work"
+    proc = hlsp("run", str(manifest), "--workdir", str(work), "--cache", str(cache), "--keep", "all", check_code=0)
+    ran = [line for line in proc.stdout.splitlines() if line.startswith("│ ") and line.split("│")[3].strip() != "0"]
+    assert not ran, proc.stdout  # the same exposures by name and content: the same keys
+    releases = tmp_path / "releases"
+    hlsp(
+        "package",
+        str(manifest),
+        "--workdir",
+        str(work),
+        "--cache",
+        str(cache),
+        "--releases",
+        str(releases),
+        check_code=0,
+    )
+    hlsp("validate", str(releases / "synth-jwst" / "v1p0"), check_code=0)
+    readme = next((releases / "synth-jwst" / "v1p0").glob("*_readme.txt")).read_text()
+    assert f"Input exposures: {len(uncal)} uncal files from MAST ({srv.url})" in " ".join(readme.split())
+    visits = sorted({p.name.split("_")[0] for p in uncal if "synth1" in str(p.parent)})
+    assert visits and all(v in readme for v in visits)
