@@ -238,7 +238,7 @@ def test_fetch_downloads_records_and_never_writes_the_token(tmp_path, monkeypatc
     del sizes
 
 
-@pytest.mark.parametrize("source", ["local", "mast-without-path"])
+@pytest.mark.parametrize("source", ["local", "mast-without-path", "mast-not-fetched"])
 def test_fetch_and_run_say_what_to_do(tmp_path, source):
     manifest = tmp_path / "m.toml"
     text = (PHANGS / "dr1.1.0.toml").read_text()
@@ -247,6 +247,14 @@ def test_fetch_and_run_say_what_to_do(tmp_path, source):
         manifest.write_text(text)
         proc = hlsp("fetch", str(manifest), "--dry-run", check_code=2)
         assert "its exposures are local, there is nothing to fetch" in " ".join(proc.stderr.split())
+    elif source == "mast-not-fetched":
+        (tmp_path / "data").mkdir()
+        block = '[program.data]\nsource = "mast"'
+        manifest.write_text(text.replace(block, block + '\npath = "data"'))
+        proc = hlsp("plan", str(manifest), "--workdir", str(tmp_path / "w"), check_code=2)
+        text = " ".join(proc.stderr.split())
+        assert "missing observations" in text and "targets.ngc0628: no science exposure in F200W" in text
+        assert "`hlsp fetch m.toml` downloads what the run needs" in text
     else:
         manifest.write_text(text)
         proc = hlsp("fetch", str(manifest), "--dry-run", check_code=2)
