@@ -590,9 +590,16 @@ def fetch(
     server: str | None = typer.Option(
         None, help="MAST portal address (default: $HLSP_MAST_SERVER, else https://mast.stsci.edu)."
     ),
+    crds: bool = typer.Option(
+        False,
+        "--crds",
+        help="Also sync pins.crds_context and the references these exposures need into the run's CRDS_PATH "
+        "(pins.crds_path, else $CRDS_PATH), from pins.crds_server_url.",
+    ),
 ) -> None:
     """Download a manifest's exposures from MAST: exactly what its run reads (science exposures,
-    MIRI off-fields, borrowed ones), resumable and verified, with a fetch record."""
+    MIRI off-fields, borrowed ones), resumable and verified, with a fetch record; with --crds,
+    the pinned CRDS context and its references for them."""
     import os
 
     from processing.archive import download, mast
@@ -682,6 +689,29 @@ def fetch(
         for e in errors:
             err.print("[bold red]failed:[/] " + escape(e), soft_wrap=True)
         raise WorkFailed(f"{len(errors)} of {len(items)} file(s) did not download; run the same command to resume")
+    if crds:
+        _sync_crds(lm, [r.item.dest for r in results])
+
+
+def _sync_crds(lm, exposures: list[Path]) -> None:
+    """``hlsp fetch --crds``: processing/archive/crds_sync.py."""
+    import os
+
+    from processing.archive import crds_sync
+    from processing.archive.mast import ArchiveUnreachable
+
+    pins = lm.manifest.pins
+    path = lm.resolve_path(pins.crds_path) if pins.crds_path else os.environ.get("CRDS_PATH")
+    if not path:
+        raise BadInput(f"{lm.path.name}: --crds needs pins.crds_path or $CRDS_PATH (where the run reads CRDS)")
+    try:
+        done = crds_sync.sync(pins.crds_context, Path(path), pins.crds_server_url, exposures)
+    except ArchiveUnreachable as exc:
+        raise WorkFailed(f"{lm.path.name}: {exc}") from None
+    out.print(
+        f"CRDS {pins.crds_context}: {done['mappings']} mappings and {len(done['references'])} references in {path} "
+        f"({_human(done['bytes'])} downloaded)"
+    )
 
 
 @app.command()

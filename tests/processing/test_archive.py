@@ -341,3 +341,76 @@ def test_a_fetched_program_runs_packages_and_validates_like_archive_data(engine_
     assert f"Input exposures: {len(uncal)} uncal files from MAST ({srv.url})" in " ".join(readme.split())
     visits = sorted({p.name.split("_")[0] for p in uncal if "synth1" in str(p.parent)})
     assert visits and all(v in readme for v in visits)
+
+
+def _nircam_exposure(path: Path) -> Path:
+    """A raw exposure's primary header as CRDS selects by it (NRCA1, F200W, SUB640)."""
+    h = fits.Header()
+    h.update(
+        TELESCOP="JWST",
+        INSTRUME="NIRCAM",
+        DETECTOR="NRCA1",
+        CHANNEL="SHORT",
+        MODULE="A",
+        FILTER="F200W",
+        PUPIL="CLEAR",
+        EXP_TYPE="NRC_IMAGE",
+        READPATT="RAPID",
+        SUBARRAY="SUB640",
+        NGROUPS=5,
+        NINTS=1,
+        **{"DATE-OBS": "2023-01-01", "TIME-OBS": "00:00:00"},
+    )
+    fits.PrimaryHDU(header=h).writeto(path)
+    return path
+
+
+def test_crds_sync_brings_the_context_and_the_references_an_exposure_needs(tmp_path, monkeypatch):
+    """`hlsp fetch --crds` through the crds client against a loopback CRDS server serving the
+    synthetic context: every mapping of the context, and exactly the references the exposure
+    selects (byte-identical to the server's), in the run's CRDS_PATH; a context the server does
+    not know stops naming it; no server: a clear error in seconds."""
+    from crds.core import utils
+
+    from processing.archive import crds_sync
+    from processing.errors import WorkFailed
+    from processing.simulate.crds_context import write_crds_context
+    from tests.processing.crds_server import CrdsServer
+
+    for var in ("CRDS_PATH", "CRDS_SERVER_URL", "CRDS_MODE", "CRDS_CONTEXT"):
+        monkeypatch.setenv(var, "")  # restored after the test: sync sets them for the crds client
+    src = tmp_path / "server"
+    write_crds_context(src, "jwst_9001.pmap", bands=["F200W"], dark_nframes=3, subarrays={"NRCA1": ["SUB640"]})
+    exposure = _nircam_exposure(tmp_path / "jw09001001001_02101_00001_nrca1_uncal.fits")
+    dest = tmp_path / "crds"
+    try:
+        with CrdsServer(src, "jwst_9001.pmap") as srv:
+            done = crds_sync.sync("jwst_9001.pmap", dest, srv.url, [exposure])
+            with pytest.raises(WorkFailed, match="CRDS context jwst_9002.pmap could not be synced"):
+                crds_sync.sync("jwst_9002.pmap", tmp_path / "other", srv.url, [exposure])
+        mappings = sorted(p.name for p in (src / "mappings" / "jwst").iterdir())
+        assert sorted(p.name for p in (dest / "mappings" / "jwst").iterdir()) == mappings
+        assert done["mappings"] == len(mappings)
+        kinds = {"mask", "saturation", "superbias", "linearity", "dark", "gain", "readnoise", "distortion"}
+        kinds |= {"filteroffset", "flat", "photom", "area"}
+        assert {n.split("_")[2] for n in done["references"]} == kinds
+        assert (
+            all("nrca1" in n for n in done["references"])
+            and "jwst_nircam_dark_9001_nrca1_sub640.fits" in done["references"]
+        )
+        got = sorted(p for p in (dest / "references").rglob("*") if p.is_file())
+        assert sorted(p.name for p in got) == done["references"]
+        for p in got:
+            assert p.read_bytes() == next((src / "references").rglob(p.name)).read_bytes()
+        assert done["bytes"] == sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    finally:
+        utils.clear_function_caches()
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.time()
+    with pytest.raises(mast.ArchiveUnreachable, match="cannot reach the CRDS server at .* to sync context jwst_9001"):
+        crds_sync.sync("jwst_9001.pmap", tmp_path / "x", f"http://127.0.0.1:{port}", [exposure])
+    assert time.time() - t0 < 10
