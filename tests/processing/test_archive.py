@@ -414,3 +414,36 @@ def test_crds_sync_brings_the_context_and_the_references_an_exposure_needs(tmp_p
     with pytest.raises(mast.ArchiveUnreachable, match="cannot reach the CRDS server at .* to sync context jwst_9001"):
         crds_sync.sync("jwst_9001.pmap", tmp_path / "x", f"http://127.0.0.1:{port}", [exposure])
     assert time.time() - t0 < 10
+
+
+def test_fetch_crds_without_its_server_stops_naming_the_context(tmp_path):
+    """`hlsp fetch --crds`: the exposures are fetched, then the CRDS server of the manifest
+    cannot be reached: exit 1 in seconds, the server and the pinned context named."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = tmp_path / "dr1.1.1.toml"
+    parent = tmp_path / "dr1.1.0.toml"
+    parent.write_text(
+        (PHANGS / "dr1.1.0.toml")
+        .read_text()
+        .replace(
+            'crds_mode = "remote"',
+            f'crds_mode = "remote"\ncrds_server_url = "http://127.0.0.1:{port}"\ncrds_path = "crds"',
+        )
+    )
+    manifest.write_text((PHANGS / "dr1.1.1.toml").read_text())
+    obs, prods = jwst_program({"NGC3627": {"nircam": NIRCAM}})
+    files = {}
+    for p in prods:
+        if p["productSubGroupDescription"] == "UNCAL":
+            files[p["dataURI"]] = _fits_bytes(len(files))
+            p["size"] = len(files[p["dataURI"]])
+    with MastServer(obs, prods, files) as srv:
+        t0 = time.time()
+        proc = hlsp("fetch", str(manifest), "--server", srv.url, "--dest", str(tmp_path / "d"), "--crds", check_code=1)
+    assert time.time() - t0 < 30  # the fetch itself included
+    text = " ".join(proc.stderr.split())
+    assert f"cannot reach the CRDS server at http://127.0.0.1:{port} to sync context jwst_1201.pmap" in text
