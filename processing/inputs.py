@@ -129,7 +129,20 @@ def scan_exposures(data_dir: Path) -> list[RawExposure]:
     return out
 
 
-def _selected(name: str, include: list[str], skip: list[str]) -> bool:
+def target_aliases(lm: LoadedManifest) -> dict[str, str]:
+    """Normalised target names (each target's key and designation, :func:`normalise_target`)
+    -> the manifest's target: how an exposure's TARGPROP, or MAST's target_name, finds its
+    target."""
+    aliases = {}
+    for name, t in lm.manifest.targets.items():
+        aliases[normalise_target(name)] = name
+        if t.designation:
+            aliases[normalise_target(t.designation)] = name
+    return aliases
+
+
+def selected(name: str, include: list[str], skip: list[str]) -> bool:
+    """Whether an exposure named ``name`` passes the manifest's ``include``/``skip`` patterns."""
     if include and not any(fnmatch.fnmatch(name, p) for p in include):
         return False
     return not any(fnmatch.fnmatch(name, p) for p in skip)
@@ -153,11 +166,7 @@ class TargetBandInputs:
 def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[tuple[str, str], TargetBandInputs]:
     """For every (target, band) of the manifest: its science exposures and MIRI off-fields."""
     m = lm.manifest
-    aliases = {}
-    for name, t in m.targets.items():
-        aliases[normalise_target(name)] = name
-        if t.designation:
-            aliases[normalise_target(t.designation)] = name
+    aliases = target_aliases(lm)
     by_target: dict[str, list[RawExposure]] = {}
     for e in exposures:
         if e.target in aliases:
@@ -165,7 +174,7 @@ def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[t
     out: dict[tuple[str, str], TargetBandInputs] = {}
     problems = []
     for name, t in m.targets.items():
-        mine = [e for e in by_target.get(name, []) if _selected(e.name, t.observations.include, t.observations.skip)]
+        mine = [e for e in by_target.get(name, []) if selected(e.name, t.observations.include, t.observations.skip)]
         for band in m.target_bands(name):
             inst = "miri" if band in _miri_bands() else "nircam"
             science = sorted(
@@ -189,8 +198,8 @@ def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[t
                         if e.band == band
                         and e.parallel
                         and e.instrument == "miri"
-                        and _selected(e.name, lender.observations.include, lender.observations.skip)
-                        and _selected(e.name, bg.observations, [])
+                        and selected(e.name, lender.observations.include, lender.observations.skip)
+                        and selected(e.name, bg.observations, [])
                     ]
                 if not background:
                     problems.append(f"targets.{name}.miri_background: no {band} off-field exposure found ({bg.source})")

@@ -20,14 +20,13 @@ parameter so that tests run against a loopback server speaking the same API.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from processing.errors import BadInput, HlspError
-from processing.inputs import normalise_target
+from processing.inputs import normalise_target, selected, target_aliases
 
 if TYPE_CHECKING:
     from release.manifest import LoadedManifest
@@ -130,15 +129,6 @@ def needs(lm: LoadedManifest, targets: list[str] | None = None, bands: list[str]
     return out
 
 
-def _aliases(lm: LoadedManifest) -> dict[str, str]:
-    out = {}
-    for name, t in lm.manifest.targets.items():
-        out[normalise_target(name)] = name
-        if t.designation:
-            out[normalise_target(t.designation)] = name
-    return out
-
-
 def _band_of(filters: str) -> str:
     """MAST's ``filters`` of a JWST imaging observation (``F200W``, ``F200W;CLEAR``, ``F770W``) ->
     the filter."""
@@ -161,7 +151,7 @@ def select(
     lender's off-fields) applied. Sorted by target and file name."""
     m = lm.manifest
     group, suffix = LEVELS[level]
-    aliases = _aliases(lm)
+    aliases = target_aliases(lm)
     obs_of: dict[str, tuple[str, str]] = {}  # obsid -> (manifest target, band)
     for row in observations:
         target = aliases.get(normalise_target(str(row["target_name"])))
@@ -191,12 +181,12 @@ def select(
             continue
         exposure = fname[: -len(suffix)]
         t = m.targets[target]
-        if not _selected(exposure, t.observations.include, t.observations.skip):
+        if not selected(exposure, t.observations.include, t.observations.skip):
             continue
         users = [
             u
             for u in users
-            if u == target or _selected(exposure, m.targets[u].miri_background.observations, [])  # borrowed subset
+            if u == target or selected(exposure, m.targets[u].miri_background.observations, [])  # borrowed subset
         ]
         if not users:
             continue
@@ -220,12 +210,6 @@ def select(
 
 def _columns(row) -> set[str]:
     return set(row.colnames) if hasattr(row, "colnames") else set(row)
-
-
-def _selected(name: str, include: list[str], skip: list[str]) -> bool:
-    if include and not any(fnmatch.fnmatch(name, p) for p in include):
-        return False
-    return not any(fnmatch.fnmatch(name, p) for p in skip)
 
 
 class Mast:
@@ -308,7 +292,7 @@ def find(lm: LoadedManifest, mast: Mast, level: str = "uncal", targets=None, ban
     for inst in sorted({n.instrument for n in wanted}):
         inst_bands = sorted({n.band for n in wanted if n.instrument == inst})
         obs = mast.query(m.program.proposal_ids, inst, inst_bands)
-        aliases = _aliases(lm)
+        aliases = target_aliases(lm)
         mine = [r for r in obs if normalise_target(str(r["target_name"])) in aliases]
         prods = mast.products([str(r["obsid"]) for r in mine], level)
         files += select(lm, mine, prods, [n for n in wanted if n.instrument == inst], level)
