@@ -74,22 +74,37 @@ def packable(name: str, size: int) -> bool:
     return name.endswith(".fits") and size > SMALL_BYTES
 
 
-def pack(path: Path) -> tuple[Path, str]:
+def pack(path: Path) -> tuple[Path, str, str]:
     """Compress ``path`` to ``path.gz`` (:data:`PACK_LEVEL`; no name or time in the gzip
-    header, so the same bytes give the same file) and remove ``path``. Returns the stored path
-    and the sha256 of its (compressed) bytes."""
+    header, so the same bytes give the same file) and remove ``path``, reading it once.
+    Returns the stored path, the sha256 of the FITS bytes and that of the stored bytes."""
     import gzip
-    import shutil
+    import hashlib
 
     from processing.fileio import atomic_path
 
+    class _Hashed:  # the compressed stream, hashed as it is written
+        def __init__(self, fh):
+            self.fh, self.h = fh, hashlib.sha256()
+
+        def write(self, data):
+            self.h.update(data)
+            return self.fh.write(data)
+
+        def flush(self):
+            self.fh.flush()
+
     dest = path.with_name(path.name + PACKED)
+    raw_sha = hashlib.sha256()
     with atomic_path(dest) as tmp:
-        with open(path, "rb") as src, open(tmp, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", compresslevel=PACK_LEVEL, fileobj=raw, mtime=0) as gz:
-                shutil.copyfileobj(src, gz, 1 << 20)
+        with open(path, "rb") as src, open(tmp, "wb") as fh:
+            out = _Hashed(fh)
+            with gzip.GzipFile(filename="", mode="wb", compresslevel=PACK_LEVEL, fileobj=out, mtime=0) as gz:
+                while chunk := src.read(1 << 20):
+                    raw_sha.update(chunk)
+                    gz.write(chunk)
     path.unlink()
-    return dest, file_sha256(dest)
+    return dest, raw_sha.hexdigest(), out.h.hexdigest()
 
 
 def stored(entry: Path, name: str, record: dict) -> Path:

@@ -298,12 +298,12 @@ def execute_task(spec: dict) -> dict:
             if st.st_nlink == 1 and (st.st_dev, st.st_ino) not in unpacked:
                 _stamp_provenance(out, spec["provenance"])
         peak, scope = _peak_memory_mb(reset_ok)
-        hashes = {o.name: file_sha256(o) for o in outputs}
-        packed = {}
-        if spec.get("pack"):  # a kept entry: its bulky FITS files stored compressed
-            for i, o in enumerate(outputs):
-                if packable(o.name, o.stat().st_size):
-                    outputs[i], packed[o.name] = pack(o)
+        hashes, packed = {}, {}
+        for i, o in enumerate(outputs):
+            if spec.get("pack") and packable(o.name, o.stat().st_size):  # a kept entry's bulky FITS file
+                outputs[i], hashes[o.name], packed[o.name] = pack(o)  # read once: both hashes
+            else:
+                hashes[o.name] = file_sha256(o)
         record = {
             "task": spec["task"],
             "stage": spec["stage"],

@@ -129,6 +129,40 @@ def scan_exposures(data_dir: Path) -> list[RawExposure]:
     return out
 
 
+def run_selection(lm: LoadedManifest, targets: list[str] | None = None, bands: list[str] | None = None):
+    """The (target, band) units a run covers: ``--targets``/``--bands`` (checked against the
+    manifest: :class:`BadInput` naming the option) and, for a patch, its targets, instruments
+    and bands. Returns ``selects(target, band, instrument) -> bool``; the task graph and
+    ``hlsp fetch`` use the same rule."""
+    m = lm.manifest
+    for t in targets or []:
+        if t not in m.targets:
+            raise BadInput(f"--targets: '{t}' is not a target of {lm.path.name}")
+    bands_u = [b.upper() for b in bands] if bands else None
+    for b in bands_u or []:
+        if b not in m.program.bands:
+            raise BadInput(f"--bands: '{b}' is not a band of {lm.path.name}")
+    patch = m.patch
+    if patch is not None:
+        targets = [t for t in (targets or patch.targets) if t in patch.targets]
+
+    def selects(target: str, band: str, instrument: str) -> bool:
+        if (targets and target not in targets) or (bands_u and band not in bands_u):
+            return False
+        return patch is None or not (
+            (patch.instruments and instrument not in patch.instruments) or (patch.bands and band not in patch.bands)
+        )
+
+    return selects
+
+
+def background_sources(lm: LoadedManifest, target: str) -> list[str]:
+    """The targets whose MIRI off-field exposures ``target``'s run uses (its ``miri_background``:
+    itself for 'own', the lender for 'borrowed', both, or none)."""
+    bg = lm.manifest.targets[target].miri_background
+    return [target] * (bg.source in ("own", "both")) + [bg.borrow_from] * (bg.source in ("borrowed", "both"))
+
+
 def target_aliases(lm: LoadedManifest) -> dict[str, str]:
     """Normalised target names (each target's key and designation, :func:`normalise_target`)
     -> the manifest's target: how an exposure's TARGPROP, or MAST's target_name, finds its
@@ -188,13 +222,14 @@ def assign_exposures(lm: LoadedManifest, exposures: list[RawExposure]) -> dict[t
             background: list[RawExposure] = []
             bg = t.miri_background
             if inst == "miri" and bg.source != "none":
-                if bg.source in ("own", "both"):
-                    background += [e for e in mine if e.band == band and e.parallel and e.instrument == "miri"]
-                if bg.source in ("borrowed", "both"):
-                    lender = m.targets[bg.borrow_from]
+                for source in background_sources(lm, name):
+                    if source == name:
+                        background += [e for e in mine if e.band == band and e.parallel and e.instrument == "miri"]
+                        continue
+                    lender = m.targets[source]
                     background += [
                         e
-                        for e in by_target.get(bg.borrow_from, [])
+                        for e in by_target.get(source, [])
                         if e.band == band
                         and e.parallel
                         and e.instrument == "miri"

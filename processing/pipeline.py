@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from processing.errors import BadInput
-from processing.inputs import RawExposure, TargetBandInputs, assign_exposures, scan_exposures
+from processing.inputs import RawExposure, TargetBandInputs, assign_exposures, run_selection, scan_exposures
 from processing.parameters import resolve_parameters
 from processing.registry import default_registry
 from processing.stages import Registry, Stage, resolve
@@ -180,29 +180,9 @@ def build_graph(
             f"{lm.path.name}: program.data.source = 'mast' and no program.data.path: download the exposures with "
             f"`hlsp fetch {lm.path.name} --dest DIR` and set program.data.path = DIR"
         )
-    for t in targets or []:
-        if t not in m.targets:
-            raise BadInput(f"--targets: '{t}' is not a target of {lm.path.name}")
-    bands_u = [b.upper() for b in bands] if bands else None
-    for b in bands_u or []:
-        if b not in m.program.bands:
-            raise BadInput(f"--bands: '{b}' is not a band of {lm.path.name}")
+    selects = run_selection(lm, targets, bands)  # checks --targets/--bands before any header is read
     inputs = assign_exposures(lm, scan_exposures(lm.resolve_path(m.program.data.path)))
-    if m.patch is not None:
-        targets = [t for t in (targets or m.patch.targets) if t in m.patch.targets]
-    selected = {
-        (target, band): tb
-        for (target, band), tb in inputs.items()
-        if not (targets and target not in targets)
-        and not (bands_u and band not in bands_u)
-        and not (
-            m.patch is not None
-            and (
-                (m.patch.instruments and tb.instrument not in m.patch.instruments)
-                or (m.patch.bands and band not in m.patch.bands)
-            )
-        )
-    }
+    selected = {key: tb for key, tb in inputs.items() if selects(tb.target, tb.band, tb.instrument)}
     tasks: dict[str, Task] = {}
     units_of: dict[str, dict[str, Unit]] = {}
     observed = {key for key, tb in inputs.items() if tb.science}  # (target, band) with science exposures

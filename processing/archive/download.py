@@ -23,7 +23,6 @@ message or the record.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -33,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from processing.errors import HlspError
+from processing.fileio import file_sha256
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 #: bytes read from the connection at a time: what a broken transfer keeps for the resume
 NET_CHUNK = 1 << 16
 #: name of the fetch record in the destination folder
@@ -95,14 +94,6 @@ def _verify(path: Path, size: int | None, fits_file: bool) -> str | None:
     return fits_checksum_problem(path) if fits_file else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _one(item: Item, session, retries: int, backoff_s: float, timeout_s: float) -> Result:
     import requests
 
@@ -110,7 +101,7 @@ def _one(item: Item, session, retries: int, backoff_s: float, timeout_s: float) 
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         why = _verify(dest, item.size, dest.name.endswith(".fits"))
-        sha = _sha256(dest) if why is None else None
+        sha = file_sha256(dest) if why is None else None
         if why is None and item.sha256 not in (None, sha):
             why = "its sha256 differs from the fetch record's"
         if why is None:
@@ -153,7 +144,9 @@ def _one(item: Item, session, retries: int, backoff_s: float, timeout_s: float) 
         problem = _verify(part, item.size, dest.name.endswith(".fits"))
         if problem is None:
             os.replace(part, dest)
-            return Result(item, "resumed" if resumed else "downloaded", _sha256(dest), dest.stat().st_size, attempts)
+            return Result(
+                item, "resumed" if resumed else "downloaded", file_sha256(dest), dest.stat().st_size, attempts
+            )
         part.unlink()
         fresh_tries += 1
         if fresh_tries > 1:

@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from processing.errors import BadInput, HlspError
-from processing.inputs import normalise_target, selected, target_aliases
+from processing.errors import HlspError
+from processing.inputs import background_sources, normalise_target, run_selection, selected, target_aliases
 
 if TYPE_CHECKING:
     from release.manifest import LoadedManifest
@@ -97,35 +97,16 @@ def needs(lm: LoadedManifest, targets: list[str] | None = None, bands: list[str]
     from processing.instruments import instrument_of
 
     m = lm.manifest
-    for t in targets or []:
-        if t not in m.targets:
-            raise BadInput(f"--targets: '{t}' is not a target of {lm.path.name}")
-    bands_u = [b.upper() for b in bands] if bands else None
-    for b in bands_u or []:
-        if b not in m.program.bands:
-            raise BadInput(f"--bands: '{b}' is not a band of {lm.path.name}")
-    if m.patch is not None:
-        targets = [t for t in (targets or m.patch.targets) if t in m.patch.targets]
+    selects = run_selection(lm, targets, bands)
     out: list[Need] = []
-    for name, t in m.targets.items():
-        if targets and name not in targets:
-            continue
+    for name in m.targets:
         for band in m.target_bands(name):
             inst = instrument_of(band)
-            if bands_u and band not in bands_u:
-                continue
-            patch = m.patch
-            if patch is not None and (
-                (patch.instruments and inst not in patch.instruments) or (patch.bands and band not in patch.bands)
-            ):
+            if not selects(name, band, inst):
                 continue
             out.append(Need(name, band, inst, "science", name))
-            bg = t.miri_background
-            if inst == "miri" and bg.source != "none":
-                if bg.source in ("own", "both"):
-                    out.append(Need(name, band, inst, "off-field", name))
-                if bg.source in ("borrowed", "both"):
-                    out.append(Need(bg.borrow_from, band, inst, "off-field", name))
+            if inst == "miri":
+                out += [Need(source, band, inst, "off-field", name) for source in background_sources(lm, name)]
     return out
 
 

@@ -15,6 +15,7 @@ import pytest
 from astropy.io import fits
 
 from processing.archive import download, mast
+from processing.fileio import file_sha256
 from release.manifest import load_manifest
 from tests.conftest import REPO, hlsp
 from tests.processing.archive_server import MastServer, astroquery_data, jwst_program
@@ -28,6 +29,15 @@ PROGRAM_2107 = {
     "NGC7496": {"nircam": NIRCAM, "miri": MIRI, "miri_off": MIRI},
     "NGC0628": {"nircam": NIRCAM, "miri": MIRI, "miri_off": MIRI},
 }
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (a server that cannot be reached)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _fits_bytes(value: float, checksum: bool = True, n: int = 64) -> bytes:
@@ -110,11 +120,7 @@ def test_dry_run_lists_the_files_per_target_and_band(tmp_path):
 def test_without_network_fetch_fails_fast_naming_mast(tmp_path):
     """No MAST (a closed port here; the machine has no network either): exit 1 within 10 s,
     MAST named, nothing left behind."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _closed_port()
     t0 = time.time()
     proc = hlsp(
         "fetch",
@@ -228,7 +234,7 @@ def test_fetch_downloads_records_and_never_writes_the_token(tmp_path, monkeypatc
     for f in record["files"]:
         path = dest / f["file"]
         assert f["file"].startswith("ngc3627/") and f["uri"].endswith(path.name)
-        assert f["size"] == path.stat().st_size and f["sha256"] == download._sha256(path) and f["fetched"]
+        assert f["size"] == path.stat().st_size and f["sha256"] == file_sha256(path) and f["fetched"]
         assert f["target"] == "ngc3627" and f["role"] == "science"
     written = [p for p in dest.rglob("*") if p.is_file() and not p.name.endswith(".fits")]
     assert any(p.suffix == ".log" for p in written)
@@ -411,11 +417,7 @@ def test_crds_sync_brings_the_context_and_the_references_an_exposure_needs(tmp_p
         assert done["bytes"] == sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     finally:
         utils.clear_function_caches()
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _closed_port()
     t0 = time.time()
     with pytest.raises(mast.ArchiveUnreachable, match="cannot reach the CRDS server at .* to sync context jwst_9001"):
         crds_sync.sync("jwst_9001.pmap", tmp_path / "x", f"http://127.0.0.1:{port}", [exposure])
@@ -425,11 +427,7 @@ def test_crds_sync_brings_the_context_and_the_references_an_exposure_needs(tmp_p
 def test_fetch_crds_without_its_server_stops_naming_the_context(tmp_path):
     """`hlsp fetch --crds`: the exposures are fetched, then the CRDS server of the manifest
     cannot be reached: exit 1 in seconds, the server and the pinned context named."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _closed_port()
     manifest = tmp_path / "dr1.1.1.toml"
     parent = tmp_path / "dr1.1.0.toml"
     parent.write_text(

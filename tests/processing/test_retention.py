@@ -78,37 +78,45 @@ def test_intermediates_are_thinned_and_recomputed_only_when_needed(toy, tiny_is_
     assert all(cache_mod.complete(r) for r in _records(full, "toy_a").values())
 
 
-def test_a_stage_passing_its_input_through_stores_no_copy(toy):
-    """A stage that leaves its input unchanged links it (processing/fileio.py link_or_copy): one
-    file in the cache; the engine does not stamp it (it stays the upstream's, whose record still
-    matches)."""
+def _pass_through(toy, name: str, unit: str, upstream: str, suffix: str, out_suffix: str):
+    """A toy stage ``name`` that links its one input (``upstream``'s ``suffix`` file of the same
+    unit) through unchanged as its ``out_suffix`` output (processing/fileio.py link_or_copy)."""
+    from pydantic import BaseModel
+
     from processing.stages import Input, ModelParameters, Stage
 
-    (toy["mods"] / "toy_pass.py").write_text(
-        textwrap.dedent("""
+    unit_name = "exposure" if unit == "exposure" else "product"
+    (toy["mods"] / f"{name}.py").write_text(
+        textwrap.dedent(f"""
         from pathlib import Path
         from processing.fileio import link_or_copy
 
         def run(inputs, outdir, params, context):
-            out = Path(outdir) / (context["exposure"] + "_toyp.fits")
+            out = Path(outdir) / (context["{unit_name}"] + "{out_suffix}")
             link_or_copy(inputs["a"][0], out)
             return [out]
     """)
     )
-    from pydantic import BaseModel
 
     class NoParams(BaseModel):
         pass
 
-    passer = Stage(
-        "toy_pass",
-        "exposure",
-        (Input("a", "same", "toy_a", "_toya.fits"),),
-        ("_toyp.fits",),
-        "toy_pass:run",
+    return Stage(
+        name,
+        unit,
+        (Input("a", "same", upstream, suffix),),
+        (out_suffix,),
+        f"{name}:run",
         ModelParameters(NoParams),
         memory_gb=0.1,
     )
+
+
+def test_a_stage_passing_its_input_through_stores_no_copy(toy):
+    """A stage that leaves its input unchanged links it (processing/fileio.py link_or_copy): one
+    file in the cache; the engine does not stamp it (it stays the upstream's, whose record still
+    matches)."""
+    passer = _pass_through(toy, "toy_pass", "exposure", "toy_a", "_toya.fits", "_toyp.fits")
     eng = _engine(toy, _registry([passer]), keep="all")
     assert eng.run().ok
     keys = eng.task_keys()
@@ -315,36 +323,10 @@ def test_kept_entries_store_their_bulky_fits_files_compressed(toy):
     sha256, not stamped), the product index hands packaging the compressed file, which astropy
     reads as it is, and `verify` checks the stored bytes. ``keep="all"`` stores every file as
     written, and the products are the same."""
-    from pydantic import BaseModel
-
     from processing.cache import stored, verify
-    from processing.stages import Input, ModelParameters, Stage
 
     (toy["mods"] / "toy_b.py").write_text(textwrap.dedent(BIG_B))
-    (toy["mods"] / "toy_c.py").write_text(
-        textwrap.dedent("""
-        from pathlib import Path
-        from processing.fileio import link_or_copy
-
-        def run(inputs, outdir, params, context):
-            out = Path(outdir) / (context["product"] + "_toyc.fits")
-            link_or_copy(inputs["mosaic"][0], out)
-            return [out]
-    """)
-    )
-
-    class NoParams(BaseModel):
-        pass
-
-    c = Stage(
-        "toy_c",
-        "target_band",
-        (Input("mosaic", "same", "toy_b", "_toyb.fits"),),
-        ("_toyc.fits",),
-        "toy_c:run",
-        ModelParameters(NoParams),
-        memory_gb=0.1,
-    )
+    c = _pass_through(toy, "toy_c", "target_band", "toy_b", "_toyb.fits", "_toyc.fits")
     reg = _registry([c])
     eng = _engine(toy, reg)
     summary = eng.run()
